@@ -1,0 +1,1 @@
+//! The supermin builder library: CLI planning, initrd and chroot writers, launcher.

@@ -1,0 +1,1 @@
+//! The appliance cache: where it lives, fingerprints, locks and atomic publish.

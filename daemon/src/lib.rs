@@ -1,0 +1,1 @@
+//! The in-appliance agent and its wire protocol (shared with the launcher).

@@ -1,0 +1,1 @@
+//! An ext2 (rev 1) filesystem writer.
