@@ -1,1 +1,2 @@
 //! The supermin builder library: CLI planning, initrd and chroot writers, launcher.
+pub mod initrd;
