@@ -1,0 +1,148 @@
+//! The one error type of this crate. Every variant names the path it is about
+//! and says what the user can do, because the builder prints these as the
+//! single line a failed `supermin --build` leaves on stderr.
+
+use std::io;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(
+        "cache base directory {path} (from {origin}) cannot be used: {source}; \
+         point {origin} at an existing directory"
+    )]
+    BaseDir {
+        path: PathBuf,
+        origin: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cache base directory {path} (from {origin}) is not a directory")]
+    BaseNotADirectory { path: PathBuf, origin: &'static str },
+
+    #[error("cannot create cache directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot inspect cache directory {path}: {source}")]
+    InspectDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "security: cache directory {path} is owned by uid {owner}, not by this user (uid {euid}); \
+         remove it, or set LIBGUESTFS_CACHEDIR to a directory you own"
+    )]
+    NotOwned {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
+
+    #[error(
+        "security: cache directory {path} is a symbolic link; \
+         remove it so that a real directory can be created"
+    )]
+    IsSymlink { path: PathBuf },
+
+    #[error("security: cache directory {path} is not a directory (mode {mode:o}); remove it")]
+    NotADirectory { path: PathBuf, mode: u32 },
+
+    #[error(
+        "security: cache directory {path} is writable by group or other (mode {mode:o}); \
+         run `chmod go-w {path}` or remove it"
+    )]
+    WritableByOthers { path: PathBuf, mode: u32 },
+
+    #[error("cannot read fingerprint input {path}: {source}")]
+    ReadInput {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot read the stamp {path}: {source}")]
+    ReadStamp {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot check output file {path}: {source}")]
+    CheckOutput {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "cannot open lock file {path}: {source}; check that its directory exists and is writable"
+    )]
+    OpenLock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("output path {path} has no final component to build into; name a directory such as DIR/appliance.d")]
+    BadOutputPath { path: PathBuf },
+
+    #[error(
+        "cannot create a staging directory {path} beside the output: {source}; \
+         the output's parent directory must exist and be writable"
+    )]
+    CreateStaging {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot write the stamp {path}: {source}")]
+    WriteStamp {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot sync {path} to disk: {source}")]
+    Sync {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot move {from} into place as {to}: {source}")]
+    Publish {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot list {path} to clean up debris of earlier builds: {source}")]
+    ListDebris {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot remove {path}: {source}; remove it by hand")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
