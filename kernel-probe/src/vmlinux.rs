@@ -1,0 +1,469 @@
+//! Turning a bzImage into the ELF `vmlinux` that qemu boots through PVH.
+//!
+//! Under TCG most of a bzImage boot is spent in firmware and in the emulated
+//! decompressor (DESIGN.md, "Where boot time goes"). The payload of a bzImage
+//! is the compressed, stripped `vmlinux` ELF itself, so decompressing it once
+//! at build time gives a file qemu can load with `-kernel vmlinux`, provided
+//! the kernel carries the Xen PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY, 18;
+//! `CONFIG_PVH=y`).
+//!
+//! The payload is streamed from the bzImage to the output file: the result
+//! is tens of MB and never held in memory. The kernel build appends the
+//! uncompressed size (4 bytes) after the compressed stream, so every decoder
+//! here stops at the end of its first stream instead of reading to EOF.
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use crate::bzimage::{payload_location, read_head, SETUP_HEADER_LEN};
+use crate::ProbeError;
+
+/// XEN_ELFNOTE_PHYS32_ENTRY: the 32-bit PVH entry point (xen/include/public/elfnote.h).
+const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+const PT_NOTE: u32 = 4;
+const SHT_NOTE: u32 = 7;
+/// Note segments of a kernel are a few KiB; refuse to read absurd sizes.
+const MAX_NOTE_BYTES: u64 = 1 << 20;
+
+/// How a bzImage payload is compressed (arch/x86/boot/compressed/Makefile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Xz,
+    Zstd,
+    Lzma,
+    Bzip2,
+    Lz4,
+    Lzo,
+}
+
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Xz => "xz",
+            Compression::Zstd => "zstd",
+            Compression::Lzma => "lzma",
+            Compression::Bzip2 => "bzip2",
+            Compression::Lz4 => "lz4",
+            Compression::Lzo => "lzo",
+        }
+    }
+
+    /// Recognises a payload by its first bytes, as the kernel's own
+    /// `decompress_method()` does (lib/decompress.c).
+    pub fn sniff(magic: &[u8]) -> Option<Compression> {
+        const TABLE: &[(&[u8], Compression)] = &[
+            (b"\x1f\x8b", Compression::Gzip),
+            (b"\x1f\x9e", Compression::Gzip),
+            (b"\xfd7zXZ\x00", Compression::Xz),
+            (b"\x28\xb5\x2f\xfd", Compression::Zstd),
+            (b"\x5d\x00\x00", Compression::Lzma),
+            (b"BZh", Compression::Bzip2),
+            (b"\x02\x21\x4c\x18", Compression::Lz4),
+            (b"\x89LZO", Compression::Lzo),
+        ];
+        TABLE
+            .iter()
+            .find(|(m, _)| magic.starts_with(m))
+            .map(|(_, c)| *c)
+    }
+}
+
+/// What [`extract_vmlinux`] produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmlinuxInfo {
+    pub compression: Compression,
+    /// Bytes written to the output file.
+    pub size: u64,
+    /// The PVH entry point, when the ELF carries XEN_ELFNOTE_PHYS32_ENTRY.
+    pub pvh_entry: Option<u64>,
+}
+
+impl VmlinuxInfo {
+    /// Whether qemu can boot the vmlinux directly (`-kernel vmlinux`).
+    pub fn pvh(&self) -> bool {
+        self.pvh_entry.is_some()
+    }
+}
+
+/// Decompresses the payload of `bzimage` into an ELF vmlinux at `out`
+/// (created or truncated) and reports whether it has the PVH entry note.
+/// On any error `out` is removed, so a half-written file is never left.
+pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<VmlinuxInfo, ProbeError> {
+    let result = extract_inner(bzimage, out);
+    if result.is_err() {
+        let _ = fs::remove_file(out);
+    }
+    result
+}
+
+fn extract_inner(bzimage: &Path, out: &Path) -> Result<VmlinuxInfo, ProbeError> {
+    let io_err = |source| crate::bzimage::io_error(bzimage, source);
+    let head = read_head(bzimage, SETUP_HEADER_LEN).map_err(io_err)?;
+    let file_len = fs::metadata(bzimage).map_err(io_err)?.len();
+    let loc = payload_location(&head, file_len).map_err(|reason| ProbeError::NotBzImage {
+        path: bzimage.to_path_buf(),
+        reason,
+    })?;
+    let mut file = File::open(bzimage).map_err(io_err)?;
+    file.seek(SeekFrom::Start(loc.offset)).map_err(io_err)?;
+    let mut payload = BufReader::with_capacity(1 << 16, file.take(loc.length));
+    let magic = {
+        let buf = payload.fill_buf().map_err(io_err)?;
+        buf[..buf.len().min(8)].to_vec()
+    };
+    let compression =
+        Compression::sniff(&magic).ok_or_else(|| ProbeError::UnsupportedCompression {
+            path: bzimage.to_path_buf(),
+            format: format!("an unknown format (magic {})", hex(&magic)),
+        })?;
+
+    let decompress_err = |source| ProbeError::PayloadDecompress {
+        path: bzimage.to_path_buf(),
+        format: compression.as_str(),
+        source,
+    };
+    let out_file = File::create(out).map_err(|source| ProbeError::Write {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let mut writer = BufWriter::with_capacity(1 << 20, out_file);
+    let size = match compression {
+        Compression::Gzip => pump(flate2::bufread::GzDecoder::new(payload), &mut writer, out)
+            .map_err(|e| e.into_probe(decompress_err))?,
+        Compression::Xz => {
+            let stream = liblzma::stream::Stream::new_stream_decoder(u64::MAX, 0)
+                .map_err(|e| decompress_err(io::Error::other(e)))?;
+            pump(
+                liblzma::bufread::XzDecoder::new_stream(payload, stream),
+                &mut writer,
+                out,
+            )
+            .map_err(|e| e.into_probe(decompress_err))?
+        }
+        Compression::Lzma => {
+            let stream = liblzma::stream::Stream::new_lzma_decoder(u64::MAX)
+                .map_err(|e| decompress_err(io::Error::other(e)))?;
+            pump(
+                liblzma::bufread::XzDecoder::new_stream(payload, stream),
+                &mut writer,
+                out,
+            )
+            .map_err(|e| e.into_probe(decompress_err))?
+        }
+        Compression::Zstd => {
+            let dec = ruzstd::decoding::StreamingDecoder::new(payload)
+                .map_err(|e| decompress_err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+            pump(dec, &mut writer, out).map_err(|e| e.into_probe(decompress_err))?
+        }
+        Compression::Bzip2 => pump(bzip2::bufread::BzDecoder::new(payload), &mut writer, out)
+            .map_err(|e| e.into_probe(decompress_err))?,
+        Compression::Lz4 => {
+            let mut data = Vec::new();
+            payload.read_to_end(&mut data).map_err(io_err)?;
+            lz4_legacy_decode(&data, &mut writer, out).map_err(|e| e.into_probe(decompress_err))?
+        }
+        Compression::Lzo => {
+            return Err(ProbeError::UnsupportedCompression {
+                path: bzimage.to_path_buf(),
+                format: "lzo".into(),
+            })
+        }
+    };
+    writer.flush().map_err(|source| ProbeError::Write {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    drop(writer);
+    let pvh_entry = pvh_entry_of(out)?;
+    Ok(VmlinuxInfo {
+        compression,
+        size,
+        pvh_entry,
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A failure while streaming: the decoder's, or the output file's.
+enum PumpError {
+    Decode(io::Error),
+    Write(std::path::PathBuf, io::Error),
+}
+
+impl PumpError {
+    fn into_probe(self, decode: impl FnOnce(io::Error) -> ProbeError) -> ProbeError {
+        match self {
+            PumpError::Decode(e) => decode(e),
+            PumpError::Write(path, source) => ProbeError::Write { path, source },
+        }
+    }
+}
+
+fn pump(mut from: impl Read, to: &mut impl Write, out: &Path) -> Result<u64, PumpError> {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(PumpError::Decode(e)),
+        };
+        to.write_all(&buf[..n])
+            .map_err(|e| PumpError::Write(out.to_path_buf(), e))?;
+        total += n as u64;
+    }
+}
+
+/// The lz4 "legacy" frame the kernel uses (`lz4 -l`): a magic, then blocks
+/// of `u32 compressed size` + raw lz4 block, each up to 8 MiB uncompressed.
+/// The stream has no end marker; the appended size word is recognised as a
+/// block size that runs past the input.
+fn lz4_legacy_decode(data: &[u8], to: &mut impl Write, out: &Path) -> Result<u64, PumpError> {
+    const MAGIC: u32 = 0x184c_2102;
+    const BLOCK_MAX: usize = 8 << 20;
+    let bad =
+        |msg: &str| PumpError::Decode(io::Error::new(io::ErrorKind::InvalidData, msg.to_string()));
+    let mut pos = 0usize;
+    let mut total = 0u64;
+    let mut buf = vec![0u8; BLOCK_MAX];
+    let mut blocks = 0usize;
+    while pos + 4 <= data.len() {
+        let word = u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]);
+        if word == MAGIC {
+            pos += 4;
+            continue;
+        }
+        let size = word as usize;
+        if size == 0 || pos + 4 + size > data.len() {
+            break;
+        }
+        let block = &data[pos + 4..pos + 4 + size];
+        let n = lz4_flex::block::decompress_into(block, &mut buf)
+            .map_err(|e| PumpError::Decode(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+        to.write_all(&buf[..n])
+            .map_err(|e| PumpError::Write(out.to_path_buf(), e))?;
+        total += n as u64;
+        pos += 4 + size;
+        blocks += 1;
+    }
+    if blocks == 0 {
+        return Err(bad("no lz4 block found"));
+    }
+    Ok(total)
+}
+
+/// Decodes every zstd frame in `data`, skipping skippable frames; used for
+/// `.ko.zst` modules, which may hold more than one frame.
+pub(crate) fn zstd_decode_all(data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut input = data;
+    let mut out = Vec::with_capacity(data.len() * 3);
+    while input.len() >= 4 {
+        let magic = u32::from_le_bytes([input[0], input[1], input[2], input[3]]);
+        if magic & 0xffff_fff0 == 0x184d_2a50 {
+            let len = input
+                .get(4..8)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "truncated skippable frame")
+                })?;
+            input = input.get(8 + len..).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "truncated skippable frame")
+            })?;
+            continue;
+        }
+        let mut dec = ruzstd::decoding::StreamingDecoder::new(&mut input)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        dec.read_to_end(&mut out)?;
+    }
+    if !input.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "trailing bytes after the last zstd frame",
+        ));
+    }
+    Ok(out)
+}
+
+/// Little-endian ELF fields, for either class.
+struct Elf<'a> {
+    head: &'a [u8],
+    is64: bool,
+}
+
+impl Elf<'_> {
+    fn u16(&self, at: usize) -> Option<u16> {
+        Some(u16::from_le_bytes(
+            self.head.get(at..at + 2)?.try_into().ok()?,
+        ))
+    }
+    fn u32(&self, at: usize) -> Option<u32> {
+        Some(u32::from_le_bytes(
+            self.head.get(at..at + 4)?.try_into().ok()?,
+        ))
+    }
+    fn u64(&self, at: usize) -> Option<u64> {
+        Some(u64::from_le_bytes(
+            self.head.get(at..at + 8)?.try_into().ok()?,
+        ))
+    }
+    /// A word-sized field: 8 bytes at `at64` in ELF64, 4 bytes at `at32` in ELF32.
+    fn word(&self, at32: usize, at64: usize) -> Option<u64> {
+        if self.is64 {
+            self.u64(at64)
+        } else {
+            self.u32(at32).map(u64::from)
+        }
+    }
+}
+
+/// Reads the PVH entry note from the ELF at `path`, looking in PT_NOTE
+/// segments first and SHT_NOTE sections second (a stripped vmlinux keeps
+/// both). `Err(NotElf)` when the file is not a little-endian ELF.
+pub fn pvh_entry_of(path: &Path) -> Result<Option<u64>, ProbeError> {
+    let not_elf = |reason: &str| ProbeError::NotElf {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let io_err = |source| ProbeError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(io_err)?;
+    let mut ehdr = [0u8; 64];
+    let mut got = 0;
+    while got < ehdr.len() {
+        match file.read(&mut ehdr[got..]).map_err(io_err)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    if got < 52 || &ehdr[..4] != b"\x7fELF" {
+        return Err(not_elf("no ELF magic"));
+    }
+    if ehdr[5] != 1 {
+        return Err(not_elf("not little-endian"));
+    }
+    let is64 = match ehdr[4] {
+        1 => false,
+        2 if got == 64 => true,
+        _ => return Err(not_elf("unknown ELF class")),
+    };
+    let e = Elf { head: &ehdr, is64 };
+    let bad = || not_elf("truncated ELF header");
+    let phoff = e.word(0x1c, 0x20).ok_or_else(bad)?;
+    let shoff = e.word(0x20, 0x28).ok_or_else(bad)?;
+    let (phentsize, phnum) = if is64 {
+        (e.u16(0x36).ok_or_else(bad)?, e.u16(0x38).ok_or_else(bad)?)
+    } else {
+        (e.u16(0x2a).ok_or_else(bad)?, e.u16(0x2c).ok_or_else(bad)?)
+    };
+    let (shentsize, shnum) = if is64 {
+        (e.u16(0x3a).ok_or_else(bad)?, e.u16(0x3c).ok_or_else(bad)?)
+    } else {
+        (e.u16(0x2e).ok_or_else(bad)?, e.u16(0x30).ok_or_else(bad)?)
+    };
+
+    let mut regions = Vec::new();
+    let ph_table =
+        read_at(&mut file, phoff, u64::from(phentsize) * u64::from(phnum)).map_err(io_err)?;
+    for i in 0..usize::from(phnum) {
+        let ph = Elf {
+            head: ph_table.get(i * usize::from(phentsize)..).unwrap_or(&[]),
+            is64,
+        };
+        if ph.u32(0) != Some(PT_NOTE) {
+            continue;
+        }
+        let (off, size, align) = if is64 {
+            (ph.u64(0x08), ph.u64(0x20), ph.u64(0x30))
+        } else {
+            (
+                ph.u32(0x04).map(u64::from),
+                ph.u32(0x10).map(u64::from),
+                ph.u32(0x1c).map(u64::from),
+            )
+        };
+        if let (Some(off), Some(size)) = (off, size) {
+            regions.push((off, size, align.unwrap_or(4)));
+        }
+    }
+    let sh_table = if shoff != 0 && shnum != 0 {
+        read_at(&mut file, shoff, u64::from(shentsize) * u64::from(shnum)).map_err(io_err)?
+    } else {
+        Vec::new()
+    };
+    for i in 0..usize::from(shnum) {
+        let sh = Elf {
+            head: sh_table.get(i * usize::from(shentsize)..).unwrap_or(&[]),
+            is64,
+        };
+        if sh.u32(4) != Some(SHT_NOTE) {
+            continue;
+        }
+        let (off, size, align) = if is64 {
+            (sh.u64(0x18), sh.u64(0x20), sh.u64(0x30))
+        } else {
+            (
+                sh.u32(0x10).map(u64::from),
+                sh.u32(0x14).map(u64::from),
+                sh.u32(0x20).map(u64::from),
+            )
+        };
+        if let (Some(off), Some(size)) = (off, size) {
+            regions.push((off, size, align.unwrap_or(4)));
+        }
+    }
+    for (off, size, align) in regions {
+        let notes = read_at(&mut file, off, size.min(MAX_NOTE_BYTES)).map_err(io_err)?;
+        if let Some(entry) = find_pvh_note(&notes, if align == 8 { 8 } else { 4 }) {
+            return Ok(Some(entry));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads up to `len` bytes at `off` (fewer at end of file).
+fn read_at(file: &mut File, off: u64, len: u64) -> io::Result<Vec<u8>> {
+    file.seek(SeekFrom::Start(off))?;
+    let mut buf = Vec::new();
+    file.take(len.min(MAX_NOTE_BYTES)).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+fn align_up(x: usize, a: usize) -> usize {
+    x.div_ceil(a) * a
+}
+
+/// Walks an ELF note area (namesz, descsz, type, name, desc; each padded to
+/// `align`) for the "Xen" PHYS32_ENTRY note.
+fn find_pvh_note(notes: &[u8], align: usize) -> Option<u64> {
+    let mut pos = 0usize;
+    let rd = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(notes.get(at..at + 4)?.try_into().ok()?))
+    };
+    while pos + 12 <= notes.len() {
+        let namesz = rd(pos)? as usize;
+        let descsz = rd(pos + 4)? as usize;
+        let ntype = rd(pos + 8)?;
+        let name_at = pos + 12;
+        let desc_at = name_at.checked_add(align_up(namesz, align))?;
+        let next = desc_at.checked_add(align_up(descsz, align))?;
+        let name = notes.get(name_at..name_at + namesz)?;
+        if ntype == XEN_ELFNOTE_PHYS32_ENTRY && name == b"Xen\0" {
+            let desc = notes.get(desc_at..desc_at + descsz)?;
+            return match descsz {
+                4 => Some(u64::from(u32::from_le_bytes(desc.try_into().ok()?))),
+                8 => Some(u64::from_le_bytes(desc.try_into().ok()?)),
+                _ => None,
+            };
+        }
+        pos = next;
+    }
+    None
+}
