@@ -408,3 +408,482 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, ProbeError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::choose::{KernelSource, VersionSource};
+    use std::io::Write;
+
+    /// A fake modules directory: `deps` are modules.dep lines, and a tiny ELF
+    /// stands in for each module file named there.
+    fn fake_dir(
+        deps: &str,
+        softdep: &str,
+        builtin: Option<&str>,
+        alias: &str,
+    ) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("modules.dep"), deps).unwrap();
+        fs::write(d.path().join("modules.softdep"), softdep).unwrap();
+        if let Some(b) = builtin {
+            fs::write(d.path().join("modules.builtin"), b).unwrap();
+        }
+        fs::write(d.path().join("modules.alias"), alias).unwrap();
+        for line in deps.lines() {
+            if let Some((p, _)) = line.split_once(':') {
+                let f = d.path().join(p);
+                fs::create_dir_all(f.parent().unwrap()).unwrap();
+                fs::write(f, b"\x7fELF fake module").unwrap();
+            }
+        }
+        d
+    }
+
+    fn kernel_for(dir: &Path) -> Kernel {
+        Kernel {
+            path: dir.join("vmlinuz"),
+            version: "6.1.0-test".into(),
+            version_source: VersionSource::Directory,
+            modules_dir: dir.to_path_buf(),
+            source: KernelSource::LibModules,
+            config: None,
+            candidates: Vec::new(),
+        }
+    }
+
+    fn names(ms: &[Module]) -> Vec<&str> {
+        ms.iter().map(|m| m.name.as_str()).collect()
+    }
+
+    fn pos(ms: &[Module], name: &str) -> usize {
+        ms.iter()
+            .position(|m| m.name == name)
+            .unwrap_or_else(|| panic!("{name} missing from {:?}", names(ms)))
+    }
+
+    const DEBIAN_LIKE_DEP: &str = "\
+kernel/arch/x86/crypto/crc32c-intel.ko:
+kernel/crypto/crc32c_generic.ko:
+kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko
+kernel/fs/jbd2/jbd2.ko:
+kernel/fs/mbcache.ko:
+kernel/lib/crc16.ko:
+kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_ring.ko:
+kernel/drivers/virtio/virtio_pci_modern_dev.ko:
+kernel/drivers/virtio/virtio_pci_legacy_dev.ko:
+kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_legacy_dev.ko kernel/drivers/virtio/virtio_pci_modern_dev.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/scsi/scsi_common.ko:
+kernel/drivers/scsi/scsi_mod.ko: kernel/drivers/scsi/scsi_common.ko
+kernel/drivers/scsi/virtio_scsi.ko: kernel/drivers/scsi/scsi_mod.ko kernel/drivers/scsi/scsi_common.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/scsi/sd_mod.ko: kernel/drivers/scsi/scsi_mod.ko kernel/drivers/scsi/scsi_common.ko
+kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/bluetooth/virtio_bt.ko: kernel/drivers/virtio/virtio.ko
+kernel/drivers/net/virtio_net.ko: kernel/drivers/virtio/virtio.ko
+";
+    const DEBIAN_LIKE_SOFTDEP: &str = "\
+# Soft dependencies extracted from modules themselves.
+softdep ext4 pre: crypto-crc32c
+softdep jbd2 pre: crypto-crc32c
+softdep virtio_net post: net_failover
+";
+    const DEBIAN_LIKE_ALIAS: &str = "\
+# Aliases extracted from modules themselves.
+alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci
+alias crypto-crc32c crc32c_intel
+alias crc32c crc32c_intel
+alias crypto-crc32c crc32c_generic
+alias crc32c crc32c_generic
+";
+
+    #[test]
+    fn every_module_loads_after_its_dependencies() {
+        let d = fake_dir(
+            DEBIAN_LIKE_DEP,
+            DEBIAN_LIKE_SOFTDEP,
+            Some(""),
+            DEBIAN_LIKE_ALIAS,
+        );
+        let ms = initrd_modules(&kernel_for(d.path()), &[]).unwrap();
+        let idx = ModuleIndex::load(d.path(), None).unwrap();
+        for (i, m) in ms.iter().enumerate() {
+            for dep in &idx.deps[&m.name].1 {
+                assert!(
+                    pos(&ms, dep) < i,
+                    "{dep} must precede {} in {:?}",
+                    m.name,
+                    names(&ms)
+                );
+            }
+        }
+        assert!(pos(&ms, "virtio_ring") < pos(&ms, "virtio"));
+        assert_eq!(
+            ms.iter().filter(|m| m.name == "virtio").count(),
+            1,
+            "no duplicates"
+        );
+    }
+
+    #[test]
+    fn the_set_is_exactly_boot_modules_and_their_closure() {
+        let d = fake_dir(
+            DEBIAN_LIKE_DEP,
+            DEBIAN_LIKE_SOFTDEP,
+            Some(""),
+            DEBIAN_LIKE_ALIAS,
+        );
+        let ms = initrd_modules(&kernel_for(d.path()), &[]).unwrap();
+        let mut got = names(&ms);
+        got.sort_unstable();
+        let mut want = vec![
+            "crc16",
+            "crc32c_generic",
+            "crc32c_intel",
+            "ext4",
+            "jbd2",
+            "mbcache",
+            "scsi_common",
+            "scsi_mod",
+            "sd_mod",
+            "virtio",
+            "virtio_blk",
+            "virtio_console",
+            "virtio_pci",
+            "virtio_pci_legacy_dev",
+            "virtio_pci_modern_dev",
+            "virtio_ring",
+            "virtio_scsi",
+        ];
+        want.sort_unstable();
+        assert_eq!(got, want, "no virtio_bt or virtio_net: not needed to boot");
+        assert_eq!(
+            ms[pos(&ms, "ext4")].path,
+            d.path().join("kernel/fs/ext4/ext4.ko")
+        );
+    }
+
+    #[test]
+    fn softdep_pre_aliases_load_every_provider_before_the_module() {
+        let d = fake_dir(
+            DEBIAN_LIKE_DEP,
+            DEBIAN_LIKE_SOFTDEP,
+            Some(""),
+            DEBIAN_LIKE_ALIAS,
+        );
+        let ms = initrd_modules(&kernel_for(d.path()), &[]).unwrap();
+        // jbd2 is ext4's dependency and has the same softdep; both come first.
+        assert!(pos(&ms, "crc32c_intel") < pos(&ms, "jbd2"));
+        assert!(pos(&ms, "crc32c_generic") < pos(&ms, "jbd2"));
+        assert!(pos(&ms, "crc32c_intel") < pos(&ms, "ext4"));
+    }
+
+    #[test]
+    fn builtin_modules_are_reported_not_loaded() {
+        let builtin = "kernel/drivers/char/virtio_console.ko\nkernel/drivers/scsi/sd_mod.ko\n";
+        let dep: String = DEBIAN_LIKE_DEP
+            .lines()
+            .filter(|l| !l.contains("virtio_console.ko:") && !l.contains("sd_mod.ko:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let d = fake_dir(&dep, DEBIAN_LIKE_SOFTDEP, Some(builtin), DEBIAN_LIKE_ALIAS);
+        let set = module_set(&kernel_for(d.path()), &[]).unwrap();
+        assert!(!names(&set.modules).contains(&"virtio_console"));
+        let nl: Vec<_> = set
+            .not_loaded
+            .iter()
+            .map(|n| (n.name.as_str(), n.builtin))
+            .collect();
+        assert_eq!(nl, vec![("sd_mod", true), ("virtio_console", true)]);
+    }
+
+    #[test]
+    fn the_kernel_config_tells_builtin_when_modules_builtin_is_missing() {
+        let dep: String = DEBIAN_LIKE_DEP
+            .lines()
+            .filter(|l| !l.contains("virtio_console.ko:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let d = fake_dir(&dep, DEBIAN_LIKE_SOFTDEP, None, DEBIAN_LIKE_ALIAS);
+        let config = d.path().join("config-6.1.0-test");
+        fs::write(
+            &config,
+            "CONFIG_VIRTIO_CONSOLE=y\n# CONFIG_SCSI_VIRTIO is not set\n",
+        )
+        .unwrap();
+        let mut k = kernel_for(d.path());
+        k.config = Some(config);
+        let set = module_set(&k, &[]).unwrap();
+        let vc = set
+            .not_loaded
+            .iter()
+            .find(|n| n.name == "virtio_console")
+            .unwrap();
+        assert!(vc.builtin);
+
+        k.config = None;
+        let set = module_set(&k, &[]).unwrap();
+        let vc = set
+            .not_loaded
+            .iter()
+            .find(|n| n.name == "virtio_console")
+            .unwrap();
+        assert!(
+            !vc.builtin,
+            "without config or modules.builtin it is simply absent"
+        );
+    }
+
+    #[test]
+    fn extra_modules_are_added_with_their_dependencies() {
+        let d = fake_dir(
+            DEBIAN_LIKE_DEP,
+            DEBIAN_LIKE_SOFTDEP,
+            Some(""),
+            DEBIAN_LIKE_ALIAS,
+        );
+        let ms = initrd_modules(&kernel_for(d.path()), &["virtio-net".to_string()]).unwrap();
+        assert!(pos(&ms, "virtio") < pos(&ms, "virtio_net"));
+        assert!(
+            !names(&ms).contains(&"net_failover"),
+            "post: softdeps are not boot needs"
+        );
+    }
+
+    #[test]
+    fn an_unknown_extra_module_is_an_error_naming_it() {
+        let d = fake_dir(
+            DEBIAN_LIKE_DEP,
+            DEBIAN_LIKE_SOFTDEP,
+            Some(""),
+            DEBIAN_LIKE_ALIAS,
+        );
+        match initrd_modules(&kernel_for(d.path()), &["nosuchmod".to_string()]) {
+            Err(ProbeError::ModuleNotFound { name, .. }) => assert_eq!(name, "nosuchmod"),
+            other => panic!("expected ModuleNotFound, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_extra_alias_resolves_to_its_modules() {
+        let d = fake_dir(DEBIAN_LIKE_DEP, "", Some(""), DEBIAN_LIKE_ALIAS);
+        let ms = initrd_modules(&kernel_for(d.path()), &["crc32c".to_string()]).unwrap();
+        assert!(names(&ms).contains(&"crc32c_intel"));
+        assert!(names(&ms).contains(&"crc32c_generic"));
+    }
+
+    #[test]
+    fn softdep_cycles_terminate_and_keep_each_module_once() {
+        let dep = "a.ko:\nb.ko:\next4.ko:\n";
+        let soft = "softdep a pre: b\nsoftdep b pre: a\nsoftdep ext4 pre: a\n";
+        let d = fake_dir(dep, soft, Some(""), "");
+        let set = module_set(&kernel_for(d.path()), &[]).unwrap();
+        assert_eq!(names(&set.modules), vec!["b", "a", "ext4"]);
+    }
+
+    #[test]
+    fn missing_softdep_targets_are_noted_not_fatal() {
+        let dep = "ext4.ko:\n";
+        let soft = "softdep ext4 pre: crypto-crc32c platform:thing\n";
+        let d = fake_dir(dep, soft, Some(""), "");
+        let set = module_set(&kernel_for(d.path()), &[]).unwrap();
+        assert_eq!(names(&set.modules), vec!["ext4"]);
+        let absent: Vec<_> = set
+            .not_loaded
+            .iter()
+            .filter(|n| n.wanted_by == "ext4")
+            .collect();
+        assert_eq!(absent.len(), 2);
+        assert!(absent.iter().all(|n| !n.builtin));
+    }
+
+    #[test]
+    fn module_names_come_from_file_names_with_dashes_normalised() {
+        assert_eq!(
+            module_name_of("kernel/arch/x86/crypto/crc32c-intel.ko.xz"),
+            "crc32c_intel"
+        );
+        assert_eq!(module_name_of("kernel/fs/ext4/ext4.ko"), "ext4");
+        assert_eq!(module_name_of("updates/dkms/zfs.ko.zst"), "zfs");
+        assert_eq!(module_name_of("t10-pi.ko.gz"), "t10_pi");
+    }
+
+    #[test]
+    fn softdep_lines_without_pre_marker_count_as_pre() {
+        let mut idx = ModuleIndex::default();
+        idx.parse_softdep("softdep cifs gcm\nsoftdep x pre: a b post: c\n# comment\nsoftdep\n");
+        assert_eq!(idx.softdep_pre["cifs"], vec!["gcm"]);
+        assert_eq!(idx.softdep_pre["x"], vec!["a", "b"]);
+    }
+
+    #[test]
+    fn a_modules_dir_without_modules_dep_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            ModuleIndex::load(d.path(), None),
+            Err(ProbeError::ModulesDepMissing { .. })
+        ));
+    }
+
+    fn elf_module() -> Vec<u8> {
+        let mut v = b"\x7fELF\x02\x01\x01".to_vec();
+        v.extend((0..5000u32).map(|i| (i * 7 % 251) as u8));
+        v
+    }
+
+    #[test]
+    fn read_module_decompresses_by_extension() {
+        let d = tempfile::tempdir().unwrap();
+        let body = elf_module();
+        let plain = d.path().join("m.ko");
+        fs::write(&plain, &body).unwrap();
+
+        let xz = d.path().join("m.ko.xz");
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        e.write_all(&body).unwrap();
+        fs::write(&xz, e.finish().unwrap()).unwrap();
+
+        let gz = d.path().join("m.ko.gz");
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&body).unwrap();
+        fs::write(&gz, e.finish().unwrap()).unwrap();
+
+        let zst = d.path().join("m.ko.zst");
+        let frame = ruzstd::encoding::compress_to_vec(
+            body.as_slice(),
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        fs::write(&zst, frame).unwrap();
+
+        for p in [&plain, &xz, &gz, &zst] {
+            assert_eq!(read_module(p).unwrap(), body, "{}", p.display());
+        }
+    }
+
+    #[test]
+    fn read_module_handles_multi_frame_zstd() {
+        let d = tempfile::tempdir().unwrap();
+        let body = elf_module();
+        let (a, b) = body.split_at(1000);
+        let lvl = ruzstd::encoding::CompressionLevel::Fastest;
+        let mut data = ruzstd::encoding::compress_to_vec(a, lvl);
+        // A skippable frame between the two data frames.
+        data.extend_from_slice(&0x184d_2a50u32.to_le_bytes());
+        data.extend_from_slice(&3u32.to_le_bytes());
+        data.extend_from_slice(b"abc");
+        data.extend(ruzstd::encoding::compress_to_vec(b, lvl));
+        let p = d.path().join("m.ko.zst");
+        fs::write(&p, data).unwrap();
+        assert_eq!(read_module(&p).unwrap(), body);
+    }
+
+    #[test]
+    fn read_module_rejects_corrupt_non_elf_and_unknown_files() {
+        let d = tempfile::tempdir().unwrap();
+        let bad_xz = d.path().join("m.ko.xz");
+        fs::write(&bad_xz, b"\xfd7zXZ\x00garbage").unwrap();
+        assert!(matches!(
+            read_module(&bad_xz),
+            Err(ProbeError::ModuleDecompress { .. })
+        ));
+
+        let not_elf = d.path().join("n.ko");
+        fs::write(&not_elf, b"hello").unwrap();
+        assert!(matches!(
+            read_module(&not_elf),
+            Err(ProbeError::ModuleNotElf { .. })
+        ));
+
+        let bz = d.path().join("m.ko.bz2");
+        fs::write(&bz, b"BZh").unwrap();
+        assert!(matches!(
+            read_module(&bz),
+            Err(ProbeError::ModuleUnknownCompression { .. })
+        ));
+
+        assert!(matches!(
+            read_module(&d.path().join("absent.ko")),
+            Err(ProbeError::Io { .. })
+        ));
+    }
+
+    fn host_kernel(version: &str) -> Option<Kernel> {
+        let dir = Path::new("/lib/modules").join(version);
+        if !dir.join("modules.dep").exists() {
+            eprintln!("skipping: {} not present on this host", dir.display());
+            return None;
+        }
+        let mut k = kernel_for(&dir);
+        k.version = version.to_string();
+        k.config =
+            Some(Path::new("/boot").join(format!("config-{version}"))).filter(|p| p.exists());
+        Some(k)
+    }
+
+    /// Checks the real set: small, dependency-ordered, decompressible, and
+    /// free of supermin's glob catches (bluetooth, net).
+    fn check_host_set(k: &Kernel) -> ModuleSet {
+        let set = module_set(k, &[]).unwrap();
+        let idx = ModuleIndex::load(&k.modules_dir, None).unwrap();
+        for (i, m) in set.modules.iter().enumerate() {
+            for dep in &idx.deps[&m.name].1 {
+                assert!(pos(&set.modules, dep) < i, "{dep} before {}", m.name);
+            }
+            let bytes = read_module(&m.path).unwrap();
+            assert!(bytes.starts_with(b"\x7fELF"));
+        }
+        assert!(set.modules.len() < 30, "{:?}", names(&set.modules));
+        for m in &set.modules {
+            assert!(
+                !m.name.contains("bt") && !m.name.contains("net"),
+                "{}",
+                m.name
+            );
+        }
+        for want in ["ext4", "virtio_blk", "virtio_scsi", "sd_mod", "jbd2"] {
+            pos(&set.modules, want);
+        }
+        set
+    }
+
+    #[test]
+    fn host_debian_6_1_set_loads_virtio_as_modules() {
+        let Some(k) = host_kernel("6.1.0-56-amd64") else {
+            return;
+        };
+        let set = check_host_set(&k);
+        let ms = &set.modules;
+        for m in [
+            "virtio_pci",
+            "virtio_pci_modern_dev",
+            "virtio_pci_legacy_dev",
+            "virtio_console",
+        ] {
+            pos(ms, m);
+        }
+        assert!(pos(ms, "crc32c_generic") < pos(ms, "ext4"));
+        assert!(ms
+            .iter()
+            .all(|m| m.path.extension().is_some_and(|e| e == "ko")));
+    }
+
+    #[test]
+    fn host_debian_6_12_set_skips_builtin_virtio_and_reads_xz_modules() {
+        let Some(k) = host_kernel("6.12.117+deb12-amd64") else {
+            return;
+        };
+        let set = check_host_set(&k);
+        for m in ["virtio_pci", "virtio_console"] {
+            assert!(!names(&set.modules).contains(&m));
+            assert!(
+                set.not_loaded.iter().any(|n| n.name == m && n.builtin),
+                "{m} built in"
+            );
+        }
+        assert!(set
+            .modules
+            .iter()
+            .all(|m| m.path.to_string_lossy().ends_with(".ko.xz")));
+    }
+}
