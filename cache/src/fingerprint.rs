@@ -303,7 +303,10 @@ impl FingerprintBuilder {
                     }
                 }
                 Ok(m) => self.other(&m),
-                Err(e) if is_missing(&e) => self.tag(KIND_MISSING),
+                // Dangling or looping: the link text above is all there is.
+                Err(e) if is_missing(&e) || e.raw_os_error() == Some(libc::ELOOP) => {
+                    self.tag(KIND_MISSING)
+                }
                 Err(source) => return Err(read_error(path, source)),
             }
             Ok(false)
