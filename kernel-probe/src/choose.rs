@@ -198,10 +198,11 @@ pub(crate) const MODULE_INDEX_FILES: [&str; 4] = [
 ];
 
 impl Kernel {
-    /// The kernel file, the modules directory and its index files, each with
-    /// (dev, ino, size, mtime, ctime): cheap to stat, and enough for a cache
-    /// key to notice a new kernel or a re-run `depmod`. Optional index files
-    /// that do not exist are left out.
+    /// The kernel file, the modules directory and its index files, and the
+    /// kernel config if one was found, each with (dev, ino, size, mtime,
+    /// ctime): cheap to stat, and enough for a cache key to notice a new
+    /// kernel or a re-run `depmod`. Optional index files that do not exist
+    /// are left out.
     pub fn identity(&self) -> Result<Vec<FileIdentity>, ProbeError> {
         let mut ids = vec![
             FileIdentity::of(&self.path)?,
@@ -218,6 +219,9 @@ impl Kernel {
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if let Some(config) = &self.config {
+            ids.push(FileIdentity::of(config)?);
         }
         Ok(ids)
     }
@@ -316,7 +320,7 @@ fn probe_env_kernel(env: &ProbeEnv, kernel: &Path) -> Result<Kernel, ProbeError>
         version_source,
         modules_dir: modules_dir.clone(),
         source: KernelSource::Env,
-        config: config_of(env, &version),
+        config: config_of(env, &version, &modules_dir),
         candidates: vec![Candidate {
             path: kernel.to_path_buf(),
             version: Some(version),
@@ -351,8 +355,15 @@ fn check_modules_dir(dir: &Path) -> Result<(), ProbeError> {
     }
 }
 
-fn config_of(env: &ProbeEnv, version: &str) -> Option<PathBuf> {
-    Some(env.boot().join(format!("config-{version}"))).filter(|p| p.is_file())
+/// The kernel config: Debian and Ubuntu keep it in `/boot`, Fedora and Arch
+/// beside the modules.
+fn config_of(env: &ProbeEnv, version: &str, modules_dir: &Path) -> Option<PathBuf> {
+    [
+        env.boot().join(format!("config-{version}")),
+        modules_dir.join("config"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
 }
 
 fn has_modules_dep(dir: &Path) -> bool {
@@ -723,7 +734,7 @@ fn finish(
     check_modules_dir(&modules_dir)?;
     let version = chosen.version.unwrap_or_default();
     Ok(Kernel {
-        config: config_of(env, &version),
+        config: config_of(env, &version, &modules_dir),
         path: chosen.path,
         version,
         version_source: chosen.version_source.unwrap_or(VersionSource::FileName),
@@ -932,6 +943,16 @@ mod tests {
             t.root().join("lib/modules/6.5.6-300.fc39.x86_64")
         );
         assert!(candidate(&k, &boot).reason.contains("takes precedence"));
+        assert_eq!(k.config, None);
+        let config = k.modules_dir.join("config");
+        fs::write(&config, "CONFIG_EXT4_FS=y\n").unwrap();
+        let k = probe(&t.env()).unwrap();
+        assert_eq!(
+            k.config.as_ref(),
+            Some(&config),
+            "Fedora keeps config beside the modules"
+        );
+        assert!(k.identity().unwrap().iter().any(|i| i.path == config));
     }
 
     #[test]
