@@ -1,0 +1,69 @@
+//! The one error type of this crate: every variant names the file, package or value it is
+//! about, so the builder can print one line that tells the user what to fix.
+
+use std::io;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostfilesError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot decompress {path} (is it a truncated gzip/xz file?)")]
+    Decompress {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: unknown file type in supermin directory (expected a tar archive, or a packages, hostfiles or excludefiles list)")]
+    UnknownInputType { path: PathBuf },
+    #[error("{path}: cpio files are not supported as supermin input; repack it as a tar archive")]
+    CpioInput { path: PathBuf },
+    #[error("{path}: excludefiles line {line:?} does not start with '-'")]
+    BadExcludeLine { path: PathBuf, line: String },
+    #[error("tar entry {entry:?} would land outside the appliance root ({reason})")]
+    UnsafeTarPath { entry: String, reason: &'static str },
+    #[error("could not detect the package manager of {root} (no dpkg, rpm or pacman database); run `supermin --list-drivers` to see what was probed")]
+    NoPackageHandler { root: PathBuf },
+    #[error("{path}: malformed package database: {message}")]
+    PackageDb { path: PathBuf, message: String },
+    #[error("cannot run {command}; is it installed?")]
+    Spawn {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{command} failed ({status}): {stderr}")]
+    CommandFailed {
+        command: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("package(s) not installed on this system: {}", names.join(", "))]
+    UnknownPackages { names: Vec<String> },
+    #[error("prepare: no packages named; give at least one package name")]
+    NoPackages,
+    #[error("{path}: malformed ELF file: {message}")]
+    Elf { path: PathBuf, message: String },
+}
+
+pub type Result<T, E = HostfilesError> = std::result::Result<T, E>;
+
+pub(crate) fn read_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> HostfilesError {
+    let path = path.into();
+    move |source| HostfilesError::Read { path, source }
+}
+
+pub(crate) fn write_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> HostfilesError {
+    let path = path.into();
+    move |source| HostfilesError::Write { path, source }
+}

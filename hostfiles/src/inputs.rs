@@ -1,0 +1,400 @@
+//! Reading supermin.d inputs (supermin 5 semantics): each input file is sniffed by content,
+//! decompressed if it is gzip or xz, and sorted into packages, hostfiles, excludefiles or base
+//! images. Base images are only recorded here (never unpacked): the builder streams their
+//! entries into the image, checking each entry with [`safe_tar_path`] / [`BaseImageGuard`].
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{read_err, HostfilesError, Result};
+
+/// How a base image (or a list) is compressed on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Xz,
+}
+
+/// A tar archive to overlay on the appliance root, in input order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseImage {
+    pub path: PathBuf,
+    pub compression: Compression,
+}
+
+/// Everything the supermin.d inputs asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inputs {
+    /// Package names, in input order (duplicates kept; resolution dedups).
+    pub packages: Vec<String>,
+    /// Absolute glob patterns to expand on the host.
+    pub hostfiles: Vec<String>,
+    /// fnmatch patterns (leading `-` removed), applied to package files only.
+    pub excludes: Vec<String>,
+    /// Base images in input order.
+    pub base_images: Vec<BaseImage>,
+    /// Every file read, in order (for cache fingerprints).
+    pub sources: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Content {
+    BaseImage,
+    Packages,
+    Hostfiles,
+    Excludefiles,
+    Empty,
+}
+
+/// Read supermin.d inputs: files, or directories whose entries are read in name order.
+pub fn read_inputs(paths: &[PathBuf]) -> Result<Inputs> {
+    let mut inputs = Inputs::default();
+    for p in paths {
+        read_one(p, &mut inputs)?;
+    }
+    Ok(inputs)
+}
+
+fn read_one(path: &Path, inputs: &mut Inputs) -> Result<()> {
+    let meta = fs::metadata(path).map_err(read_err(path))?;
+    if meta.is_dir() {
+        let mut entries: Vec<PathBuf> = fs::read_dir(path)
+            .map_err(read_err(path))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<io::Result<_>>()
+            .map_err(read_err(path))?;
+        // supermin sorts with OCaml's byte-wise `compare`; PathBuf's ordering differs only
+        // for names with '/', which directory entries cannot contain.
+        entries.sort_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
+        for e in entries {
+            read_one(&e, inputs)?;
+        }
+        return Ok(());
+    }
+    inputs.sources.push(path.to_path_buf());
+    let compression = sniff_compression(path)?;
+    let head = read_head(path, compression)?;
+    match classify(path, &head)? {
+        Content::Empty => {}
+        Content::BaseImage => inputs.base_images.push(BaseImage {
+            path: path.to_path_buf(),
+            compression,
+        }),
+        kind => {
+            let mut text = String::new();
+            open_decompressed(path, compression)?
+                .read_to_string(&mut text)
+                .map_err(|source| HostfilesError::Decompress {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            for line in text.lines() {
+                // Blank lines carry nothing; supermin would look them up as "" and drop them.
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match kind {
+                    Content::Packages => inputs.packages.push(line.trim().to_string()),
+                    Content::Hostfiles => inputs.hostfiles.push(line.to_string()),
+                    Content::Excludefiles => match line.strip_prefix('-') {
+                        Some(pat) => inputs.excludes.push(pat.to_string()),
+                        None => {
+                            return Err(HostfilesError::BadExcludeLine {
+                                path: path.to_path_buf(),
+                                line: line.to_string(),
+                            })
+                        }
+                    },
+                    Content::BaseImage | Content::Empty => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sniff_compression(path: &Path) -> Result<Compression> {
+    let mut magic = [0u8; 6];
+    let mut f = File::open(path).map_err(read_err(path))?;
+    let n = read_up_to(&mut f, &mut magic).map_err(read_err(path))?;
+    Ok(if n >= 3 && magic[..3] == [0x1f, 0x8b, 0x08] {
+        Compression::Gzip
+    } else if n >= 6 && magic == *b"\xfd7zXZ\0" {
+        Compression::Xz
+    } else {
+        Compression::None
+    })
+}
+
+/// The first 512 decompressed bytes, which is all supermin looks at to classify.
+fn read_head(path: &Path, compression: Compression) -> Result<Vec<u8>> {
+    let mut r = open_decompressed(path, compression)?;
+    let mut buf = vec![0u8; 512];
+    let n = read_up_to(&mut r, &mut buf).map_err(|source| HostfilesError::Decompress {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn classify(path: &Path, buf: &[u8]) -> Result<Content> {
+    let len = buf.len();
+    if len >= 262 && &buf[257..262] == b"ustar" {
+        Ok(Content::BaseImage)
+    } else if len >= 6 && buf.starts_with(b"07070") {
+        Err(HostfilesError::CpioInput {
+            path: path.to_path_buf(),
+        })
+    } else if len >= 2 && buf[0] == b'/' {
+        Ok(Content::Hostfiles)
+    } else if len >= 2 && buf[0] == b'-' {
+        Ok(Content::Excludefiles)
+    } else if len >= 1 && buf[0].is_ascii_alphanumeric() {
+        Ok(Content::Packages)
+    } else if len == 0 {
+        Ok(Content::Empty)
+    } else {
+        Err(HostfilesError::UnknownInputType {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn open_decompressed(path: &Path, compression: Compression) -> Result<Box<dyn Read + Send>> {
+    let f = BufReader::with_capacity(128 * 1024, File::open(path).map_err(read_err(path))?);
+    Ok(match compression {
+        Compression::None => Box::new(f),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(f)),
+        Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(f)),
+    })
+}
+
+/// Open a base image as a decompressed tar stream (the builder streams its entries).
+pub fn open_base_image(img: &BaseImage) -> Result<Box<dyn Read + Send>> {
+    open_decompressed(&img.path, img.compression)
+}
+
+/// Validate a tar entry's path: returns it as a normalized relative path inside the root
+/// (`./etc/x/` -> `etc/x`; `.` or `./` -> empty, meaning the root itself), or an error for
+/// absolute paths and any `..` component. Symlinks are checked by [`BaseImageGuard`].
+pub fn safe_tar_path(entry: &Path) -> Result<PathBuf> {
+    let bad = |reason| HostfilesError::UnsafeTarPath {
+        entry: entry.display().to_string(),
+        reason,
+    };
+    let mut out = PathBuf::new();
+    for c in entry.components() {
+        match c {
+            Component::CurDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => return Err(bad("it contains '..'")),
+            Component::RootDir | Component::Prefix(_) => return Err(bad("it is an absolute path")),
+        }
+    }
+    Ok(out)
+}
+
+/// Rejects base-image entries that would be written through a symlink: one made by an
+/// earlier entry (of any base image) or one the file set already holds (e.g. `/lib -> usr/lib`).
+#[derive(Debug, Default, Clone)]
+pub struct BaseImageGuard {
+    symlinks: HashSet<PathBuf>,
+}
+
+impl BaseImageGuard {
+    /// A guard that knows the symlinks of the host file set (relative to the root).
+    pub fn new<'a>(existing_symlinks: impl IntoIterator<Item = &'a Path>) -> Self {
+        let symlinks = existing_symlinks
+            .into_iter()
+            .filter_map(|p| safe_tar_path(p.strip_prefix("/").unwrap_or(p)).ok())
+            .collect();
+        BaseImageGuard { symlinks }
+    }
+
+    /// Check one entry; `is_symlink` records it so later entries below it are refused.
+    /// A symlink replaced by a non-symlink entry of the same name stops being a symlink.
+    pub fn check(&mut self, entry: &Path, is_symlink: bool) -> Result<PathBuf> {
+        let rel = safe_tar_path(entry)?;
+        let mut anc = rel.parent();
+        while let Some(a) = anc {
+            if a.as_os_str().is_empty() {
+                break;
+            }
+            if self.symlinks.contains(a) {
+                return Err(HostfilesError::UnsafeTarPath {
+                    entry: entry.display().to_string(),
+                    reason: "a parent directory is a symlink",
+                });
+            }
+            anc = a.parent();
+        }
+        if is_symlink {
+            self.symlinks.insert(rel.clone());
+        } else {
+            self.symlinks.remove(&rel);
+        }
+        Ok(rel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        fs::write(&p, data).unwrap();
+        p
+    }
+
+    fn tar_bytes(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn xz(data: &[u8]) -> Vec<u8> {
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn directory_entries_are_read_in_name_order_and_sorted_by_kind() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "b-packages", b"bash\ncoreutils\n");
+        write(d.path(), "a-packages", b"acl\n");
+        write(d.path(), "hostfiles", b"/etc/ld.so.cache\n/lib/lsb/*\n");
+        write(d.path(), "excludefiles", b"-/usr/share/doc/*\n-/boot/*\n");
+        write(d.path(), "empty", b"");
+        let base = write(
+            d.path(),
+            "base.tar.gz",
+            &gzip(&tar_bytes(&[("etc/x", b"1")])),
+        );
+        let inputs = read_inputs(&[d.path().to_path_buf()]).unwrap();
+        assert_eq!(inputs.packages, ["acl", "bash", "coreutils"]);
+        assert_eq!(inputs.hostfiles, ["/etc/ld.so.cache", "/lib/lsb/*"]);
+        assert_eq!(inputs.excludes, ["/usr/share/doc/*", "/boot/*"]);
+        assert_eq!(
+            inputs.base_images,
+            [BaseImage {
+                path: base,
+                compression: Compression::Gzip
+            }]
+        );
+        assert_eq!(inputs.sources.len(), 6);
+    }
+
+    #[test]
+    fn compressed_lists_are_decompressed_before_sniffing() {
+        let d = tempfile::tempdir().unwrap();
+        let p1 = write(d.path(), "p.gz", &gzip(b"bash\n"));
+        let p2 = write(d.path(), "h.xz", &xz(b"/bin/ls\n"));
+        let p3 = write(d.path(), "base.tar.xz", &xz(&tar_bytes(&[("etc/a", b"a")])));
+        let inputs = read_inputs(&[p1, p2, p3.clone()]).unwrap();
+        assert_eq!(inputs.packages, ["bash"]);
+        assert_eq!(inputs.hostfiles, ["/bin/ls"]);
+        assert_eq!(inputs.base_images[0].compression, Compression::Xz);
+        let mut ar = tar::Archive::new(open_base_image(&inputs.base_images[0]).unwrap());
+        let names: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["etc/a"]);
+    }
+
+    #[test]
+    fn uncompressed_tar_is_a_base_image() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "base.tar", &tar_bytes(&[("etc/a", b"a")]));
+        let inputs = read_inputs(&[p]).unwrap();
+        assert_eq!(inputs.base_images[0].compression, Compression::None);
+    }
+
+    #[test]
+    fn cpio_and_unknown_content_are_errors_naming_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "init.cpio", b"070701000000000000");
+        let e = read_inputs(&[p]).unwrap_err().to_string();
+        assert!(e.contains("init.cpio") && e.contains("cpio"), "{e}");
+        let p = write(d.path(), "weird", b"#!/bin/sh\n");
+        let e = read_inputs(&[p]).unwrap_err().to_string();
+        assert!(
+            e.contains("weird") && e.contains("unknown file type"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn truncated_gzip_input_is_an_error_not_a_panic() {
+        let d = tempfile::tempdir().unwrap();
+        let full = gzip(b"bash\ncoreutils\n");
+        let p = write(d.path(), "p.gz", &full[..full.len() / 2]);
+        assert!(read_inputs(&[p]).is_err());
+    }
+
+    #[test]
+    fn missing_input_is_an_error_naming_it() {
+        let e = read_inputs(&[PathBuf::from("/nonexistent/supermin.d")]).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/supermin.d"));
+    }
+
+    #[test]
+    fn safe_tar_path_normalizes_and_refuses_escapes() {
+        assert_eq!(
+            safe_tar_path(Path::new("./etc/x/")).unwrap(),
+            PathBuf::from("etc/x")
+        );
+        assert_eq!(safe_tar_path(Path::new("./")).unwrap(), PathBuf::new());
+        assert!(safe_tar_path(Path::new("../etc/passwd")).is_err());
+        assert!(safe_tar_path(Path::new("etc/../../x")).is_err());
+        assert!(safe_tar_path(Path::new("/etc/passwd")).is_err());
+    }
+
+    #[test]
+    fn guard_refuses_entries_below_a_symlink() {
+        let mut g = BaseImageGuard::new([Path::new("/lib")]);
+        assert!(g.check(Path::new("lib/evil.so"), false).is_err());
+        assert!(g.check(Path::new("./etc/link"), true).is_ok());
+        assert!(g.check(Path::new("etc/link/passwd"), false).is_err());
+        assert_eq!(
+            g.check(Path::new("etc/other"), false).unwrap(),
+            PathBuf::from("etc/other")
+        );
+        // Replacing the symlink by a directory makes its children fine again.
+        g.check(Path::new("etc/link"), false).unwrap();
+        assert!(g.check(Path::new("etc/link/passwd"), false).is_ok());
+    }
+}

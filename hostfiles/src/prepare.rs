@@ -1,0 +1,280 @@
+//! `supermin --prepare`: write `packages` (the named packages, sorted) and `base.tar.gz`
+//! (the configuration files of the whole package closure, owned by root, reproducible).
+//! With `--use-installed` the config files are taken from the installed system; otherwise
+//! from the packages themselves (`apt-get download` + `dpkg-deb --fsys-tarfile`), so a
+//! locally edited config file does not leak into a distributed appliance.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::error::{read_err, write_err, HostfilesError, Result};
+use crate::inputs::safe_tar_path;
+use crate::packages::{self, Handler};
+use crate::pattern::join_root;
+
+/// What one `--prepare` does.
+#[derive(Debug, Clone)]
+pub struct PrepareOptions {
+    pub packages: Vec<String>,
+    pub use_installed: bool,
+    /// `--packager-config`: passed to `apt-get -c`.
+    pub packager_config: Option<PathBuf>,
+    pub out_dir: PathBuf,
+    /// `SOURCE_DATE_EPOCH`: every tar entry gets this mtime.
+    pub source_date_epoch: Option<i64>,
+    /// The system whose package database is used; `/` normally.
+    pub root: PathBuf,
+}
+
+pub fn prepare(opts: &PrepareOptions) -> Result<()> {
+    if opts.packages.is_empty() {
+        return Err(HostfilesError::NoPackages);
+    }
+    let root = opts.root.as_path();
+    let h = packages::detect(root).ok_or_else(|| HostfilesError::NoPackageHandler {
+        root: root.to_path_buf(),
+    })?;
+    let db = packages::load(h, root)?;
+    let (set, missing) = db.closure(&opts.packages);
+    if !missing.is_empty() {
+        return Err(HostfilesError::UnknownPackages { names: missing });
+    }
+    let named: BTreeSet<String> = db.closure_roots(&opts.packages);
+    fs::create_dir_all(&opts.out_dir).map_err(write_err(&opts.out_dir))?;
+    let list: String = named.iter().map(|n| format!("{n}\n")).collect();
+    write_atomic(&opts.out_dir.join("packages"), list.as_bytes())?;
+
+    // Config files per package; only packages that have some need downloading.
+    let mut config: BTreeSet<String> = BTreeSet::new();
+    let mut with_config = BTreeSet::new();
+    for &i in &set {
+        let files = db.files_of(i)?;
+        for f in files {
+            let on_host = fs::symlink_metadata(join_root(root, Path::new(&f.path)));
+            let is_cfg = f.config
+                || (f.path.starts_with("/etc/") && on_host.as_ref().is_ok_and(|m| m.is_file()));
+            if is_cfg {
+                config.insert(f.path);
+                with_config.insert(db.pkgs[i].name.clone());
+            }
+        }
+    }
+
+    let base = opts.out_dir.join("base.tar.gz");
+    let scratch;
+    let source_root: PathBuf = if opts.use_installed {
+        root.to_path_buf()
+    } else {
+        if h != Handler::Dpkg {
+            return Err(HostfilesError::PackageDb {
+                path: root.to_path_buf(),
+                message: format!(
+                    "downloading packages is only implemented for dpkg, not {}; use --use-installed",
+                    h.name()
+                ),
+            });
+        }
+        scratch = TempDir::new(&opts.out_dir)?;
+        download_dpkg(
+            &with_config,
+            opts.packager_config.as_deref(),
+            scratch.path(),
+            &config,
+        )?;
+        scratch.path().to_path_buf()
+    };
+    // Only config files that exist in the source (a package may not ship them all, and the
+    // installed system may have removed some) go into the image, as with supermin.
+    let present: Vec<String> = config
+        .into_iter()
+        .filter(|p| {
+            fs::symlink_metadata(join_root(&source_root, Path::new(p))).is_ok_and(|m| m.is_file())
+        })
+        .collect();
+    if present.is_empty() {
+        // supermin writes no base.tar.gz then; remove a stale one from an earlier run.
+        match fs::remove_file(&base) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(write_err(&base)(e)),
+        }
+        return Ok(());
+    }
+    write_base_tar(&base, &source_root, &present, opts.source_date_epoch)
+}
+
+fn write_base_tar(out: &Path, src: &Path, files: &[String], epoch: Option<i64>) -> Result<()> {
+    let tmp = out.with_extension("gz.tmp");
+    let res = (|| -> Result<()> {
+        let f = File::create(&tmp).map_err(write_err(&tmp))?;
+        // Header mtime 0 and no file name: the gzip wrapper is reproducible too.
+        let gz = flate2::GzBuilder::new()
+            .mtime(0)
+            .write(BufWriter::new(f), flate2::Compression::default());
+        let mut tar = tar::Builder::new(gz);
+        for p in files {
+            let host = join_root(src, Path::new(p));
+            let meta = fs::metadata(&host).map_err(read_err(&host))?;
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(meta.len());
+            h.set_mode(meta.mode() & 0o7777);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_username("root").map_err(write_err(&tmp))?;
+            h.set_groupname("root").map_err(write_err(&tmp))?;
+            h.set_mtime(epoch.map_or(meta.mtime(), |e| e).max(0) as u64);
+            let rel = p.trim_start_matches('/');
+            let file = File::open(&host).map_err(read_err(&host))?;
+            tar.append_data(&mut h, rel, file)
+                .map_err(write_err(&tmp))?;
+        }
+        let gz = tar.into_inner().map_err(write_err(&tmp))?;
+        let mut w = gz.finish().map_err(write_err(&tmp))?;
+        w.flush().map_err(write_err(&tmp))?;
+        Ok(())
+    })();
+    if let Err(e) = res {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, out).map_err(write_err(out))
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, data).map_err(write_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(write_err(path))
+}
+
+/// Download the packages with `apt-get download` and pull the wanted config files out of
+/// each with `dpkg-deb --fsys-tarfile`, streaming (no full unpack).
+fn download_dpkg(
+    names: &BTreeSet<String>,
+    packager_config: Option<&Path>,
+    dir: &Path,
+    wanted: &BTreeSet<String>,
+) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let debs = dir.join("debs");
+    fs::create_dir_all(&debs).map_err(write_err(&debs))?;
+    let mut cmd = Command::new("apt-get");
+    if let Some(c) = packager_config {
+        cmd.arg("-c").arg(c);
+    }
+    cmd.args(["--quiet", "--quiet", "download"])
+        .args(names)
+        .current_dir(&debs);
+    run(cmd, "apt-get download")?;
+    let tree = dir.join("tree");
+    let mut entries: Vec<PathBuf> = fs::read_dir(&debs)
+        .map_err(read_err(&debs))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .collect();
+    entries.sort();
+    for deb in entries {
+        let mut child = Command::new("dpkg-deb")
+            .arg("--fsys-tarfile")
+            .arg(&deb)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| HostfilesError::Spawn {
+                command: "dpkg-deb".to_string(),
+                source,
+            })?;
+        let stdout = child.stdout.take().ok_or_else(|| HostfilesError::Spawn {
+            command: "dpkg-deb".to_string(),
+            source: io::Error::other("no stdout pipe"),
+        })?;
+        let extract = extract_wanted(stdout, &tree, wanted, &deb);
+        let out = child
+            .wait_with_output()
+            .map_err(|source| HostfilesError::Spawn {
+                command: "dpkg-deb".to_string(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(HostfilesError::CommandFailed {
+                command: format!("dpkg-deb --fsys-tarfile {}", deb.display()),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        extract?;
+    }
+    Ok(())
+}
+
+fn extract_wanted(r: impl Read, tree: &Path, wanted: &BTreeSet<String>, deb: &Path) -> Result<()> {
+    let decompress = |source| HostfilesError::Decompress {
+        path: deb.to_path_buf(),
+        source,
+    };
+    let mut ar = tar::Archive::new(r);
+    for e in ar.entries().map_err(decompress)? {
+        let mut e = e.map_err(decompress)?;
+        if e.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let raw = e.path().map_err(decompress)?.into_owned();
+        let rel = safe_tar_path(&raw)?;
+        let abs = format!("/{}", rel.display());
+        if !wanted.contains(&abs) {
+            continue;
+        }
+        let dest = tree.join(&rel);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(write_err(parent))?;
+        }
+        let mode = e.header().mode().unwrap_or(0o644);
+        let mut out = File::create(&dest).map_err(write_err(&dest))?;
+        io::copy(&mut e, &mut out).map_err(write_err(&dest))?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&dest, fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(write_err(&dest))?;
+    }
+    Ok(())
+}
+
+fn run(mut cmd: Command, what: &str) -> Result<()> {
+    let out = cmd.output().map_err(|source| HostfilesError::Spawn {
+        command: what.to_string(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(HostfilesError::CommandFailed {
+            command: what.to_string(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// A scratch directory beside the output, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(near: &Path) -> Result<TempDir> {
+        let p = near.join(format!(".prepare-{}", std::process::id()));
+        fs::create_dir_all(&p).map_err(write_err(&p))?;
+        Ok(TempDir(p))
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
