@@ -13,6 +13,7 @@
 //! never a silent fallback to something else.
 
 use std::cmp::Ordering;
+use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -44,8 +45,14 @@ pub struct ProbeEnv {
 impl ProbeEnv {
     /// Reads the `SUPERMIN_*` variables. An empty variable counts as unset
     /// (`SUPERMIN_KERNEL= cmd` is the shell's way to unset it for one command).
+    /// The host CPU defaults to the one this program was built for.
     pub fn from_env(host_cpu: Option<&str>) -> ProbeEnv {
-        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        ProbeEnv::from_vars(|name| std::env::var_os(name), host_cpu)
+    }
+
+    /// [`ProbeEnv::from_env`] with the variables looked up by `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<OsString>, host_cpu: Option<&str>) -> ProbeEnv {
+        let var = |name: &str| var(name).filter(|v| !v.is_empty());
         ProbeEnv {
             kernel: var("SUPERMIN_KERNEL").map(PathBuf::from),
             kernel_version: var("SUPERMIN_KERNEL_VERSION")
@@ -1160,16 +1167,22 @@ mod tests {
     }
 
     #[test]
-    fn from_env_treats_empty_variables_as_unset_and_defaults_the_cpu() {
-        // Only reads the process environment; asserts what it must derive.
-        let env = ProbeEnv::from_env(Some("aarch64"));
+    fn variables_are_read_and_empty_ones_count_as_unset() {
+        let vars = |name: &str| match name {
+            "SUPERMIN_KERNEL" => Some(OsString::from("/k/vmlinuz")),
+            "SUPERMIN_KERNEL_VERSION" => Some(OsString::from("")),
+            "SUPERMIN_MODULES" => Some(OsString::from("/k/modules")),
+            _ => None,
+        };
+        let env = ProbeEnv::from_vars(vars, Some("aarch64"));
+        assert_eq!(env.kernel.as_deref(), Some(Path::new("/k/vmlinuz")));
+        assert_eq!(env.kernel_version, None);
+        assert_eq!(env.modules.as_deref(), Some(Path::new("/k/modules")));
         assert_eq!(env.host_cpu, "aarch64");
         assert_eq!(env.root, PathBuf::from("/"));
-        let env = ProbeEnv::from_env(None);
+        let env = ProbeEnv::from_vars(|_| None, None);
         assert_eq!(env.host_cpu, std::env::consts::ARCH);
-        for v in [&env.kernel, &env.modules] {
-            assert!(v.as_ref().is_none_or(|p| !p.as_os_str().is_empty()));
-        }
+        assert_eq!(env.kernel, None);
     }
 
     #[test]
