@@ -133,6 +133,9 @@ const FILE_RACY_CONTENTS: u8 = b'r';
 pub struct FingerprintBuilder {
     hasher: Sha256,
     racy_window: Duration,
+    // Reused across files: a fresh 256 KiB buffer per file would be an
+    // mmap/munmap pair each time, which dominates for trees of small files.
+    buf: Vec<u8>,
 }
 
 impl FingerprintBuilder {
@@ -140,6 +143,7 @@ impl FingerprintBuilder {
         let mut b = FingerprintBuilder {
             hasher: Sha256::new(),
             racy_window: RACY_WINDOW,
+            buf: Vec::new(),
         };
         b.tag(TAG_HEADER);
         b.field(b"supermin-rs fingerprint v1");
@@ -394,19 +398,22 @@ impl FingerprintBuilder {
             Err(source) => return Err(read_error(path, source)),
         };
         let mut sub = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(256 * 1024, 0);
         let mut total: u64 = 0;
-        loop {
+        let result = loop {
             match file.read(&mut buf) {
-                Ok(0) => break,
+                Ok(0) => break Ok(()),
                 Ok(n) => {
                     sub.update(&buf[..n]);
                     total += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => return Err(read_error(path, source)),
+                Err(source) => break Err(read_error(path, source)),
             }
-        }
+        };
+        self.buf = buf;
+        result?;
         let digest: [u8; 32] = sub.finalize().into();
         self.u64(total);
         self.hasher.update(digest);
