@@ -1,0 +1,1090 @@
+//! Planning: turns a [`Tree`] and [`Options`] into the complete layout of the
+//! image before a byte is written — inode numbers, directory blocks, every
+//! block number (data, indirect, directory, symlink), bitmaps, group
+//! descriptors and superblocks — as a list of metadata chunks to write and a
+//! list of data copies to run.
+//!
+//! Numbering and allocation follow the tree's sorted walk: the root is inode
+//! 2, `lost+found` 11, then the entries of each directory get consecutive
+//! numbers before its subdirectories are visited. Blocks are handed out in
+//! one ascending sweep: all directories first (compact metadata near the
+//! start of the image), then slow symlinks, then file data in inode order,
+//! so that reading a directory's files is sequential. Nothing here depends
+//! on hash-map iteration order or on the order the tree was built in, which
+//! is what makes images reproducible.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::blockmap::{blocks_needed, BlockMap, Mapper, Run};
+use crate::disk::{self, Inode, Superblock, INODE_SIZE};
+use crate::error::{show, Ext2Error};
+use crate::layout::{Allocator, Geometry, GeometryError};
+use crate::tree::{FileData, Meta, NodeId, NodeKind, Timestamp, Tree};
+use crate::{Options, Summary};
+
+/// ext2's limit on subdirectories (`EXT2_LINK_MAX`): each adds a link to its
+/// parent, and the ext2 driver refuses more.
+const DIR_LINK_MAX: u64 = 32_000;
+/// `i_links_count` is 16 bits; ext4 caps at 65000.
+const FILE_LINK_MAX: u64 = 65_000;
+/// `mke2fs`'s default bytes-per-inode ratio, used when the size is given.
+const INODE_RATIO: u64 = 16_384;
+/// `mke2fs` makes lost+found 16 KiB so e2fsck can reconnect files without
+/// allocating; within the 12 direct blocks.
+const LOST_FOUND_BYTES: u64 = 16_384;
+const LOST_FOUND: &[u8] = b"lost+found";
+
+/// Bytes to write at an offset of the image: metadata, or small in-memory
+/// file contents.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub offset: u64,
+    pub data: Vec<u8>,
+}
+
+/// Where a copy job reads from.
+#[derive(Debug)]
+pub(crate) enum Source<'t> {
+    Host(&'t Path),
+    Range {
+        file: &'t File,
+        offset: u64,
+        image_path: String,
+    },
+}
+
+/// Copy a file's data into its planned blocks.
+#[derive(Debug)]
+pub(crate) struct CopyJob<'t> {
+    pub source: Source<'t>,
+    pub len: u64,
+    pub runs: Vec<Run>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Plan<'t> {
+    pub image_size: u64,
+    pub block_size: u32,
+    /// Sorted by offset, never overlapping.
+    pub chunks: Vec<Chunk>,
+    pub jobs: Vec<CopyJob<'t>>,
+    pub summary: Summary,
+}
+
+#[derive(Debug)]
+struct Entry<'t> {
+    name: &'t [u8],
+    ino: u32,
+    file_type: u8,
+}
+
+#[derive(Debug)]
+enum RecKind<'t> {
+    Dir {
+        node: Option<NodeId>,
+        entries: Vec<Entry<'t>>,
+        subdirs: u64,
+        min_blocks: u64,
+    },
+    File(&'t FileData),
+    Symlink(&'t [u8]),
+    CharDev(u32, u32),
+    BlockDev(u32, u32),
+    Fifo,
+    Socket,
+}
+
+#[derive(Debug)]
+struct Rec<'t> {
+    meta: Meta,
+    kind: RecKind<'t>,
+    links: u64,
+    /// The first name this inode was found under, for messages.
+    parent: u32,
+    name: &'t [u8],
+}
+
+fn file_type(kind: &NodeKind) -> u8 {
+    match kind {
+        NodeKind::Dir => disk::FT_DIR,
+        NodeKind::File(_) => disk::FT_REG,
+        NodeKind::Symlink(_) => disk::FT_SYMLINK,
+        NodeKind::CharDev { .. } => disk::FT_CHRDEV,
+        NodeKind::BlockDev { .. } => disk::FT_BLKDEV,
+        NodeKind::Fifo => disk::FT_FIFO,
+        NodeKind::Socket => disk::FT_SOCK,
+    }
+}
+
+/// All inodes, indexed by inode number; `None` for unused reserved ones.
+struct Inodes<'t> {
+    recs: Vec<Option<Rec<'t>>>,
+}
+
+impl<'t> Inodes<'t> {
+    fn rec(&self, ino: u32) -> Option<&Rec<'t>> {
+        self.recs.get(ino as usize).and_then(Option::as_ref)
+    }
+
+    fn last_ino(&self) -> u32 {
+        (self.recs.len() - 1) as u32
+    }
+
+    /// The path an inode was first found under, for messages.
+    fn path_of(&self, ino: u32) -> String {
+        let mut names = Vec::new();
+        let mut at = ino;
+        while at != disk::ROOT_INO {
+            match self.rec(at) {
+                Some(r) => {
+                    names.push(r.name);
+                    at = r.parent;
+                }
+                None => break,
+            }
+        }
+        let mut path = Vec::new();
+        for n in names.iter().rev() {
+            path.push(b'/');
+            path.extend_from_slice(n);
+        }
+        if path.is_empty() {
+            path.push(b'/');
+        }
+        show(&path)
+    }
+}
+
+fn rec_from_node<'t>(
+    tree: &'t Tree,
+    id: NodeId,
+    parent: u32,
+    name: &'t [u8],
+    min_blocks: u64,
+) -> Rec<'t> {
+    let node = &tree.nodes[id.0];
+    let kind = match &node.kind {
+        NodeKind::Dir => RecKind::Dir {
+            node: Some(id),
+            entries: Vec::new(),
+            subdirs: 0,
+            min_blocks,
+        },
+        NodeKind::File(d) => RecKind::File(d),
+        NodeKind::Symlink(t) => RecKind::Symlink(t),
+        NodeKind::CharDev { major, minor } => RecKind::CharDev(*major, *minor),
+        NodeKind::BlockDev { major, minor } => RecKind::BlockDev(*major, *minor),
+        NodeKind::Fifo => RecKind::Fifo,
+        NodeKind::Socket => RecKind::Socket,
+    };
+    Rec {
+        meta: node.meta,
+        kind,
+        links: 0,
+        parent,
+        name,
+    }
+}
+
+/// Numbers every reachable node and fills in directory entries and link
+/// counts. See the module documentation for the order.
+fn number<'t>(tree: &'t Tree, lost_found_meta: Meta, lpf_blocks: u64) -> Inodes<'t> {
+    let mut recs: Vec<Option<Rec<'t>>> = (0..=disk::FIRST_INO).map(|_| None).collect();
+    let mut ino_of = vec![0u32; tree.nodes.len()];
+    let root = tree.root();
+    recs[disk::ROOT_INO as usize] = Some(rec_from_node(tree, root, disk::ROOT_INO, b"", 1));
+    ino_of[root.0] = disk::ROOT_INO;
+
+    // lost+found is inode 11 whatever it is; made here if the tree has none.
+    let synth_lpf = match tree.nodes[root.0].children.get(LOST_FOUND) {
+        Some(&id) => {
+            recs[disk::FIRST_INO as usize] = Some(rec_from_node(
+                tree,
+                id,
+                disk::ROOT_INO,
+                LOST_FOUND,
+                lpf_blocks,
+            ));
+            ino_of[id.0] = disk::FIRST_INO;
+            false
+        }
+        None => {
+            recs[disk::FIRST_INO as usize] = Some(Rec {
+                meta: lost_found_meta,
+                kind: RecKind::Dir {
+                    node: None,
+                    entries: Vec::new(),
+                    subdirs: 0,
+                    min_blocks: lpf_blocks,
+                },
+                links: 0,
+                parent: disk::ROOT_INO,
+                name: LOST_FOUND,
+            });
+            true
+        }
+    };
+
+    let mut stack = vec![(disk::ROOT_INO, disk::ROOT_INO)];
+    while let Some((dir_ino, parent_ino)) = stack.pop() {
+        let node = match &recs[dir_ino as usize] {
+            Some(Rec {
+                kind: RecKind::Dir { node, .. },
+                ..
+            }) => *node,
+            _ => None,
+        };
+        let mut entries = vec![
+            Entry {
+                name: b".",
+                ino: dir_ino,
+                file_type: disk::FT_DIR,
+            },
+            Entry {
+                name: b"..",
+                ino: parent_ino,
+                file_type: disk::FT_DIR,
+            },
+        ];
+        let mut subdirs = Vec::new();
+        if let Some(id) = node {
+            for (name, &child) in &tree.nodes[id.0].children {
+                let mut ino = ino_of[child.0];
+                if ino == 0 {
+                    ino = recs.len() as u32;
+                    recs.push(Some(rec_from_node(tree, child, dir_ino, name, 1)));
+                    ino_of[child.0] = ino;
+                }
+                let kind = &tree.nodes[child.0].kind;
+                if kind.is_dir() {
+                    subdirs.push(ino);
+                }
+                if let Some(r) = recs[ino as usize].as_mut() {
+                    r.links += 1;
+                }
+                entries.push(Entry {
+                    name,
+                    ino,
+                    file_type: file_type(kind),
+                });
+            }
+        }
+        if dir_ino == disk::ROOT_INO && synth_lpf {
+            let at = entries[2..].partition_point(|e| e.name < LOST_FOUND) + 2;
+            entries.insert(
+                at,
+                Entry {
+                    name: LOST_FOUND,
+                    ino: disk::FIRST_INO,
+                    file_type: disk::FT_DIR,
+                },
+            );
+            subdirs.insert(0, disk::FIRST_INO);
+        }
+        if let Some(Rec {
+            kind:
+                RecKind::Dir {
+                    entries: e,
+                    subdirs: s,
+                    ..
+                },
+            ..
+        }) = recs[dir_ino as usize].as_mut()
+        {
+            *e = entries;
+            *s = subdirs.len() as u64;
+        }
+        stack.extend(subdirs.into_iter().rev().map(|d| (d, dir_ino)));
+    }
+    // A directory's links: its own entry in the parent (or the root's
+    // "."), its ".", and each subdirectory's "..".
+    for r in recs.iter_mut().flatten() {
+        if let RecKind::Dir { subdirs, .. } = r.kind {
+            r.links = 2 + subdirs;
+        }
+    }
+    Inodes { recs }
+}
+
+/// Lays out a directory's entries in blocks: entries never straddle a block
+/// and the last one in each block claims the rest of it (`rec_len`).
+fn pack_dir(entries: &[Entry<'_>], bs: usize, min_blocks: u64) -> Vec<u8> {
+    let mut out = vec![0u8; bs];
+    let mut block = 0usize;
+    let mut pos = 0usize;
+    let mut last: Option<usize> = None;
+    let close = |out: &mut Vec<u8>, block: usize, last: Option<usize>| {
+        if let Some(off) = last {
+            let rec_len = (bs - off) as u16;
+            out[block + off + 4..block + off + 6].copy_from_slice(&rec_len.to_le_bytes());
+        }
+    };
+    for e in entries {
+        let need = disk::dirent_len(e.name.len());
+        if pos + need > bs {
+            close(&mut out, block, last);
+            block = out.len();
+            out.resize(block + bs, 0);
+            pos = 0;
+        }
+        disk::put_dirent(
+            &mut out[block + pos..],
+            e.ino,
+            need as u16,
+            e.name,
+            e.file_type,
+        );
+        last = Some(pos);
+        pos += need;
+    }
+    close(&mut out, block, last);
+    while ((out.len() / bs) as u64) < min_blocks {
+        let at = out.len();
+        out.resize(at + bs, 0);
+        // An empty block is one unused entry spanning it.
+        disk::put_dirent(&mut out[at..], 0, bs as u16, b"", 0);
+    }
+    out
+}
+
+/// The logical block ranges of a file that hold data, found with
+/// SEEK_DATA/SEEK_HOLE. Sources that cannot tell report everything as data.
+fn probe_extents<Fd: AsFd>(
+    fd: Fd,
+    base: u64,
+    len: u64,
+    bs: u64,
+) -> std::io::Result<Vec<(u64, u64)>> {
+    use rustix::fs::{seek, SeekFrom};
+    use rustix::io::Errno;
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut push = |from: u64, to: u64| {
+        let (s, e) = (from / bs, to.div_ceil(bs));
+        match out.last_mut() {
+            Some((ls, lc)) if *ls + *lc >= s => *lc = (*lc).max(e - *ls),
+            _ => out.push((s, e - s)),
+        }
+    };
+    let mut pos = 0u64;
+    while pos < len {
+        let data = match seek(&fd, SeekFrom::Data(base + pos)) {
+            Ok(d) => d.saturating_sub(base).max(pos),
+            Err(Errno::NXIO) => break,
+            Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => {
+                push(pos, len);
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if data >= len {
+            break;
+        }
+        let hole = match seek(&fd, SeekFrom::Hole(base + data)) {
+            Ok(h) => h.saturating_sub(base),
+            Err(Errno::NXIO) | Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => len,
+            Err(e) => return Err(e.into()),
+        };
+        let end = hole.clamp(data + 1, len);
+        push(data, end);
+        pos = end;
+    }
+    Ok(out)
+}
+
+fn file_extents(
+    data: &FileData,
+    bs: u64,
+    image_path: impl Fn() -> String,
+) -> Result<Vec<(u64, u64)>, Ext2Error> {
+    match data {
+        FileData::Empty => Ok(Vec::new()),
+        FileData::Bytes(b) if b.is_empty() => Ok(Vec::new()),
+        FileData::Bytes(b) => Ok(vec![(0, (b.len() as u64).div_ceil(bs))]),
+        FileData::Host { len: 0, .. } | FileData::Range { len: 0, .. } => Ok(Vec::new()),
+        FileData::Host { path, len } => {
+            let f = File::open(path).map_err(|source| Ext2Error::OpenSource {
+                path: path.clone(),
+                source,
+            })?;
+            probe_extents(&f, 0, *len, bs).map_err(|source| Ext2Error::ReadSource {
+                path: path.clone(),
+                source,
+            })
+        }
+        FileData::Range { file, offset, len } => {
+            probe_extents(&**file, *offset, *len, bs).map_err(|source| Ext2Error::ReadRange {
+                image_path: image_path(),
+                offset: *offset,
+                len: *len,
+                source,
+            })
+        }
+    }
+}
+
+/// Block count and geometry that give `want_free` data blocks and
+/// `inodes` inodes.
+fn derive_geometry(bs: u32, want_free: u64, inodes: u64) -> Result<Geometry, Ext2Error> {
+    let bsl = u64::from(bs);
+    let max_blocks = u64::from(u32::MAX);
+    let mut blocks = want_free + 4 + (inodes * INODE_SIZE as u64).div_ceil(bsl);
+    loop {
+        if blocks > max_blocks {
+            return Err(Ext2Error::ImageTooLarge {
+                size: blocks.saturating_mul(bsl),
+                block_size: bs,
+                max: max_blocks * bsl,
+            });
+        }
+        match Geometry::new(bs, blocks, inodes) {
+            Ok(geo) if geo.capacity() >= want_free => return Ok(geo),
+            Ok(geo) => blocks += want_free - geo.capacity(),
+            Err(GeometryError::TooFewBlocks) => blocks += blocks / 8 + 16,
+            Err(GeometryError::TooManyInodes) => blocks += 8 * bsl,
+        }
+    }
+}
+
+/// The geometry for this content: the given size, or one derived with
+/// headroom (a fifth more data blocks, at least 4 MiB free, and a quarter
+/// more inodes, at least 1024).
+fn choose_geometry(
+    opts: &Options,
+    content: u64,
+    used_inodes: u64,
+) -> Result<(Geometry, u64), Ext2Error> {
+    let bs = opts.block_size;
+    let bsl = u64::from(bs);
+    let min_geo = || derive_geometry(bs, content, used_inodes);
+    let Some(size) = opts.size else {
+        let headroom = (content / 5).max((4 << 20) / bsl);
+        let inodes = used_inodes + (used_inodes / 4).max(1024);
+        let geo = derive_geometry(bs, content + headroom, inodes)?;
+        let size = geo.blocks_count * bsl;
+        return Ok((geo, size));
+    };
+    let blocks = size / bsl;
+    if blocks > u64::from(u32::MAX) {
+        return Err(Ext2Error::ImageTooLarge {
+            size,
+            block_size: bs,
+            max: u64::from(u32::MAX) * bsl,
+        });
+    }
+    let too_small = || -> Ext2Error {
+        match min_geo() {
+            Ok(g) => Ext2Error::ImageTooSmall {
+                size,
+                needed: g.blocks_count * bsl,
+            },
+            Err(e) => e,
+        }
+    };
+    // mke2fs's inode ratio when it fits; else as many inodes as are used, so
+    // that the smallest size reported in the error does work.
+    let wanted = (size / INODE_RATIO).max(used_inodes + 16);
+    let fits = |inodes: u64| {
+        Geometry::new(bs, blocks, inodes)
+            .ok()
+            .filter(|g| g.capacity() >= content)
+    };
+    let geo = fits(wanted)
+        .or_else(|| fits(used_inodes))
+        .ok_or_else(too_small)?;
+    Ok((geo, size))
+}
+
+fn meta_chunks_of(offset: u64, data: Vec<u8>, chunks: &mut Vec<Chunk>) {
+    if !data.is_empty() {
+        chunks.push(Chunk { offset, data });
+    }
+}
+
+/// Splits `content` (whole blocks in logical order) along `runs`.
+fn place(content: &[u8], runs: &[Run], bs: u64, chunks: &mut Vec<Chunk>) {
+    for r in runs {
+        let from = (r.lblock * bs) as usize;
+        let to = (((r.lblock + r.count) * bs) as usize).min(content.len());
+        if from < to {
+            chunks.push(Chunk {
+                offset: r.pblock * bs,
+                data: content[from..to].to_vec(),
+            });
+        }
+    }
+}
+
+fn hash_meta(h: &mut Sha256, m: &Meta) {
+    h.update(m.mode.to_le_bytes());
+    h.update(m.uid.to_le_bytes());
+    h.update(m.gid.to_le_bytes());
+    for t in [m.atime, m.mtime, m.ctime] {
+        h.update(t.secs.to_le_bytes());
+        h.update(t.nsec.to_le_bytes());
+    }
+}
+
+/// A UUID from the tree as numbered and the options: the same description
+/// gives the same UUID. Version 5 style bits mark it as name-based.
+fn derive_uuid(inodes: &Inodes<'_>, opts: &Options) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(b"supermin-ext2 uuid v1\0");
+    h.update(opts.block_size.to_le_bytes());
+    h.update(opts.size.unwrap_or(u64::MAX).to_le_bytes());
+    h.update(opts.creation_time.to_le_bytes());
+    h.update(opts.label.as_deref().unwrap_or("").as_bytes());
+    h.update([0]);
+    h.update(opts.hash_seed.unwrap_or_default());
+    for (ino, rec) in inodes.recs.iter().enumerate() {
+        let Some(rec) = rec else { continue };
+        h.update((ino as u32).to_le_bytes());
+        hash_meta(&mut h, &rec.meta);
+        match &rec.kind {
+            RecKind::Dir { entries, .. } => {
+                h.update(b"d");
+                for e in entries {
+                    h.update(e.ino.to_le_bytes());
+                    h.update([e.name.len() as u8]);
+                    h.update(e.name);
+                }
+            }
+            RecKind::File(d) => {
+                h.update(b"f");
+                h.update(d.len().to_le_bytes());
+                match d {
+                    FileData::Empty => {}
+                    FileData::Host { path, .. } => {
+                        use std::os::unix::ffi::OsStrExt;
+                        h.update(path.as_os_str().as_bytes());
+                    }
+                    FileData::Range { offset, .. } => h.update(offset.to_le_bytes()),
+                    FileData::Bytes(b) => h.update(b),
+                }
+                h.update([0]);
+            }
+            RecKind::Symlink(t) => {
+                h.update(b"l");
+                h.update(t);
+                h.update([0]);
+            }
+            RecKind::CharDev(a, b) | RecKind::BlockDev(a, b) => {
+                h.update(if matches!(rec.kind, RecKind::CharDev(..)) {
+                    b"c"
+                } else {
+                    b"b"
+                });
+                h.update(a.to_le_bytes());
+                h.update(b.to_le_bytes());
+            }
+            RecKind::Fifo => h.update(b"p"),
+            RecKind::Socket => h.update(b"s"),
+        }
+    }
+    let digest = h.finalize();
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&digest[..16]);
+    uuid[6] = (uuid[6] & 0x0f) | 0x50;
+    uuid[8] = (uuid[8] & 0x3f) | 0x80;
+    uuid
+}
+
+fn derive_hash_seed(uuid: &[u8; 16]) -> [u8; 16] {
+    let digest = Sha256::new()
+        .chain_update(b"supermin-ext2 hash seed v1\0")
+        .chain_update(uuid)
+        .finalize();
+    let mut seed = [0u8; 16];
+    seed.copy_from_slice(&digest[..16]);
+    seed
+}
+
+/// What each inode got in the sweep.
+struct Placed {
+    map: BlockMap,
+    /// For directories and slow symlinks: the bytes of their blocks.
+    content: Vec<u8>,
+}
+
+pub(crate) fn plan<'t>(tree: &'t Tree, opts: &Options) -> Result<Plan<'t>, Ext2Error> {
+    let bs = opts.block_size;
+    let bsl = u64::from(bs);
+    let ppb = bsl / 4;
+    let creation = Timestamp {
+        secs: opts.creation_time,
+        nsec: 0,
+    };
+    let lpf_meta = Meta {
+        mode: 0o700,
+        uid: 0,
+        gid: 0,
+        atime: creation,
+        mtime: creation,
+        ctime: creation,
+    };
+    let lpf_blocks = (LOST_FOUND_BYTES / bsl).clamp(2, disk::N_DIRECT as u64);
+    let inodes = number(tree, lpf_meta, lpf_blocks);
+    let last_ino = inodes.last_ino();
+
+    // Check limits and gather what each inode needs, in inode order.
+    let max_size = disk::max_file_size(opts.block_size.trailing_zeros());
+    let mut files: Vec<(u32, &FileData)> = Vec::new();
+    let mut dir_content: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut slow_links: Vec<u32> = Vec::new();
+    for (ino, rec) in inodes.recs.iter().enumerate() {
+        let Some(rec) = rec else { continue };
+        let ino = ino as u32;
+        let max_links = if matches!(rec.kind, RecKind::Dir { .. }) {
+            DIR_LINK_MAX
+        } else {
+            FILE_LINK_MAX
+        };
+        if rec.links > max_links {
+            return Err(Ext2Error::TooManyLinks {
+                path: inodes.path_of(ino),
+                links: rec.links,
+                max: max_links,
+            });
+        }
+        match &rec.kind {
+            RecKind::Dir {
+                entries,
+                min_blocks,
+                ..
+            } => dir_content.push((ino, pack_dir(entries, bs as usize, *min_blocks))),
+            RecKind::File(d) => {
+                if d.len() > max_size {
+                    return Err(Ext2Error::FileTooLarge {
+                        path: inodes.path_of(ino),
+                        len: d.len(),
+                        block_size: bs,
+                        max: max_size,
+                    });
+                }
+                files.push((ino, d));
+            }
+            RecKind::Symlink(t) if t.len() >= 60 => {
+                if t.len() >= bs as usize {
+                    return Err(Ext2Error::SymlinkTooLong {
+                        path: inodes.path_of(ino),
+                        len: t.len(),
+                        block_size: bs,
+                        max: bs as usize - 1,
+                    });
+                }
+                slow_links.push(ino);
+            }
+            _ => {}
+        }
+    }
+
+    // Probing holes opens every host file once; both cores help.
+    let extents: Vec<Vec<(u64, u64)>> = files
+        .par_iter()
+        .map(|(ino, d)| file_extents(d, bsl, || inodes.path_of(*ino)))
+        .collect::<Result<_, _>>()?;
+
+    let dir_blocks: u64 = dir_content
+        .iter()
+        .map(|(_, c)| blocks_needed(&[(0, c.len() as u64 / bsl)], ppb))
+        .sum();
+    let file_blocks: u64 = extents.iter().map(|e| blocks_needed(e, ppb)).sum();
+    let content = dir_blocks + file_blocks + slow_links.len() as u64;
+    let (geo, image_size) = choose_geometry(opts, content, u64::from(last_ino))?;
+
+    // One ascending sweep over the free blocks.
+    let mut alloc = Allocator::new(&geo);
+    let mut placed: Vec<Option<Placed>> = (0..=last_ino).map(|_| None).collect();
+    // choose_geometry checked the capacity against the same counts.
+    let out_of_space = || Ext2Error::Internal {
+        what: "block allocation overran the planned image size",
+    };
+    for (ino, content) in dir_content {
+        let mut m = Mapper::new(ppb, true, || alloc.alloc());
+        m.map_range(0, content.len() as u64 / bsl)
+            .map_err(|_| out_of_space())?;
+        placed[ino as usize] = Some(Placed {
+            map: m.finish(),
+            content,
+        });
+    }
+    for ino in slow_links {
+        let Some(RecKind::Symlink(t)) = inodes.rec(ino).map(|r| &r.kind) else {
+            continue;
+        };
+        let mut m = Mapper::new(ppb, true, || alloc.alloc());
+        m.map_block(0).map_err(|_| out_of_space())?;
+        let mut content = t.to_vec();
+        content.resize(bs as usize, 0);
+        placed[ino as usize] = Some(Placed {
+            map: m.finish(),
+            content,
+        });
+    }
+    let mut jobs = Vec::new();
+    let mut chunks = Vec::new();
+    for ((ino, data), ext) in files.iter().zip(&extents) {
+        let mut m = Mapper::new(ppb, true, || alloc.alloc());
+        for &(start, count) in ext {
+            m.map_range(start, count).map_err(|_| out_of_space())?;
+        }
+        let map = m.finish();
+        match data {
+            FileData::Bytes(b) if !b.is_empty() => {
+                let mut content = b.to_vec();
+                content.resize(content.len().next_multiple_of(bs as usize), 0);
+                place(&content, &map.runs, bsl, &mut chunks);
+            }
+            FileData::Host { path, len } if !map.runs.is_empty() => jobs.push(CopyJob {
+                source: Source::Host(path),
+                len: *len,
+                runs: map.runs.clone(),
+            }),
+            FileData::Range { file, offset, len } if !map.runs.is_empty() => jobs.push(CopyJob {
+                source: Source::Range {
+                    file,
+                    offset: *offset,
+                    image_path: inodes.path_of(*ino),
+                },
+                len: *len,
+                runs: map.runs.clone(),
+            }),
+            _ => {}
+        }
+        placed[*ino as usize] = Some(Placed {
+            map,
+            content: Vec::new(),
+        });
+    }
+
+    let uuid = opts.uuid.unwrap_or_else(|| derive_uuid(&inodes, opts));
+    let hash_seed = opts.hash_seed.unwrap_or_else(|| derive_hash_seed(&uuid));
+
+    // Inodes, with the tables of each group written from their start up to
+    // the last used inode (the rest stays a hole: zeros are unused inodes).
+    let crtime = creation;
+    let ipg = u64::from(geo.inodes_per_group);
+    let mut itable = vec![0u8; last_ino as usize * INODE_SIZE];
+    for (ino, rec) in inodes.recs.iter().enumerate() {
+        let Some(rec) = rec else { continue };
+        let p = placed[ino].as_ref();
+        let perm = rec.meta.mode & 0o7777;
+        let mut block = [0u8; 60];
+        let (type_bits, size) = match &rec.kind {
+            RecKind::Dir { .. } => {
+                let len = p.map_or(0, |p| p.content.len() as u64);
+                (disk::S_IFDIR, len)
+            }
+            RecKind::File(d) => (disk::S_IFREG, d.len()),
+            RecKind::Symlink(t) => {
+                if t.len() < 60 {
+                    block[..t.len()].copy_from_slice(t);
+                }
+                (disk::S_IFLNK, t.len() as u64)
+            }
+            RecKind::CharDev(major, minor) => {
+                put_dev(&mut block, *major, *minor);
+                (disk::S_IFCHR, 0)
+            }
+            RecKind::BlockDev(major, minor) => {
+                put_dev(&mut block, *major, *minor);
+                (disk::S_IFBLK, 0)
+            }
+            RecKind::Fifo => (disk::S_IFIFO, 0),
+            RecKind::Socket => (disk::S_IFSOCK, 0),
+        };
+        let mut blocks_512 = 0u32;
+        if let Some(p) = p {
+            if !p.map.runs.is_empty() || !p.map.indirect.is_empty() {
+                block = disk::block_pointers(&p.map.i_block);
+            }
+            // i_blocks fits: files are capped at max_file_size, which
+            // accounts for indirect blocks; directories are far smaller.
+            blocks_512 = (p.map.total_blocks * (bsl / 512)) as u32;
+        }
+        let inode = Inode {
+            mode: type_bits | perm,
+            uid: rec.meta.uid,
+            gid: rec.meta.gid,
+            size,
+            atime: rec.meta.atime,
+            ctime: rec.meta.ctime,
+            mtime: rec.meta.mtime,
+            crtime,
+            links_count: rec.links as u16,
+            blocks_512,
+            block,
+        };
+        let at = (ino - 1) * INODE_SIZE;
+        itable[at..at + INODE_SIZE].copy_from_slice(&inode.encode());
+    }
+
+    // Directory, indirect and symlink blocks.
+    for p in placed.iter().flatten() {
+        place(&p.content, &p.map.runs, bsl, &mut chunks);
+        for (phys, ptrs) in &p.map.indirect {
+            let mut b = vec![0u8; bs as usize];
+            for (i, v) in ptrs.iter().enumerate() {
+                b[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            chunks.push(Chunk {
+                offset: u64::from(*phys) * bsl,
+                data: b,
+            });
+        }
+    }
+
+    // Per-group accounting, bitmaps and inode tables.
+    let mut descs = Vec::with_capacity(geo.groups as usize);
+    let mut dirs_per_group = vec![0u16; geo.groups as usize];
+    for (ino, rec) in inodes.recs.iter().enumerate() {
+        if let Some(Rec {
+            kind: RecKind::Dir { .. },
+            ..
+        }) = rec
+        {
+            dirs_per_group[(ino as u64 - 1) as usize / ipg as usize] += 1;
+        }
+    }
+    let mut free_blocks_total = 0u64;
+    let mut free_inodes_total = 0u64;
+    for g in 0..geo.groups {
+        let len = geo.group_len(g);
+        let used_blocks = geo.overhead(g) + alloc.used_in_group(g);
+        let first_ino = u64::from(g) * ipg + 1;
+        let used_inodes = (u64::from(last_ino) + 1).saturating_sub(first_ino).min(ipg);
+        let free_blocks = len - used_blocks;
+        let free_inodes = ipg - used_inodes;
+        free_blocks_total += free_blocks;
+        free_inodes_total += free_inodes;
+        descs.push(disk::GroupDesc {
+            block_bitmap: geo.block_bitmap(g) as u32,
+            inode_bitmap: geo.inode_bitmap(g) as u32,
+            inode_table: geo.inode_table(g) as u32,
+            free_blocks: free_blocks as u16,
+            free_inodes: free_inodes as u16,
+            used_dirs: dirs_per_group[g as usize],
+        });
+        // Bits past the end of the group are set, as e2fsck expects.
+        let mut bmap = vec![0u8; bs as usize];
+        disk::set_bits(&mut bmap, 0, used_blocks as usize);
+        disk::set_bits(&mut bmap, len as usize, 8 * bs as usize);
+        chunks.push(Chunk {
+            offset: geo.block_bitmap(g) * bsl,
+            data: bmap,
+        });
+        let mut imap = vec![0u8; bs as usize];
+        disk::set_bits(&mut imap, 0, used_inodes as usize);
+        disk::set_bits(&mut imap, ipg as usize, 8 * bs as usize);
+        chunks.push(Chunk {
+            offset: geo.inode_bitmap(g) * bsl,
+            data: imap,
+        });
+        if used_inodes > 0 {
+            let from = (first_ino - 1) as usize * INODE_SIZE;
+            let to = from + used_inodes as usize * INODE_SIZE;
+            meta_chunks_of(
+                geo.inode_table(g) * bsl,
+                itable[from..to].to_vec(),
+                &mut chunks,
+            );
+        }
+    }
+
+    let mut volume_name = [0u8; 16];
+    if let Some(l) = &opts.label {
+        volume_name[..l.len()].copy_from_slice(l.as_bytes());
+    }
+    let sb = Superblock {
+        inodes_count: geo.inodes_count() as u32,
+        blocks_count: geo.blocks_count as u32,
+        r_blocks_count: 0,
+        free_blocks_count: free_blocks_total as u32,
+        free_inodes_count: free_inodes_total as u32,
+        first_data_block: geo.first_data_block as u32,
+        log_block_size: geo.log_block_size - 10,
+        blocks_per_group: geo.blocks_per_group as u32,
+        inodes_per_group: geo.inodes_per_group,
+        time: opts.creation_time.clamp(0, i64::from(u32::MAX)) as u32,
+        uuid,
+        volume_name,
+        hash_seed,
+        large_file: true,
+    };
+    let mut gdt = Vec::with_capacity((geo.gdt_blocks * bsl) as usize);
+    for d in &descs {
+        gdt.extend_from_slice(&d.encode());
+    }
+    gdt.resize((geo.gdt_blocks * bsl) as usize, 0);
+    for g in 0..geo.groups {
+        if geo.backup_blocks(g) == 0 {
+            continue;
+        }
+        let start = geo.group_start(g);
+        let sb_offset = if g == 0 {
+            disk::SUPERBLOCK_OFFSET
+        } else {
+            start * bsl
+        };
+        chunks.push(Chunk {
+            offset: sb_offset,
+            data: sb.encode(g as u16).to_vec(),
+        });
+        chunks.push(Chunk {
+            offset: (start + 1) * bsl,
+            data: gdt.clone(),
+        });
+    }
+    chunks.sort_unstable_by_key(|c| c.offset);
+    jobs.sort_by_key(|j| j.runs.first().map_or(0, |r| r.pblock));
+
+    let summary = Summary {
+        size: image_size,
+        blocks_used: geo.blocks_count - free_blocks_total,
+        inodes_used: u64::from(last_ino),
+        uuid,
+    };
+    debug_assert_eq!(alloc.allocated(), content);
+    Ok(Plan {
+        image_size,
+        block_size: bs,
+        chunks,
+        jobs,
+        summary,
+    })
+}
+
+fn put_dev(block: &mut [u8; 60], major: u32, minor: u32) {
+    let [w0, w1] = disk::encode_dev(major, minor);
+    block[0..4].copy_from_slice(&w0.to_le_bytes());
+    block[4..8].copy_from_slice(&w1.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &[u8], ino: u32) -> Entry<'_> {
+        Entry {
+            name,
+            ino,
+            file_type: disk::FT_REG,
+        }
+    }
+
+    /// Walks a packed directory the way the kernel reads it.
+    fn read_entries(content: &[u8], bs: usize) -> Vec<(u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        for block in content.chunks(bs) {
+            let mut pos = 0;
+            while pos < bs {
+                let ino = u32::from_le_bytes(block[pos..pos + 4].try_into().unwrap());
+                let rec_len = u16::from_le_bytes([block[pos + 4], block[pos + 5]]) as usize;
+                let name_len = block[pos + 6] as usize;
+                assert!(rec_len >= disk::dirent_len(name_len) && rec_len % 4 == 0);
+                if ino != 0 {
+                    out.push((ino, block[pos + 8..pos + 8 + name_len].to_vec()));
+                }
+                pos += rec_len;
+            }
+            assert_eq!(pos, bs, "entries must end exactly at the block end");
+        }
+        out
+    }
+
+    #[test]
+    fn packed_directory_blocks_hold_every_entry_once() {
+        let names: Vec<Vec<u8>> = (0..300)
+            .map(|i| vec![b'a' + (i % 26) as u8; 1 + i % 255])
+            .collect();
+        let entries: Vec<Entry> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| entry(n, i as u32 + 12))
+            .collect();
+        let content = pack_dir(&entries, 1024, 1);
+        assert_eq!(content.len() % 1024, 0);
+        let got = read_entries(&content, 1024);
+        let want: Vec<(u32, Vec<u8>)> = entries.iter().map(|e| (e.ino, e.name.to_vec())).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn directory_is_padded_with_empty_blocks_to_its_minimum() {
+        let entries = [entry(b".", 11), entry(b"..", 2)];
+        let content = pack_dir(&entries, 4096, 4);
+        assert_eq!(content.len(), 4 * 4096);
+        assert_eq!(read_entries(&content, 4096).len(), 2);
+    }
+
+    #[test]
+    fn probing_a_sparse_file_finds_only_its_data() {
+        use std::os::unix::fs::FileExt;
+        let dir = std::env::temp_dir().join(format!("ext2-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sparse");
+        let f = File::create(&path).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(b"x", 0).unwrap();
+        f.write_all_at(b"y", 40 << 20).unwrap();
+        let ext = probe_extents(&f, 0, 64 << 20, 4096).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Filesystems may round data extents up to their own allocation
+        // unit, but the data must be found and the big hole left out.
+        let covered: u64 = ext.iter().map(|e| e.1).sum();
+        assert!(ext.iter().any(|&(s, c)| s == 0 && c >= 1));
+        assert!(ext
+            .iter()
+            .any(|&(s, c)| (s..s + c).contains(&((40 << 20) / 4096))));
+        assert!(covered < 1024, "{ext:?}");
+    }
+
+    #[test]
+    fn probing_stops_at_the_planned_length() {
+        use std::os::unix::fs::FileExt;
+        let dir = std::env::temp_dir().join(format!("ext2-probe-len-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        let f = File::create(&path).unwrap();
+        f.write_all_at(&[1u8; 10000], 0).unwrap();
+        let ext = probe_extents(&f, 0, 5000, 4096).unwrap();
+        // A file that shrank below the planned length: the rest is a hole.
+        let ext_long = probe_extents(&f, 0, 100_000, 4096).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(ext, vec![(0, 2)]);
+        assert_eq!(ext_long, vec![(0, 3)]);
+    }
+
+    #[test]
+    fn derived_geometry_leaves_headroom() {
+        let opts = Options::default();
+        let (geo, size) = choose_geometry(&opts, 10_000, 500).unwrap();
+        assert_eq!(size, geo.blocks_count * 4096);
+        assert!(geo.capacity() >= 12_000);
+        assert!(geo.inodes_count() >= 1524);
+    }
+
+    #[test]
+    fn explicit_size_too_small_names_the_size_needed() {
+        let opts = Options {
+            size: Some(1 << 20),
+            ..Options::default()
+        };
+        match choose_geometry(&opts, 10_000, 500) {
+            Err(Ext2Error::ImageTooSmall { size, needed }) => {
+                assert_eq!(size, 1 << 20);
+                assert!(needed > 10_000 * 4096);
+                let ok = Options {
+                    size: Some(needed),
+                    ..Options::default()
+                };
+                assert!(choose_geometry(&ok, 10_000, 500).is_ok());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
