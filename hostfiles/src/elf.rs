@@ -429,6 +429,9 @@ pub(crate) struct Closure<'t> {
     infos: HashMap<PathBuf, Option<Arc<ElfInfo>>>,
     abis: HashMap<PathBuf, Option<Abi>>,
     done: HashSet<(PathBuf, Arc<Vec<PathBuf>>)>,
+    /// File names of every library found, and (object, name) pairs not found.
+    found_names: HashSet<String>,
+    unresolved: Vec<(PathBuf, String)>,
     pub warnings: Vec<String>,
 }
 
@@ -441,6 +444,8 @@ impl<'t> Closure<'t> {
             infos: HashMap::new(),
             abis: HashMap::new(),
             done: HashSet::new(),
+            found_names: HashSet::new(),
+            unresolved: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -558,6 +563,7 @@ impl<'t> Closure<'t> {
                     match self.find_library(name, &dirs, abi) {
                         Some((found_at, phys)) => {
                             self.tree.add_following(&found_at);
+                            self.found_names.insert(name.clone());
                             next.push(Pending {
                                 found_at,
                                 phys,
@@ -565,14 +571,22 @@ impl<'t> Closure<'t> {
                                 exe_rpath: exe_rpath.clone(),
                             });
                         }
-                        None => self.warnings.push(format!(
-                            "{}: needed library {name} not found",
-                            item.phys.display()
-                        )),
+                        None => self.unresolved.push((item.phys.clone(), name.clone())),
                     }
                 }
             }
             pending = next;
+        }
+        // A library's DT_NEEDED may be satisfied by one its program loaded first through the
+        // program's own RUNPATH (systemd's private libsystemd-shared): ld.so matches loaded
+        // sonames before searching. So only names found nowhere in the closure are missing.
+        for (obj, name) in std::mem::take(&mut self.unresolved) {
+            if !self.found_names.contains(&name) {
+                self.warnings.push(format!(
+                    "{}: needed library {name} not found",
+                    obj.display()
+                ));
+            }
         }
         Ok(())
     }
@@ -648,4 +662,341 @@ fn read_abi(path: &Path) -> Option<Abi> {
         little_endian,
         machine,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{craft_elf, link, write};
+    use std::process::Command;
+
+    /// Compile C source with gcc; None (test skipped with a message) when gcc is missing.
+    fn gcc(dir: &Path, src: &str, out: &str, args: &[&str]) -> Option<PathBuf> {
+        let c = dir.join(format!("{out}.c"));
+        fs::write(&c, src).unwrap();
+        let o = dir.join(out);
+        let st = Command::new("gcc")
+            .arg(&c)
+            .arg("-o")
+            .arg(&o)
+            .args(args)
+            .status();
+        match st {
+            Ok(s) if s.success() => Some(o),
+            _ => {
+                eprintln!("skipping: gcc {args:?} is not usable here");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn origin_runpath_program_reports_interp_needed_and_runpath() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("lib")).unwrap();
+        let Some(_) = gcc(
+            d.path(),
+            "int foo(void){return 42;}",
+            "lib/libfoo.so",
+            &["-shared", "-fPIC", "-Wl,-soname,libfoo.so"],
+        ) else {
+            return;
+        };
+        let libdir = format!("-L{}", d.path().join("lib").display());
+        let Some(prog) = gcc(
+            d.path(),
+            "int foo(void); int main(void){return foo()==42?0:1;}",
+            "prog",
+            &[
+                &libdir,
+                "-lfoo",
+                "-Wl,--enable-new-dtags,-rpath,$ORIGIN/lib",
+            ],
+        ) else {
+            return;
+        };
+        let info = read_elf(&prog).unwrap().unwrap();
+        assert!(info.class64);
+        assert_eq!(info.machine, EM_X86_64);
+        assert!(info.interp.as_deref().unwrap().contains("ld-linux"));
+        assert!(info.needed.contains(&"libfoo.so".to_string()));
+        assert!(info.needed.contains(&"libc.so.6".to_string()));
+        assert_eq!(info.runpath, ["$ORIGIN/lib"]);
+        assert!(info.rpath.is_empty());
+
+        // The closure on the real host root finds libfoo through $ORIGIN, and libc,
+        // the interpreter and the merged-/usr links through the host's ld.so config.
+        let c = crate::elf_closure(std::slice::from_ref(&prog), Path::new("/")).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let files: HashSet<PathBuf> = c.files.into_iter().collect();
+        assert!(files.contains(&fs::canonicalize(d.path().join("lib/libfoo.so")).unwrap()));
+        assert!(files.contains(&fs::canonicalize(&prog).unwrap()));
+        let libc = fs::canonicalize("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
+        assert!(files.contains(&libc), "{libc:?} missing");
+        if fs::symlink_metadata("/lib64").is_ok_and(|m| m.file_type().is_symlink()) {
+            assert!(files.contains(Path::new("/lib64")), "merged-/usr link kept");
+        }
+    }
+
+    #[test]
+    fn static_and_static_pie_programs_need_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        for (name, flag) in [("static", "-static"), ("static-pie", "-static-pie")] {
+            let Some(p) = gcc(d.path(), "int main(void){return 0;}", name, &[flag]) else {
+                continue;
+            };
+            let info = read_elf(&p).unwrap().unwrap();
+            assert_eq!(info.interp, None, "{name}");
+            assert!(info.needed.is_empty(), "{name}");
+            let c = crate::elf_closure(std::slice::from_ref(&p), Path::new("/")).unwrap();
+            assert!(c.warnings.is_empty());
+            // Only the program and its directories.
+            assert!(c
+                .files
+                .iter()
+                .all(|f| fs::canonicalize(&p).unwrap().starts_with(f)));
+        }
+    }
+
+    #[test]
+    fn garbage_and_truncated_files_are_not_elf_or_errors_never_panics() {
+        let d = tempfile::tempdir().unwrap();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", vec![]),
+            ("text", b"#!/bin/sh\necho hi\n".to_vec()),
+            ("short-magic", b"\x7fEL".to_vec()),
+            ("magic-only", b"\x7fELF".to_vec()),
+            (
+                "bad-class",
+                b"\x7fELF\x09\x01\x01\0\0\0\0\0\0\0\0\0".to_vec(),
+            ),
+        ];
+        for (name, data) in &cases {
+            let p = d.path().join(name);
+            fs::write(&p, data).unwrap();
+            let r = read_elf(&p);
+            match *name {
+                "empty" | "text" | "short-magic" => assert_eq!(r.unwrap(), None, "{name}"),
+                _ => assert!(r.is_err(), "{name}: {r:?}"),
+            }
+        }
+        // Every prefix of a real object either parses or is an error naming the file.
+        let full = craft_elf(
+            true,
+            EM_X86_64,
+            Some("/lib64/ld.so"),
+            &["libz.so.1"],
+            None,
+            None,
+        );
+        for cut in 0..full.len() {
+            let p = d.path().join("cut");
+            fs::write(&p, &full[..cut]).unwrap();
+            if let Err(e) = read_elf(&p) {
+                assert!(e.to_string().contains("cut"), "{e}");
+            }
+        }
+        // Random bytes behind a valid magic never panic either.
+        let mut x: u32 = 12345;
+        for _ in 0..300 {
+            let mut data = b"\x7fELF\x02\x01\x01".to_vec();
+            for _ in 0..400 {
+                x = x.wrapping_mul(1103515245).wrapping_add(12345);
+                data.push((x >> 16) as u8);
+            }
+            let p = d.path().join("rand");
+            fs::write(&p, &data).unwrap();
+            let _ = read_elf(&p);
+        }
+        // A real host binary truncated mid-way is an error, not a panic.
+        if let Ok(ls) = fs::read("/usr/bin/ls") {
+            for cut in [64usize, 200, 1000, 5000] {
+                let p = d.path().join("ls-cut");
+                fs::write(&p, &ls[..cut.min(ls.len())]).unwrap();
+                let _ = read_elf(&p);
+            }
+        }
+    }
+
+    #[test]
+    fn crafted_32_bit_object_is_read_as_elf32() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a32");
+        fs::write(
+            &p,
+            craft_elf(
+                false,
+                EM_386,
+                Some("/lib/ld-linux.so.2"),
+                &["libm.so.6", "libc.so.6"],
+                None,
+                Some("/opt/x"),
+            ),
+        )
+        .unwrap();
+        let info = read_elf(&p).unwrap().unwrap();
+        assert!(!info.class64);
+        assert_eq!(info.machine, EM_386);
+        assert_eq!(info.interp.as_deref(), Some("/lib/ld-linux.so.2"));
+        assert_eq!(info.needed, ["libm.so.6", "libc.so.6"]);
+        assert_eq!(info.rpath, ["/opt/x"]);
+    }
+
+    #[test]
+    fn search_skips_libraries_of_another_class_and_follows_ld_so_conf_includes() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        let lib64 = craft_elf(true, EM_X86_64, None, &[], None, None);
+        let lib32 = craft_elf(false, EM_386, None, &[], None, None);
+        // A 32-bit program whose RPATH holds a 64-bit libm first: ld.so skips it.
+        write(
+            r,
+            "/usr/bin/p32",
+            &craft_elf(
+                false,
+                EM_386,
+                Some("/lib/ld-linux.so.2"),
+                &["libm.so.6", "libq.so.1"],
+                None,
+                Some("/opt/wrong"),
+            ),
+        );
+        write(r, "/opt/wrong/libm.so.6", &lib64);
+        write(r, "/usr/lib/i386-linux-gnu/libm.so.6", &lib32);
+        write(r, "/usr/lib/ld-linux.so.2", &lib32);
+        link(r, "/lib", "usr/lib");
+        write(
+            r,
+            "/etc/ld.so.conf",
+            b"# comment\ninclude ld.so.conf.d/*.conf\n",
+        );
+        write(r, "/etc/ld.so.conf.d/q.conf", b"/opt/q\n");
+        write(r, "/opt/q/libq.so.1", &lib32);
+        let c = crate::elf_closure(&[PathBuf::from("/usr/bin/p32")], r).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let files: Vec<String> = c.files.iter().map(|p| p.display().to_string()).collect();
+        assert!(
+            files.contains(&"/usr/lib/i386-linux-gnu/libm.so.6".to_string()),
+            "{files:?}"
+        );
+        assert!(!files.contains(&"/opt/wrong/libm.so.6".to_string()));
+        assert!(files.contains(&"/opt/q/libq.so.1".to_string()));
+        assert!(
+            files.contains(&"/lib".to_string())
+                && files.contains(&"/usr/lib/ld-linux.so.2".to_string())
+        );
+    }
+
+    #[test]
+    fn runpath_origin_lib_and_platform_are_expanded_and_symlinks_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        let lib = craft_elf(
+            true,
+            EM_X86_64,
+            None,
+            &["libdeep.so"],
+            Some("$ORIGIN/${PLATFORM}"),
+            None,
+        );
+        write(
+            r,
+            "/app/bin/prog",
+            &craft_elf(
+                true,
+                EM_X86_64,
+                None,
+                &["libfoo.so.1", "libbar.so"],
+                Some("$ORIGIN/../$LIB:${ORIGIN}/../other"),
+                None,
+            ),
+        );
+        write(r, "/app/lib/x86_64-linux-gnu/libfoo.so.1.2", &lib);
+        link(r, "/app/lib/x86_64-linux-gnu/libfoo.so.1", "libfoo.so.1.2");
+        write(
+            r,
+            "/app/other/libbar.so",
+            &craft_elf(true, EM_X86_64, None, &[], None, None),
+        );
+        write(
+            r,
+            "/app/lib/x86_64-linux-gnu/x86_64/libdeep.so",
+            &craft_elf(true, EM_X86_64, None, &[], None, None),
+        );
+        let c = crate::elf_closure(&[PathBuf::from("/app/bin/prog")], r).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let files: Vec<String> = c.files.iter().map(|p| p.display().to_string()).collect();
+        for want in [
+            "/app/lib/x86_64-linux-gnu/libfoo.so.1",
+            "/app/lib/x86_64-linux-gnu/libfoo.so.1.2",
+            "/app/other/libbar.so",
+            "/app/lib/x86_64-linux-gnu/x86_64/libdeep.so",
+        ] {
+            assert!(
+                files.contains(&want.to_string()),
+                "{want} missing from {files:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn runpath_disables_rpath_and_missing_libraries_are_warned_about() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        write(
+            r,
+            "/p",
+            &craft_elf(
+                true,
+                EM_X86_64,
+                None,
+                &["libx.so"],
+                Some("/nowhere"),
+                Some("/rp"),
+            ),
+        );
+        write(
+            r,
+            "/rp/libx.so",
+            &craft_elf(true, EM_X86_64, None, &[], None, None),
+        );
+        let c = crate::elf_closure(&[PathBuf::from("/p")], r).unwrap();
+        assert!(!c.files.contains(&PathBuf::from("/rp/libx.so")));
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("libx.so"));
+    }
+
+    #[test]
+    fn ld_so_cache_written_by_ldconfig_is_parsed() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        let Ok(libz) = fs::canonicalize("/lib/x86_64-linux-gnu/libz.so.1") else {
+            eprintln!("skipping: no host libz");
+            return;
+        };
+        fs::create_dir_all(r.join("opt/zz")).unwrap();
+        fs::create_dir_all(r.join("etc")).unwrap();
+        fs::copy(&libz, r.join("opt/zz/libz.so.1")).unwrap();
+        fs::write(r.join("etc/ld.so.conf"), "/opt/zz\n").unwrap();
+        let ok = Command::new("/sbin/ldconfig")
+            .arg("-r")
+            .arg(r)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipping: ldconfig -r needs root");
+            return;
+        }
+        let cache = parse_ld_so_cache(&fs::read(r.join("etc/ld.so.cache")).unwrap());
+        assert_eq!(
+            cache.get("libz.so.1"),
+            Some(&vec![PathBuf::from("/opt/zz/libz.so.1")])
+        );
+        // And the host's own cache knows libc.
+        let host = parse_ld_so_cache(&fs::read("/etc/ld.so.cache").unwrap());
+        assert!(host.contains_key("libc.so.6"));
+        // Garbage caches give an empty map, not a panic.
+        assert!(parse_ld_so_cache(b"glibc-ld.so.cache1.1\xff\xff\xff\xff").is_empty());
+        assert!(parse_ld_so_cache(b"ld.so-1.7.0\0\xff\xff\xff\x7f").is_empty());
+    }
 }

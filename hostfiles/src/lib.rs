@@ -12,6 +12,8 @@ mod packages;
 mod pattern;
 mod prepare;
 mod resolve;
+#[cfg(test)]
+mod testutil;
 mod tree;
 
 use std::path::Path;

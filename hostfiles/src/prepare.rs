@@ -278,3 +278,145 @@ impl Drop for TempDir {
         let _ = fs::remove_dir_all(&self.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packages::dpkg::tests::fake_dpkg;
+    use crate::testutil::write;
+
+    fn root() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        fake_dpkg(
+            d.path(),
+            &[
+                ("dpkg", "amd64", "", "", &[], &[]),
+                (
+                    "bash",
+                    "amd64",
+                    "libc6",
+                    "",
+                    &[
+                        "/etc/bash.bashrc",
+                        "/etc/skel/.bashrc",
+                        "/usr/bin/bash",
+                        "/etc/gone",
+                    ],
+                    &[],
+                ),
+                (
+                    "libc6",
+                    "amd64",
+                    "",
+                    "",
+                    &["/etc/ld.so.conf.d/libc.conf", "/usr/lib/libc.so.6"],
+                    &[],
+                ),
+                ("coreutils", "amd64", "", "", &["/usr/bin/ls"], &[]),
+            ],
+            "",
+        );
+        write(d.path(), "/etc/bash.bashrc", b"bashrc\n");
+        write(d.path(), "/etc/skel/.bashrc", b"skel\n");
+        write(d.path(), "/etc/ld.so.conf.d/libc.conf", b"/usr/local/lib\n");
+        write(d.path(), "/usr/bin/bash", b"bash");
+        d
+    }
+
+    fn opts(root: &Path, out: &Path, pkgs: &[&str]) -> PrepareOptions {
+        PrepareOptions {
+            packages: pkgs.iter().map(|s| s.to_string()).collect(),
+            use_installed: true,
+            packager_config: None,
+            out_dir: out.to_path_buf(),
+            source_date_epoch: Some(1_700_000_000),
+            root: root.to_path_buf(),
+        }
+    }
+
+    fn entries(tgz: &Path) -> Vec<(String, u64, u64, u64, String)> {
+        let f = File::open(tgz).unwrap();
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+        ar.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let h = e.header().clone();
+                let mut s = String::new();
+                e.read_to_string(&mut s).unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    h.uid().unwrap(),
+                    h.gid().unwrap(),
+                    h.mtime().unwrap(),
+                    s,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn use_installed_writes_sorted_packages_and_the_closure_config_files() {
+        let r = root();
+        let out = tempfile::tempdir().unwrap();
+        prepare(&opts(r.path(), out.path(), &["bash", "coreutils", "bash"])).unwrap();
+        assert_eq!(
+            fs::read_to_string(out.path().join("packages")).unwrap(),
+            "bash\ncoreutils\n"
+        );
+        let e = entries(&out.path().join("base.tar.gz"));
+        let names: Vec<&str> = e.iter().map(|x| x.0.as_str()).collect();
+        // libc6 comes in through bash's dependency; /etc/gone does not exist.
+        assert_eq!(
+            names,
+            [
+                "etc/bash.bashrc",
+                "etc/ld.so.conf.d/libc.conf",
+                "etc/skel/.bashrc"
+            ]
+        );
+        for (name, uid, gid, mtime, _) in &e {
+            assert_eq!((*uid, *gid, *mtime), (0, 0, 1_700_000_000), "{name}");
+        }
+        assert_eq!(e[0].4, "bashrc\n");
+    }
+
+    #[test]
+    fn same_inputs_and_epoch_give_identical_bytes() {
+        let r = root();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        prepare(&opts(r.path(), a.path(), &["bash"])).unwrap();
+        prepare(&opts(r.path(), b.path(), &["bash"])).unwrap();
+        assert_eq!(
+            fs::read(a.path().join("base.tar.gz")).unwrap(),
+            fs::read(b.path().join("base.tar.gz")).unwrap()
+        );
+    }
+
+    #[test]
+    fn unknown_package_names_are_an_error_naming_them() {
+        let r = root();
+        let out = tempfile::tempdir().unwrap();
+        let e = prepare(&opts(
+            r.path(),
+            out.path(),
+            &["bash", "nosuch", "other-missing"],
+        ))
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("nosuch") && msg.contains("other-missing"),
+            "{msg}"
+        );
+        assert!(!out.path().join("packages").exists());
+    }
+
+    #[test]
+    fn packages_without_config_files_give_no_base_image() {
+        let r = root();
+        let out = tempfile::tempdir().unwrap();
+        prepare(&opts(r.path(), out.path(), &["coreutils"])).unwrap();
+        assert!(out.path().join("packages").exists());
+        assert!(!out.path().join("base.tar.gz").exists());
+    }
+}

@@ -123,18 +123,38 @@ pub fn resolve(inputs: &Inputs, opts: &ResolveOptions) -> Result<FileSet> {
         }
     }
 
+    // supermin puts the target of a packaged symlink to a directory in the appliance too
+    // (`/var/lock -> ../run/lock` brings `/run/lock`), so the link is not left dangling.
+    let dir_links: Vec<PathBuf> = tree
+        .entries()
+        .filter(|f| f.kind == FileKind::Symlink)
+        .map(|f| f.path.clone())
+        .collect();
+    for l in dir_links {
+        if let Some((phys, hf)) = tree.canonical(&l) {
+            if hf.kind == FileKind::Dir {
+                tree.add(&phys);
+            }
+        }
+    }
+
+    // Hostfiles are always checked for ELF: the user named them, whatever their mode.
+    let mut named = Vec::new();
     for pattern in &inputs.hostfiles {
         for p in glob(pattern, root) {
-            tree.add_following(&p);
+            if tree.add_following(&p).is_some() {
+                named.push(p);
+            }
         }
     }
 
     if opts.elf_closure {
-        let objects: Vec<PathBuf> = tree
+        let mut objects: Vec<PathBuf> = tree
             .entries()
             .filter(|f| could_be_elf_object(f))
             .map(|f| f.path.clone())
             .collect();
+        objects.extend(named);
         let mut c = Closure::new(&mut tree);
         c.run(&objects, false)?;
         warnings.append(&mut c.warnings);
@@ -171,4 +191,269 @@ pub fn elf_closure(paths: &[PathBuf], root: &Path) -> Result<ElfClosure> {
         files: tree.into_files().into_iter().map(|f| f.path).collect(),
         warnings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packages::dpkg::tests::fake_dpkg;
+    use crate::testutil::{craft_elf, link, write};
+    use goblin::elf::header::EM_X86_64;
+
+    fn paths(set: &FileSet) -> Vec<String> {
+        set.files
+            .iter()
+            .map(|f| f.path.display().to_string())
+            .collect()
+    }
+
+    /// A merged-/usr Debian-like root with a few packages.
+    fn debian_root() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fake_dpkg(
+            r,
+            &[
+                ("dpkg", "amd64", "", "", &[], &[]),
+                (
+                    "bash",
+                    "amd64",
+                    "libc6 (>= 2.36), base-files",
+                    "",
+                    &[
+                        "/bin",
+                        "/bin/bash",
+                        "/etc",
+                        "/etc/bash.bashrc",
+                        "/usr/share/doc/bash",
+                        "/usr/share/doc/bash/copyright",
+                        "/usr/bin/gone",
+                    ],
+                    &["/etc/bash.bashrc"],
+                ),
+                (
+                    "libc6",
+                    "amd64",
+                    "",
+                    "",
+                    &[
+                        "/lib",
+                        "/lib/x86_64-linux-gnu",
+                        "/lib/x86_64-linux-gnu/libc.so.6",
+                        "/lib/modules/6.1/x.ko",
+                        "/etc/ld.so.conf.d/x.conf",
+                    ],
+                    &[],
+                ),
+                ("base-files", "all", "", "", &["/var/lock"], &[]),
+                ("unwanted", "amd64", "", "", &["/usr/bin/unwanted"], &[]),
+            ],
+            "",
+        );
+        for dir in [
+            "usr/bin",
+            "usr/lib/x86_64-linux-gnu",
+            "usr/lib/modules/6.1",
+            "usr/share/doc/bash",
+            "etc/ld.so.conf.d",
+            "run/lock",
+            "var",
+        ] {
+            std::fs::create_dir_all(r.join(dir)).unwrap();
+        }
+        link(r, "/bin", "usr/bin");
+        link(r, "/lib", "usr/lib");
+        link(r, "/var/lock", "../run/lock");
+        write(r, "/usr/bin/bash", b"bash");
+        write(r, "/usr/bin/unwanted", b"x");
+        write(r, "/etc/bash.bashrc", b"rc");
+        write(r, "/etc/ld.so.conf.d/x.conf", b"/x");
+        write(r, "/usr/lib/x86_64-linux-gnu/libc.so.6", b"libc");
+        write(r, "/usr/lib/modules/6.1/x.ko", b"ko");
+        write(r, "/usr/share/doc/bash/copyright", b"c");
+        write(r, "/usr/lib/lsb/init-functions", b"f");
+        write(r, "/usr/lib/lsb/.hidden", b"h");
+        d
+    }
+
+    fn inputs(packages: &[&str], hostfiles: &[&str], excludes: &[&str]) -> Inputs {
+        Inputs {
+            packages: packages.iter().map(|s| s.to_string()).collect(),
+            hostfiles: hostfiles.iter().map(|s| s.to_string()).collect(),
+            excludes: excludes.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn opts(root: &Path) -> ResolveOptions {
+        ResolveOptions {
+            root: root.to_path_buf(),
+            elf_closure: false,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn package_files_minus_config_minus_excludes_plus_hostfiles_plus_parents() {
+        let d = debian_root();
+        let i = inputs(
+            &["bash", "not-installed"],
+            &["/lib/lsb/*", "/nothing/*"],
+            &["/usr/share/doc/*", "/usr/lib/modules/*"],
+        );
+        let set = resolve(&i, &opts(d.path())).unwrap();
+        assert_eq!(
+            paths(&set),
+            [
+                "/bin",
+                "/etc",
+                "/lib",
+                "/run",
+                "/run/lock",
+                "/usr",
+                "/usr/bin",
+                "/usr/bin/bash",
+                "/usr/lib",
+                "/usr/lib/lsb",
+                "/usr/lib/lsb/init-functions",
+                "/usr/lib/x86_64-linux-gnu",
+                "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                "/var",
+                "/var/lock",
+            ]
+        );
+        assert_eq!(
+            set.packages,
+            [
+                "base-files_1.0-1_all",
+                "bash_1.0-1_amd64",
+                "libc6_1.0-1_amd64"
+            ]
+        );
+        assert_eq!(set.handler, Some("debian/dpkg"));
+        assert_eq!(set.warnings.len(), 1);
+        assert!(set.warnings[0].contains("not-installed"));
+        let lib = set
+            .files
+            .iter()
+            .find(|f| f.path == Path::new("/lib"))
+            .unwrap();
+        assert_eq!(lib.kind, FileKind::Symlink);
+        assert_eq!(lib.link_target.as_deref(), Some(Path::new("usr/lib")));
+        let bash = set
+            .files
+            .iter()
+            .find(|f| f.path == Path::new("/usr/bin/bash"))
+            .unwrap();
+        assert_eq!((bash.kind, bash.size), (FileKind::Regular, 4));
+    }
+
+    #[test]
+    fn merged_usr_aliases_are_kept_even_when_no_package_lists_them() {
+        // Regression: a bookworm->trixie upgrade left /lib64 unowned; supermin then built
+        // appliances without it and every dynamic binary failed to start.
+        let d = debian_root();
+        link(d.path(), "/lib64", "usr/lib64");
+        write(d.path(), "/usr/lib64/ld-linux-x86-64.so.2", b"ld");
+        let set = resolve(
+            &inputs(&[], &["/lib64/ld-linux-x86-64.so.2"], &[]),
+            &opts(d.path()),
+        )
+        .unwrap();
+        assert_eq!(
+            paths(&set),
+            [
+                "/lib64",
+                "/usr",
+                "/usr/lib64",
+                "/usr/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+    }
+
+    #[test]
+    fn excludes_do_not_apply_to_hostfiles() {
+        let d = debian_root();
+        let set = resolve(
+            &inputs(
+                &[],
+                &["/usr/share/doc/bash/copyright"],
+                &["/usr/share/doc/*"],
+            ),
+            &opts(d.path()),
+        )
+        .unwrap();
+        assert!(paths(&set).contains(&"/usr/share/doc/bash/copyright".to_string()));
+    }
+
+    #[test]
+    fn no_package_manager_is_an_error_only_when_packages_are_asked_for() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "/usr/bin/x", b"x");
+        assert!(resolve(&inputs(&[], &["/usr/bin/x"], &[]), &opts(d.path())).is_ok());
+        let e = resolve(&inputs(&["bash"], &[], &[]), &opts(d.path())).unwrap_err();
+        assert!(matches!(e, HostfilesError::NoPackageHandler { .. }));
+    }
+
+    #[test]
+    fn hostfiles_only_elf_input_brings_interpreter_and_libraries() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        let lib = |needed: &[&str]| craft_elf(true, EM_X86_64, None, needed, None, None);
+        write(
+            r,
+            "/usr/bin/tool",
+            &craft_elf(
+                true,
+                EM_X86_64,
+                Some("/lib64/ld-linux-x86-64.so.2"),
+                &["libz.so.1"],
+                None,
+                None,
+            ),
+        );
+        write(
+            r,
+            "/usr/lib/x86_64-linux-gnu/libz.so.1.2.13",
+            &lib(&["libc.so.6"]),
+        );
+        link(r, "/usr/lib/x86_64-linux-gnu/libz.so.1", "libz.so.1.2.13");
+        write(r, "/usr/lib/x86_64-linux-gnu/libc.so.6", &lib(&[]));
+        write(
+            r,
+            "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            &lib(&[]),
+        );
+        link(
+            r,
+            "/usr/lib64/ld-linux-x86-64.so.2",
+            "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        );
+        link(r, "/lib64", "usr/lib64");
+        link(r, "/lib", "usr/lib");
+        link(r, "/bin", "usr/bin");
+        let mut o = opts(r);
+        o.elf_closure = true;
+        let set = resolve(&inputs(&[], &["/bin/tool"], &[]), &o).unwrap();
+        assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+        assert_eq!(
+            paths(&set),
+            [
+                "/bin",
+                "/lib",
+                "/lib64",
+                "/usr",
+                "/usr/bin",
+                "/usr/bin/tool",
+                "/usr/lib",
+                "/usr/lib/x86_64-linux-gnu",
+                "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+                "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                "/usr/lib/x86_64-linux-gnu/libz.so.1",
+                "/usr/lib/x86_64-linux-gnu/libz.so.1.2.13",
+                "/usr/lib64",
+                "/usr/lib64/ld-linux-x86-64.so.2",
+            ]
+        );
+    }
 }

@@ -1,0 +1,213 @@
+//! End-to-end: resolve real host inputs, copy the file set into a directory with a tiny
+//! test-only copier (the real chroot writer is the builder's), and run programs there with
+//! chroot(8). Needs root for chroot; skipped with a message otherwise.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use supermin_hostfiles::{
+    open_base_image, prepare, read_inputs, resolve, BaseImageGuard, FileKind, FileSet,
+    PrepareOptions, ResolveOptions,
+};
+
+fn can_chroot() -> bool {
+    let ok = Command::new("chroot")
+        .args(["/", "/bin/true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipping: chroot(8) is not permitted here (needs root)");
+    }
+    ok
+}
+
+/// Materialize a file set (and its base images) under `dir`.
+fn materialize(set: &FileSet, dir: &Path) {
+    for f in &set.files {
+        let dest = dir.join(f.path.strip_prefix("/").unwrap());
+        match f.kind {
+            FileKind::Dir => {
+                fs::create_dir_all(&dest).unwrap();
+                fs::set_permissions(&dest, fs::Permissions::from_mode(f.mode & 0o7777)).unwrap();
+            }
+            FileKind::Regular => {
+                let src = set.root.join(f.path.strip_prefix("/").unwrap());
+                // Unreadable host files become empty files, as the builder does.
+                if fs::copy(&src, &dest).is_err() {
+                    fs::write(&dest, b"").unwrap();
+                }
+            }
+            FileKind::Symlink => symlink(f.link_target.as_ref().unwrap(), &dest).unwrap(),
+            _ => {}
+        }
+    }
+    let symlinks: Vec<PathBuf> = set
+        .files
+        .iter()
+        .filter(|f| f.kind == FileKind::Symlink)
+        .map(|f| f.path.clone())
+        .collect();
+    let mut guard = BaseImageGuard::new(symlinks.iter().map(|p| p.as_path()));
+    for img in &set.base_images {
+        let mut ar = tar::Archive::new(open_base_image(img).unwrap());
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let is_link = e.header().entry_type().is_symlink();
+            let rel = guard.check(&e.path().unwrap(), is_link).unwrap();
+            let dest = dir.join(&rel);
+            if e.header().entry_type().is_dir() {
+                fs::create_dir_all(&dest).unwrap();
+            } else if e.header().entry_type().is_file() {
+                fs::create_dir_all(dest.parent().unwrap()).unwrap();
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                let _ = fs::remove_file(&dest);
+                fs::write(&dest, data).unwrap();
+            }
+        }
+    }
+}
+
+fn run_in(dir: &Path, cmd: &[&str]) -> String {
+    run_in_env(dir, cmd, &[])
+}
+
+fn run_in_env(dir: &Path, cmd: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new("chroot")
+        .arg(dir)
+        .args(cmd)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed in chroot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn prepared_bash_and_coreutils_run_in_a_chroot() {
+    if !can_chroot() {
+        return;
+    }
+    let sd = tempfile::tempdir().unwrap();
+    prepare(&PrepareOptions {
+        packages: vec!["bash".into(), "coreutils".into()],
+        use_installed: true,
+        packager_config: None,
+        out_dir: sd.path().to_path_buf(),
+        source_date_epoch: Some(0),
+        root: PathBuf::from("/"),
+    })
+    .unwrap();
+    assert_eq!(
+        fs::read_to_string(sd.path().join("packages")).unwrap(),
+        "bash\ncoreutils\n"
+    );
+    let inputs = read_inputs(&[sd.path().to_path_buf()]).unwrap();
+    let set = resolve(&inputs, &ResolveOptions::default()).unwrap();
+    assert!(
+        set.packages.iter().any(|p| p.starts_with("libc6_")),
+        "{:?}",
+        set.packages
+    );
+    let dir = tempfile::tempdir().unwrap();
+    materialize(&set, dir.path());
+    let out = run_in(
+        dir.path(),
+        &["/bin/bash", "-c", "ls /usr/bin/ls && sync && echo ok"],
+    );
+    assert!(out.ends_with("ok\n"), "{out}");
+    // The base image came from the prepared config files.
+    assert!(dir.path().join("etc/bash.bashrc").exists());
+}
+
+#[test]
+fn hostfiles_only_binaries_and_an_origin_runpath_program_run_in_a_chroot() {
+    if !can_chroot() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    fs::create_dir_all(w.join("app/bin")).unwrap();
+    fs::create_dir_all(w.join("app/lib")).unwrap();
+    fs::write(w.join("foo.c"), "int foo(void){return 42;}").unwrap();
+    fs::write(w.join("main.c"), "#include <stdio.h>\nint foo(void);\nint main(void){printf(\"foo=%d\\n\", foo());return 0;}").unwrap();
+    let gcc = |args: &[&str]| {
+        Command::new("gcc")
+            .current_dir(w)
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let have_gcc = gcc(&[
+        "-shared",
+        "-fPIC",
+        "-Wl,-soname,libfoo.so.1",
+        "-o",
+        "app/lib/libfoo.so.1",
+        "foo.c",
+    ]) && gcc(&[
+        "-o",
+        "app/bin/prog",
+        "main.c",
+        "-Lapp/lib",
+        "-l:libfoo.so.1",
+        "-Wl,--enable-new-dtags,-rpath,$ORIGIN/../lib",
+    ]);
+    if !have_gcc {
+        eprintln!("note: gcc not usable; testing host binaries only");
+    }
+
+    // Host binaries with many shared libraries, each run with an argument that needs no
+    // data files.
+    let candidates: &[(&str, &[&str])] = &[
+        ("/usr/bin/bash", &["-c", "echo bash-ok"]),
+        ("/usr/bin/ls", &["/"]),
+        ("/usr/bin/sync", &[]),
+        ("/usr/bin/curl", &["--version"]),
+        ("/usr/bin/qemu-img", &["--version"]),
+        ("/usr/bin/xz", &["--version"]),
+        ("/usr/sbin/mke2fs", &["-V"]),
+        ("/usr/bin/guestfish", &["--version"]),
+    ];
+    let present: Vec<&(&str, &[&str])> = candidates
+        .iter()
+        .filter(|(p, _)| Path::new(p).exists())
+        .collect();
+    assert!(present.len() >= 3, "too few host binaries to test with");
+    let mut list: String = present.iter().map(|(p, _)| format!("{p}\n")).collect();
+    if have_gcc {
+        list.push_str(&format!("{}/app/bin/prog\n", w.display()));
+    }
+    let sd = w.join("supermin.d");
+    fs::create_dir_all(&sd).unwrap();
+    fs::write(sd.join("hostfiles"), list).unwrap();
+
+    let inputs = read_inputs(&[sd]).unwrap();
+    assert!(inputs.packages.is_empty());
+    let set = resolve(&inputs, &ResolveOptions::default()).unwrap();
+    assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+    let dir = tempfile::tempdir().unwrap();
+    materialize(&set, dir.path());
+    for (p, args) in &present {
+        let mut cmd = vec![*p];
+        cmd.extend_from_slice(args);
+        run_in(dir.path(), &cmd);
+    }
+    if have_gcc {
+        let prog = format!("{}/app/bin/prog", fs::canonicalize(w).unwrap().display());
+        // ld.so learns $ORIGIN of the program from /proc/self/exe, and this bare chroot has no
+        // /proc (the appliance's init mounts it); LD_ORIGIN_PATH is glibc's fallback for that.
+        let origin = format!("{}/app/bin", fs::canonicalize(w).unwrap().display());
+        assert_eq!(
+            run_in_env(dir.path(), &[&prog], &[("LD_ORIGIN_PATH", &origin)]),
+            "foo=42\n"
+        );
+    }
+}
