@@ -16,6 +16,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use rustix::io::Errno;
 
+use crate::blockmap::Run;
 use crate::error::Ext2Error;
 use crate::plan::{Chunk, CopyJob, Source};
 
@@ -58,6 +59,10 @@ pub(crate) fn write_chunks(img: &File, path: &Path, chunks: &[Chunk]) -> Result<
     Ok(())
 }
 
+/// Data per unit of parallel work: big files are split so that both cores
+/// stay busy to the end instead of one copying the largest file alone.
+const PIECE_BYTES: u64 = 16 << 20;
+
 /// Runs every copy job, spread over the rayon pool.
 pub(crate) fn copy_all(
     img: &File,
@@ -65,8 +70,26 @@ pub(crate) fn copy_all(
     jobs: &[CopyJob<'_>],
     bs: u32,
 ) -> Result<(), Ext2Error> {
-    jobs.par_iter()
-        .try_for_each(|job| copy_job(img, path, job, u64::from(bs)))
+    let bs = u64::from(bs);
+    let mut pieces: Vec<(&CopyJob<'_>, &[Run])> = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let mut start = 0;
+        let mut bytes = 0;
+        for (i, r) in job.runs.iter().enumerate() {
+            bytes += r.count * bs;
+            if bytes >= PIECE_BYTES {
+                pieces.push((job, &job.runs[start..=i]));
+                start = i + 1;
+                bytes = 0;
+            }
+        }
+        if start < job.runs.len() {
+            pieces.push((job, &job.runs[start..]));
+        }
+    }
+    pieces
+        .par_iter()
+        .try_for_each(|(job, runs)| copy_job(img, path, job, runs, bs))
 }
 
 /// Errors that mean "the image side failed", as opposed to the source.
@@ -74,7 +97,13 @@ fn is_write_side(e: Errno) -> bool {
     matches!(e, Errno::NOSPC | Errno::FBIG | Errno::DQUOT | Errno::ROFS)
 }
 
-fn copy_job(img: &File, img_path: &Path, job: &CopyJob<'_>, bs: u64) -> Result<(), Ext2Error> {
+fn copy_job(
+    img: &File,
+    img_path: &Path,
+    job: &CopyJob<'_>,
+    runs: &[Run],
+    bs: u64,
+) -> Result<(), Ext2Error> {
     let opened;
     let (src, base): (BorrowedFd<'_>, u64) = match &job.source {
         Source::Host(p) => {
@@ -106,7 +135,7 @@ fn copy_job(img: &File, img_path: &Path, job: &CopyJob<'_>, bs: u64) -> Result<(
         }
     };
     let mut fallback: Option<Vec<u8>> = None;
-    for run in &job.runs {
+    for run in runs {
         let file_off = run.lblock * bs;
         if file_off >= job.len {
             break;
