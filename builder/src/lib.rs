@@ -1,3 +1,11 @@
-//! The supermin builder library: CLI planning, initrd and chroot writers, launcher.
-pub mod initrd;
+//! The supermin builder library: command-line grammar, the appliance pipeline, the initrd
+//! and chroot writers and the launcher. The binary (`main.rs`) only parses, dispatches and
+//! reports; each module here returns typed errors.
+
+pub mod appliance;
+pub mod assemble;
+pub mod chroot;
+pub mod cli;
+pub mod default_appliance;
 pub mod embedded;
+pub mod initrd;

@@ -1,0 +1,444 @@
+//! The `--build` pipeline: plan cheaply, decide freshness, build into a staging sibling,
+//! publish atomically.
+//!
+//! The order matters for speed and correctness. The fingerprint is computed from things that
+//! cost milliseconds (input bytes or identities, the package database's identity, the chosen
+//! kernel's identity, options, environment, this binary), so an up-to-date `--if-newer` never
+//! resolves packages. Only then is the file set resolved and the output written: the ext2
+//! image, the initrd and the kernel for `-f ext2`, a directory for `-f chroot`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use supermin_cache::{self as cache, Durability, Fingerprint, FingerprintBuilder, HashMode};
+use supermin_ext2 as ext2;
+use supermin_hostfiles as hostfiles;
+use supermin_kernel_probe as kprobe;
+
+use crate::assemble::{AssembleError, Assembler};
+use crate::chroot::{self, ChrootError};
+use crate::cli::Format;
+use crate::default_appliance;
+use crate::initrd::{self, InitrdError, InitrdModule};
+
+/// supermin 5's default ext2 size: sparse, so it costs only what is written.
+pub const DEFAULT_SIZE: u64 = 4 << 30;
+
+/// Where the appliance's contents come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// supermin.d inputs (files or directories).
+    Inputs(Vec<PathBuf>),
+    /// The definition embedded in this binary (for `supermin run`).
+    Default,
+}
+
+/// Everything one build needs to know, resolved from the command line and environment.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    pub format: Format,
+    pub source: Source,
+    pub output: PathBuf,
+    pub size: Option<u64>,
+    pub host_cpu: Option<String>,
+    pub copy_kernel: bool,
+    pub fixed: bool,
+    pub include_packagelist: bool,
+    pub if_newer: bool,
+    pub lock: Option<PathBuf>,
+    /// Also write `vmlinux` (the kernel's payload as a PVH-bootable ELF) for the launcher.
+    pub vmlinux: bool,
+    /// fsync the output before publishing it (fixed appliances are meant to last).
+    pub durability: Durability,
+    pub verbose: u8,
+    /// `SOURCE_DATE_EPOCH`, or the build time.
+    pub time: i64,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    /// `--if-newer` found the output fresh.
+    UpToDate,
+    Built {
+        warnings: Vec<String>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Probe(#[from] kprobe::ProbeError),
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
+    #[error(transparent)]
+    Hostfiles(#[from] hostfiles::HostfilesError),
+    #[error(transparent)]
+    Assemble(#[from] AssembleError),
+    #[error(transparent)]
+    Ext2(#[from] ext2::Ext2Error),
+    #[error(transparent)]
+    Initrd(#[from] InitrdError),
+    #[error(transparent)]
+    Chroot(#[from] ChrootError),
+    #[error("cannot {what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("input {0} does not exist")]
+    MissingInput(PathBuf),
+}
+
+impl BuildError {
+    /// What the user can do, where the message alone does not say.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            BuildError::Probe(e) => e.hint(),
+            _ => None,
+        }
+    }
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BuildError + 'a {
+    move |source| BuildError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A logger that prints `supermin: ...` lines at or above a verbosity.
+struct Log {
+    verbose: u8,
+}
+
+impl Log {
+    fn at(&self, level: u8, msg: impl FnOnce() -> String) {
+        if self.verbose >= level {
+            println!("supermin: {}", msg());
+        }
+    }
+}
+
+/// Runs one build (or finds it unnecessary).
+pub fn build(req: &BuildRequest) -> Result<Outcome, BuildError> {
+    let log = Log {
+        verbose: req.verbose,
+    };
+    log.at(1, || {
+        format!("version: supermin-rs {}", env!("CARGO_PKG_VERSION"))
+    });
+    if let Source::Inputs(inputs) = &req.source {
+        for i in inputs {
+            if std::fs::symlink_metadata(i).is_err() {
+                return Err(BuildError::MissingInput(i.clone()));
+            }
+        }
+    }
+    let kernel = match req.format {
+        Format::Ext2 => {
+            let env = kprobe::ProbeEnv::from_env(req.host_cpu.as_deref());
+            let k = kprobe::probe(&env)?;
+            log.at(1, || {
+                format!(
+                    "kernel: {} (version {}, modules {})",
+                    k.path.display(),
+                    k.version,
+                    k.modules_dir.display()
+                )
+            });
+            Some(k)
+        }
+        Format::Chroot => None,
+    };
+    let fp = fingerprint(req, kernel.as_ref())?;
+    log.at(2, || format!("fingerprint: {fp}"));
+
+    let _lock = match &req.lock {
+        Some(path) => {
+            log.at(1, || format!("acquiring lock on {}", path.display()));
+            Some(cache::lock(path)?)
+        }
+        None => None,
+    };
+    let required: &[&str] = match req.format {
+        Format::Ext2 => &cache::APPLIANCE_FILES,
+        Format::Chroot => &[],
+    };
+    if req.if_newer {
+        match cache::is_fresh(&req.output, &fp, required)? {
+            cache::Freshness::Fresh => {
+                log.at(1, || "if-newer: output does not need rebuilding".into());
+                return Ok(Outcome::UpToDate);
+            }
+            cache::Freshness::Stale(why) => log.at(1, || format!("if-newer: rebuilding: {why}")),
+        }
+    }
+    if let Ok(n) = cache::clean_debris(&req.output) {
+        if n > 0 {
+            log.at(1, || format!("removed {n} leftovers of interrupted builds"));
+        }
+    }
+
+    let staging = cache::Staging::new(&req.output)?;
+    let dir = staging.path().to_path_buf();
+    let mut warnings = Vec::new();
+
+    // What goes into the root.
+    let (inputs, elf_only) = match &req.source {
+        Source::Inputs(paths) => (hostfiles::read_inputs(paths)?, false),
+        Source::Default => (default_appliance::inputs(), true),
+    };
+    log.at(1, || {
+        format!(
+            "inputs: {} packages, {} hostfiles patterns, {} excludes, {} base images",
+            inputs.packages.len(),
+            inputs.hostfiles.len(),
+            inputs.excludes.len(),
+            inputs.base_images.len()
+        )
+    });
+    let opts = hostfiles::ResolveOptions {
+        host_cpu: req
+            .host_cpu
+            .clone()
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string()),
+        ..hostfiles::ResolveOptions::default()
+    };
+    let set = hostfiles::resolve(&inputs, &opts)?;
+    log.at(1, || {
+        format!(
+            "resolved {} files from {} packages{}",
+            set.files.len(),
+            set.packages.len(),
+            set.handler.map(|h| format!(" ({h})")).unwrap_or_default()
+        )
+    });
+    if req.verbose >= 2 {
+        for p in &set.packages {
+            println!("  - {p}");
+        }
+    }
+    warnings.extend(set.warnings.iter().cloned());
+
+    let mut asm = Assembler::new(req.time, &dir);
+    for img in &set.base_images {
+        let n = asm.add_base_image(img)?;
+        log.at(1, || {
+            format!("base image {}: {n} entries", img.path.display())
+        });
+    }
+    asm.add_file_set(&set)?;
+    if req.include_packagelist {
+        asm.add_packagelist(&set.packages)?;
+    }
+    if elf_only {
+        default_appliance::add_generated(&mut asm)?;
+    }
+    if let Some(k) = &kernel {
+        let n = asm.add_modules(&k.modules_dir, &k.version)?;
+        log.at(1, || format!("kernel modules: {n} entries"));
+    }
+    warnings.append(&mut asm.warnings);
+    let tree = asm.finish();
+    log.at(1, || "tree assembled".into());
+
+    match (&req.format, &kernel) {
+        (Format::Ext2, Some(k)) => {
+            let root = dir.join("root");
+            let opts = ext2::Options {
+                size: Some(req.size.unwrap_or(DEFAULT_SIZE)),
+                creation_time: req.time,
+                ..ext2::Options::default()
+            };
+            let summary = ext2::write_image(&tree, &root, &opts)?;
+            log.at(1, || {
+                format!(
+                    "ext2: {} blocks, {} inodes, UUID {}",
+                    summary.blocks_used,
+                    summary.inodes_used,
+                    ext2::format_uuid(&summary.uuid)
+                )
+            });
+            write_initrd(k, &dir.join("initrd"), &log)?;
+            write_kernel(k, &dir, req.copy_kernel)?;
+            if req.vmlinux {
+                write_vmlinux(k, &dir, &log, &mut warnings);
+            }
+            if req.fixed {
+                write_readme_fixed(&dir, k, req)?;
+            }
+        }
+        _ => {
+            let report = chroot::write_chroot(&tree, &dir)?;
+            warnings.extend(report.warnings);
+        }
+    }
+    for w in &warnings {
+        eprintln!("supermin: warning: {w}");
+    }
+    log.at(1, || format!("publishing {}", req.output.display()));
+    staging.commit(&fp, env!("CARGO_PKG_VERSION"), req.durability)?;
+    log.at(1, || "done".into());
+    Ok(Outcome::Built { warnings })
+}
+
+/// Everything that determines the output, cheaply. See the module docs for what is
+/// deliberately left out (the host files named by packages are covered by the package
+/// database's identity, like supermin).
+pub fn fingerprint(
+    req: &BuildRequest,
+    kernel: Option<&kprobe::Kernel>,
+) -> Result<Fingerprint, BuildError> {
+    let mut fb = FingerprintBuilder::new(env!("CARGO_PKG_VERSION"));
+    // This binary carries the init, the daemon and the default appliance's definition.
+    if let Ok(exe) = std::env::current_exe() {
+        fb.file_identity(&exe)?;
+    }
+    fb.str("format", &format!("{:?}", req.format));
+    fb.str("size", &format!("{:?}", req.size));
+    fb.str(
+        "host-cpu",
+        req.host_cpu.as_deref().unwrap_or(std::env::consts::ARCH),
+    );
+    fb.str(
+        "flags",
+        &format!(
+            "copy_kernel={} fixed={} packagelist={} vmlinux={}",
+            req.copy_kernel, req.fixed, req.include_packagelist, req.vmlinux
+        ),
+    );
+    for var in [
+        "SUPERMIN_KERNEL",
+        "SUPERMIN_KERNEL_VERSION",
+        "SUPERMIN_MODULES",
+        "SOURCE_DATE_EPOCH",
+    ] {
+        fb.env(var);
+    }
+    match &req.source {
+        Source::Inputs(paths) => {
+            for p in paths {
+                fb.str("input", &p.to_string_lossy());
+                // Small files (lists, base images of a few MB) by contents: an edit that
+                // keeps size and mtime is still seen. Larger ones by identity (ctime moves
+                // on every write).
+                fb.tree(p, HashMode::ContentsUpTo(8 << 20))?;
+            }
+        }
+        Source::Default => fb.str("input", "embedded default appliance"),
+    }
+    let root = Path::new("/");
+    match hostfiles::package_db_identity(root) {
+        Ok(id) => fb.bytes("package-db", &id),
+        Err(_) => fb.str("package-db", "none"),
+    }
+    if let Some(k) = kernel {
+        fb.str("kernel", &k.path.to_string_lossy());
+        fb.str("kernel-version", &k.version);
+        fb.str("modules", &k.modules_dir.to_string_lossy());
+        for id in k.identity()? {
+            fb.str("identity", &format!("{id:?}"));
+        }
+    }
+    Ok(fb.finish())
+}
+
+fn write_initrd(k: &kprobe::Kernel, out: &Path, log: &Log) -> Result<(), BuildError> {
+    let modules = kprobe::initrd_modules(k, &[])?;
+    log.at(1, || {
+        format!(
+            "initrd: {} modules: {}",
+            modules.len(),
+            modules
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    });
+    let mut loaded = Vec::with_capacity(modules.len());
+    for m in &modules {
+        loaded.push(InitrdModule {
+            name: m.name.clone(),
+            data: kprobe::read_module(&m.path)?,
+        });
+    }
+    initrd::write_initrd(
+        out,
+        crate::embedded::init_binary(),
+        &loaded,
+        initrd::Compression::None,
+    )?;
+    Ok(())
+}
+
+fn write_kernel(k: &kprobe::Kernel, dir: &Path, copy: bool) -> Result<(), BuildError> {
+    let dest = dir.join("kernel");
+    if copy {
+        std::fs::copy(&k.path, &dest).map_err(io_err("copy the kernel to", &dest))?;
+    } else {
+        std::os::unix::fs::symlink(&k.path, &dest).map_err(io_err("symlink", &dest))?;
+    }
+    Ok(())
+}
+
+/// The launcher boots `vmlinux` through PVH when it exists: under TCG that skips the
+/// emulated decompressor (DESIGN.md, "Where boot time goes"). Best effort: without it
+/// the launcher boots `kernel`.
+fn write_vmlinux(k: &kprobe::Kernel, dir: &Path, log: &Log, warnings: &mut Vec<String>) {
+    let dest = dir.join("vmlinux");
+    match kprobe::extract_vmlinux(&k.path, &dest) {
+        Ok(info) if info.pvh() => log.at(1, || "vmlinux: PVH entry found".into()),
+        Ok(_) => {
+            let _ = std::fs::remove_file(&dest);
+            log.at(1, || {
+                "vmlinux: no PVH entry; the launcher boots the bzImage".into()
+            });
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&dest);
+            warnings.push(format!("cannot extract vmlinux: {e}"));
+        }
+    }
+}
+
+fn write_readme_fixed(
+    dir: &Path,
+    k: &kprobe::Kernel,
+    req: &BuildRequest,
+) -> Result<(), BuildError> {
+    let dest = dir.join("README.fixed");
+    let inputs = match &req.source {
+        Source::Inputs(p) => p
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+        Source::Default => "the embedded default appliance".into(),
+    };
+    let text = format!(
+        "This is a fixed appliance for libguestfs, built by supermin-rs {version}.\n\
+         \n\
+         It contains:\n\
+         \x20 kernel  a copy of {kernel} (version {kversion})\n\
+         \x20 initrd  the modules needed to boot and a small init\n\
+         \x20 root    the ext2 root filesystem\n\
+         \n\
+         It was built from: {inputs}\n\
+         \n\
+         To use it, point libguestfs at this directory:\n\
+         \n\
+         \x20 export LIBGUESTFS_PATH={dir}\n\
+         \n\
+         It does not change when the host is updated: rebuild it with\n\
+         `supermin update-appliance {dir}` after updating the kernel or libguestfs.\n",
+        version = env!("CARGO_PKG_VERSION"),
+        kernel = k.path.display(),
+        kversion = k.version,
+        dir = req.output.display(),
+    );
+    std::fs::write(&dest, text).map_err(io_err("write", &dest))
+}

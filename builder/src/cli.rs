@@ -1,0 +1,565 @@
+//! Command-line parsing: turns `argv` into one [`Command`] value and nothing more.
+//!
+//! Two grammars share one binary. supermin 5's is mode flags (`--build`, `--prepare`,
+//! `--list-drivers`, `--version`) plus free inputs, and libguestfs and packagers call it
+//! exactly so; ours adds subcommands (`run`, `mkfs`, `kernel`, `update-appliance`). The first
+//! word decides which grammar applies, so an input directory named like a subcommand is
+//! still reachable as `./run`.
+//!
+//! Errors from here are usage errors: the binary prints them on one line and exits 1, like
+//! supermin's `error` (clap's own exit status 2 is not used).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+/// Output format of `--build`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Ext2,
+    Chroot,
+}
+
+/// What the user asked for, fully parsed.
+#[derive(Debug)]
+pub enum Command {
+    Version,
+    ListDrivers,
+    Prepare(PrepareArgs),
+    Build(BuildArgs),
+    Mkfs(MkfsArgs),
+    Kernel(KernelArgs),
+    Run(RunArgs),
+    UpdateAppliance(UpdateArgs),
+}
+
+#[derive(Debug, Clone)]
+pub struct PrepareArgs {
+    pub verbose: u8,
+    pub use_installed: bool,
+    pub packager_config: Option<PathBuf>,
+    pub output: PathBuf,
+    pub packages: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildArgs {
+    pub verbose: u8,
+    pub format: Format,
+    pub if_newer: bool,
+    pub lock: Option<PathBuf>,
+    pub copy_kernel: bool,
+    pub fixed: bool,
+    pub size: Option<u64>,
+    pub host_cpu: Option<String>,
+    pub include_packagelist: bool,
+    pub output: PathBuf,
+    pub inputs: Vec<PathBuf>,
+}
+
+/// A usage error: one line for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("you must use --prepare or --build to select the mode")]
+    NoMode,
+    #[error("you must use only one of --prepare and --build")]
+    TwoModes,
+    #[error("cannot use --prepare and --format options together")]
+    FormatWithPrepare,
+    #[error("when using --build, you must specify an output --format")]
+    NoFormat,
+    #[error("unknown --format option ({0}): use ext2 or chroot")]
+    BadFormat(String),
+    #[error("output directory (-o option) must be supplied")]
+    NoOutput,
+    #[error("invalid --size {value:?}: {reason}; use a number with a unit, e.g. 4G or 512M")]
+    BadSize { value: String, reason: String },
+    #[error("{option} is only meaningful with --build")]
+    BuildOnly { option: &'static str },
+    #[error("--prepare needs at least one package name")]
+    NoPackages,
+    #[error("the --dtb option was removed in supermin 5.1.18; drop it and the wildcard after it")]
+    Dtb,
+    #[error(
+        "this is supermin version 5, but --names belongs to supermin 4: upgrade libguestfs (>= 1.26)"
+    )]
+    Names,
+    #[error("{0}")]
+    Clap(String),
+}
+
+/// `--help` and friends are not errors, but they end the run successfully with text.
+#[derive(Debug)]
+pub enum Parsed {
+    Command(Command),
+    Help(String),
+}
+
+/// The supermin 5 grammar.
+#[derive(Parser, Debug)]
+#[command(
+    name = "supermin",
+    disable_version_flag = true,
+    about = "Build supermin appliances (kernel, initrd, ext2 root) from the host's own files",
+    after_help = "\
+Subcommands (beyond supermin 5):
+  supermin run [OPTIONS] -- CMD [ARG...]   boot an appliance and run CMD in it
+  supermin mkfs SRC_DIR -o IMAGE           ext2 image from a directory, no root needed
+  supermin kernel [--json]                 which kernel and modules would be used, and why
+  supermin update-appliance [DIR]          build libguestfs's fixed appliance system-wide
+Run `supermin SUBCOMMAND --help` for each one's options."
+)]
+struct Legacy {
+    /// Build a full appliance
+    #[arg(long)]
+    build: bool,
+    /// Prepare a supermin appliance
+    #[arg(long)]
+    prepare: bool,
+    /// Copy the kernel instead of symlinking it
+    #[arg(long)]
+    copy_kernel: bool,
+    /// Also copy the kernel and write README.fixed (a fixed appliance for LIBGUESTFS_PATH)
+    #[arg(long)]
+    fixed: bool,
+    /// Output format: ext2 or chroot
+    #[arg(short = 'f', long = "format", value_name = "FORMAT")]
+    format: Option<String>,
+    /// Host CPU architecture
+    #[arg(long, value_name = "ARCH")]
+    host_cpu: Option<String>,
+    /// Only build if the output is out of date
+    #[arg(long)]
+    if_newer: bool,
+    /// Add a file with the list of packages
+    #[arg(long)]
+    include_packagelist: bool,
+    /// Display the list of package handlers and exit
+    #[arg(long)]
+    list_drivers: bool,
+    /// Serialize concurrent builders on this lock file
+    #[arg(long, value_name = "LOCKFILE")]
+    lock: Option<PathBuf>,
+    /// Output directory
+    #[arg(short = 'o', value_name = "OUTPUTDIR")]
+    output: Option<PathBuf>,
+    /// Package manager configuration file
+    #[arg(long, value_name = "CONFIGFILE")]
+    packager_config: Option<PathBuf>,
+    /// Size of the ext2 filesystem, e.g. 4G
+    #[arg(long, value_name = "SIZE")]
+    size: Option<String>,
+    /// Use installed files instead of downloading packages
+    #[arg(long)]
+    use_installed: bool,
+    /// Enable debugging messages (repeat for more)
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    verbose: u8,
+    /// Display the version and exit
+    #[arg(short = 'V', long = "version")]
+    version: bool,
+    /// Obsolete option (removed in supermin 5.1.18)
+    #[arg(long, hide = true, value_name = "WILDCARD")]
+    dtb: Option<String>,
+    /// supermin 4 option, refused
+    #[arg(long, hide = true)]
+    names: bool,
+    /// Inputs (--build) or packages (--prepare)
+    #[arg(value_name = "INPUT")]
+    inputs: Vec<OsString>,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "supermin", disable_version_flag = true)]
+struct Extended {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Boot an appliance and run a command in it
+    Run(RunArgs),
+    /// Write an ext2 image from a directory tree (no root needed)
+    Mkfs(MkfsArgs),
+    /// Show which kernel and modules would be used, and why
+    Kernel(KernelArgs),
+    /// Build libguestfs's appliance as a fixed appliance, system-wide
+    UpdateAppliance(UpdateArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MkfsArgs {
+    /// Directory whose tree becomes the filesystem
+    pub source: PathBuf,
+    /// Image file to write
+    #[arg(short = 'o', long = "output", value_name = "IMAGE")]
+    pub output: PathBuf,
+    /// Image size (e.g. 512M); default: the content plus headroom
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<String>,
+    /// Filesystem UUID; default: derived from the content
+    #[arg(long, value_name = "UUID")]
+    pub uuid: Option<String>,
+    /// Filesystem label (at most 16 bytes)
+    #[arg(long, value_name = "LABEL")]
+    pub label: Option<String>,
+    /// Print what is done
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KernelArgs {
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+    /// Host CPU architecture
+    #[arg(long, value_name = "ARCH")]
+    pub host_cpu: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UpdateArgs {
+    /// Where to write the appliance
+    #[arg(default_value = "/usr/local/lib/guestfs/appliance")]
+    pub dir: PathBuf,
+    /// libguestfs's supermin.d; default: found in the usual places
+    #[arg(long, value_name = "DIR")]
+    pub supermin_d: Option<PathBuf>,
+    /// Print what is done
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Appliance directory (kernel, initrd, root); default: the embedded default appliance
+    #[arg(long, value_name = "DIR")]
+    pub appliance: Option<PathBuf>,
+    /// Accelerator: auto, kvm or tcg (default: $SUPERMIN_ACCEL or auto)
+    #[arg(long, value_name = "ACCEL")]
+    pub accel: Option<String>,
+    /// Guest memory in MiB
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    pub memory: u32,
+    /// Guest CPUs
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u32,
+    /// Add a disk image (append :ro for read-only); repeatable
+    #[arg(long = "add", value_name = "DISK[:ro]")]
+    pub add: Vec<String>,
+    /// Kill the VM after this many seconds
+    #[arg(long, value_name = "S")]
+    pub timeout: Option<f64>,
+    /// Show the console and what is done
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+    /// The command and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub argv: Vec<OsString>,
+}
+
+const SUBCOMMANDS: &[&str] = &["run", "mkfs", "kernel", "update-appliance"];
+
+/// Parses `args` (without the program name).
+pub fn parse(args: Vec<OsString>) -> Result<Parsed, UsageError> {
+    let first = args.first().and_then(|a| a.to_str()).unwrap_or("");
+    let argv = std::iter::once(OsString::from("supermin")).chain(args.iter().cloned());
+    if SUBCOMMANDS.contains(&first) {
+        return match Extended::try_parse_from(argv) {
+            Ok(ext) => Ok(Parsed::Command(match ext.command {
+                Sub::Run(a) => Command::Run(a),
+                Sub::Mkfs(a) => Command::Mkfs(a),
+                Sub::Kernel(a) => Command::Kernel(a),
+                Sub::UpdateAppliance(a) => Command::UpdateAppliance(a),
+            })),
+            Err(e) => clap_outcome(e),
+        };
+    }
+    match Legacy::try_parse_from(argv) {
+        Ok(l) => legacy_command(l).map(Parsed::Command),
+        Err(e) => clap_outcome(e),
+    }
+}
+
+fn clap_outcome(e: clap::Error) -> Result<Parsed, UsageError> {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Ok(Parsed::Help(e.to_string())),
+        _ => {
+            // clap's rendering is several lines (usage, tip); keep the first, which says what.
+            let text = e.to_string();
+            let line = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ")
+                .to_string();
+            Err(UsageError::Clap(format!("{line} (see `supermin --help`)")))
+        }
+    }
+}
+
+fn legacy_command(l: Legacy) -> Result<Command, UsageError> {
+    if l.names {
+        return Err(UsageError::Names);
+    }
+    if l.dtb.is_some() {
+        return Err(UsageError::Dtb);
+    }
+    // supermin acts on --version and --list-drivers as soon as it sees them.
+    if l.version {
+        return Ok(Command::Version);
+    }
+    if l.list_drivers {
+        return Ok(Command::ListDrivers);
+    }
+    let format = match l.format.as_deref() {
+        None => None,
+        Some("chroot" | "fs" | "filesystem") => Some(Format::Chroot),
+        Some("ext2") => Some(Format::Ext2),
+        Some(other) => return Err(UsageError::BadFormat(other.to_string())),
+    };
+    match (l.prepare, l.build) {
+        (false, false) => Err(UsageError::NoMode),
+        (true, true) => Err(UsageError::TwoModes),
+        (true, false) => {
+            if format.is_some() {
+                return Err(UsageError::FormatWithPrepare);
+            }
+            for (set, option) in [
+                (l.if_newer, "--if-newer"),
+                (l.copy_kernel, "--copy-kernel"),
+                (l.fixed, "--fixed"),
+                (l.size.is_some(), "--size"),
+                (l.include_packagelist, "--include-packagelist"),
+            ] {
+                if set {
+                    return Err(UsageError::BuildOnly { option });
+                }
+            }
+            let output = l.output.ok_or(UsageError::NoOutput)?;
+            let packages: Vec<String> = l
+                .inputs
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect();
+            if packages.is_empty() {
+                return Err(UsageError::NoPackages);
+            }
+            Ok(Command::Prepare(PrepareArgs {
+                verbose: l.verbose,
+                use_installed: l.use_installed,
+                packager_config: l.packager_config,
+                output: strip_trailing_slash(output),
+                packages,
+            }))
+        }
+        (false, true) => {
+            let format = format.ok_or(UsageError::NoFormat)?;
+            let output = l.output.ok_or(UsageError::NoOutput)?;
+            let size = match l.size {
+                None => None,
+                Some(s) => {
+                    Some(
+                        supermin_ext2::parse_size(&s).map_err(|e| UsageError::BadSize {
+                            value: s.clone(),
+                            reason: e.to_string(),
+                        })?,
+                    )
+                }
+            };
+            Ok(Command::Build(BuildArgs {
+                verbose: l.verbose,
+                format,
+                if_newer: l.if_newer,
+                lock: l.lock,
+                copy_kernel: l.copy_kernel || l.fixed,
+                fixed: l.fixed,
+                size,
+                host_cpu: l.host_cpu,
+                include_packagelist: l.include_packagelist,
+                output: strip_trailing_slash(output),
+                inputs: l.inputs.into_iter().map(PathBuf::from).collect(),
+            }))
+        }
+    }
+}
+
+/// `-o dir/` and `-o dir` name the same output (supermin RHBZ#1146753); the temporary
+/// sibling is derived from the name, so the slash must go.
+fn strip_trailing_slash(p: PathBuf) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = p.as_os_str().as_bytes();
+    match bytes.strip_suffix(b"/") {
+        Some(trimmed) if !trimmed.is_empty() => PathBuf::from(std::ffi::OsStr::from_bytes(trimmed)),
+        _ => p,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(args: &[&str]) -> Result<Parsed, UsageError> {
+        parse(args.iter().map(OsString::from).collect())
+    }
+
+    fn build(args: &[&str]) -> BuildArgs {
+        match parse_str(args) {
+            Ok(Parsed::Command(Command::Build(b))) => b,
+            other => panic!("expected a build, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn libguestfs_build_call_parses() {
+        let b = build(&[
+            "--build",
+            "--verbose",
+            "--if-newer",
+            "--lock",
+            "/var/tmp/.guestfs-0/lock",
+            "--copy-kernel",
+            "-f",
+            "ext2",
+            "--host-cpu",
+            "x86_64",
+            "/usr/lib/x86_64-linux-gnu/guestfs/supermin.d",
+            "-o",
+            "/var/tmp/.guestfs-0/appliance.d",
+        ]);
+        assert_eq!(b.format, Format::Ext2);
+        assert!(b.if_newer && b.copy_kernel);
+        assert_eq!(b.verbose, 1);
+        assert_eq!(b.lock.as_deref(), Some("/var/tmp/.guestfs-0/lock".as_ref()));
+        assert_eq!(b.host_cpu.as_deref(), Some("x86_64"));
+        assert_eq!(
+            b.inputs,
+            vec![PathBuf::from(
+                "/usr/lib/x86_64-linux-gnu/guestfs/supermin.d"
+            )]
+        );
+        assert_eq!(b.output, PathBuf::from("/var/tmp/.guestfs-0/appliance.d"));
+    }
+
+    #[test]
+    fn no_mode_is_the_supermin_error() {
+        let e = parse_str(&["-o", "x", "in"]).unwrap_err();
+        assert!(matches!(e, UsageError::NoMode), "{e}");
+    }
+
+    #[test]
+    fn format_with_prepare_is_refused() {
+        let e = parse_str(&["--prepare", "-f", "ext2", "-o", "d", "bash"]).unwrap_err();
+        assert!(matches!(e, UsageError::FormatWithPrepare), "{e}");
+    }
+
+    #[test]
+    fn build_without_format_is_refused() {
+        let e = parse_str(&["--build", "-o", "d", "in"]).unwrap_err();
+        assert!(matches!(e, UsageError::NoFormat), "{e}");
+    }
+
+    #[test]
+    fn bad_size_names_the_value() {
+        let e = parse_str(&["--build", "-f", "ext2", "--size", "4X", "-o", "d"]).unwrap_err();
+        assert!(e.to_string().contains("4X"), "{e}");
+    }
+
+    #[test]
+    fn size_accepts_supermin_syntax_and_equals_form() {
+        let b = build(&["--build", "--format=ext2", "--size=2G", "-o", "d"]);
+        assert_eq!(b.size, Some(2 << 30));
+    }
+
+    #[test]
+    fn trailing_slash_of_output_is_dropped() {
+        let b = build(&["--build", "-f", "chroot", "-o", "/tmp/out/"]);
+        assert_eq!(b.output, PathBuf::from("/tmp/out"));
+    }
+
+    #[test]
+    fn fixed_implies_copy_kernel() {
+        let b = build(&["--build", "-f", "ext2", "--fixed", "-o", "d"]);
+        assert!(b.fixed && b.copy_kernel);
+    }
+
+    #[test]
+    fn repeated_verbose_counts() {
+        let b = build(&["--build", "-f", "ext2", "-v", "-v", "-o", "d"]);
+        assert_eq!(b.verbose, 2);
+    }
+
+    #[test]
+    fn version_wins_like_supermin() {
+        assert!(matches!(
+            parse_str(&["--version"]),
+            Ok(Parsed::Command(Command::Version))
+        ));
+        assert!(matches!(
+            parse_str(&["-V", "--build"]),
+            Ok(Parsed::Command(Command::Version))
+        ));
+    }
+
+    #[test]
+    fn unknown_option_is_one_line() {
+        let e = parse_str(&["--build", "--bogus"]).unwrap_err();
+        let s = e.to_string();
+        assert!(!s.contains('\n'), "{s}");
+        assert!(s.contains("--bogus"), "{s}");
+    }
+
+    #[test]
+    fn run_takes_the_command_after_double_dash() {
+        match parse_str(&[
+            "run", "--accel", "tcg", "--add", "d.img:ro", "--", "ls", "-l",
+        ]) {
+            Ok(Parsed::Command(Command::Run(r))) => {
+                assert_eq!(r.accel.as_deref(), Some("tcg"));
+                assert_eq!(r.add, vec!["d.img:ro".to_string()]);
+                assert_eq!(r.argv, vec![OsString::from("ls"), OsString::from("-l")]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn mkfs_parses() {
+        match parse_str(&["mkfs", "src", "-o", "img", "--label", "root"]) {
+            Ok(Parsed::Command(Command::Mkfs(m))) => {
+                assert_eq!(m.source, PathBuf::from("src"));
+                assert_eq!(m.output, PathBuf::from("img"));
+                assert_eq!(m.label.as_deref(), Some("root"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn help_is_not_an_error() {
+        assert!(matches!(parse_str(&["--help"]), Ok(Parsed::Help(_))));
+        assert!(matches!(parse_str(&["run", "--help"]), Ok(Parsed::Help(_))));
+    }
+
+    #[test]
+    fn prepare_collects_packages() {
+        match parse_str(&[
+            "--prepare",
+            "--use-installed",
+            "bash",
+            "coreutils",
+            "-o",
+            "d",
+        ]) {
+            Ok(Parsed::Command(Command::Prepare(p))) => {
+                assert!(p.use_installed);
+                assert_eq!(p.packages, vec!["bash", "coreutils"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! What each command does, given its parsed arguments. This is the only place that uses
+//! `anyhow`: library crates return typed errors, and here they get their context for the
+//! one line the user reads.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+// mod run; (enabled when the launcher lands)
+
+use supermin::appliance::{self, BuildRequest, Source};
+use supermin::cli::{BuildArgs, Command, Format, KernelArgs, MkfsArgs, PrepareArgs, UpdateArgs};
+use supermin_cache::Durability;
+
+/// The first line of `--version`: libguestfs and packagers parse `supermin 5.x`.
+pub const SUPERMIN_COMPAT_VERSION: &str = "5.2.2";
+
+pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Version => {
+            println!("supermin {SUPERMIN_COMPAT_VERSION}");
+            println!("supermin-rs {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mkfs(args) => mkfs(&args),
+        Command::ListDrivers => {
+            for (name, detected) in supermin_hostfiles::list_drivers() {
+                let mark = if detected { "yes" } else { "no" };
+                println!("{name} (detected: {mark})");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prepare(args) => prepare(&args),
+        Command::Build(args) => build(&args),
+        Command::Kernel(args) => kernel(&args),
+        Command::UpdateAppliance(args) => update_appliance(&args),
+        Command::Run(_) => anyhow::bail!("supermin run is not available in this build"),
+    }
+}
+
+/// A hint for errors whose way out is not obvious from the message.
+pub fn hint_for(err: &anyhow::Error) -> Option<String> {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<appliance::BuildError>() {
+            if let Some(h) = e.hint() {
+                return Some(h);
+            }
+        }
+        if let Some(e) = cause.downcast_ref::<supermin_kernel_probe::ProbeError>() {
+            if let Some(h) = e.hint() {
+                return Some(h);
+            }
+        }
+    }
+    None
+}
+
+fn prepare(args: &PrepareArgs) -> anyhow::Result<ExitCode> {
+    let opts = supermin_hostfiles::PrepareOptions {
+        packages: args.packages.clone(),
+        use_installed: args.use_installed,
+        packager_config: args.packager_config.clone(),
+        out_dir: args.output.clone(),
+        source_date_epoch: source_date_epoch()?,
+        root: std::path::PathBuf::from("/"),
+    };
+    supermin_hostfiles::prepare(&opts)
+        .with_context(|| format!("cannot prepare {}", args.output.display()))?;
+    if args.verbose > 0 {
+        println!("supermin: prepared {}", args.output.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
+    let source = if args.inputs.is_empty() {
+        Source::Default
+    } else {
+        Source::Inputs(args.inputs.clone())
+    };
+    let req = BuildRequest {
+        format: args.format,
+        source,
+        output: args.output.clone(),
+        size: args.size,
+        host_cpu: args.host_cpu.clone(),
+        copy_kernel: args.copy_kernel,
+        fixed: args.fixed,
+        include_packagelist: args.include_packagelist,
+        if_newer: args.if_newer,
+        lock: args.lock.clone(),
+        vmlinux: false,
+        durability: if args.fixed {
+            Durability::Synced
+        } else {
+            Durability::Unsynced
+        },
+        verbose: args.verbose,
+        time: now_or_epoch()?,
+    };
+    run_build(&req)
+}
+
+fn run_build(req: &BuildRequest) -> anyhow::Result<ExitCode> {
+    appliance::build(req).with_context(|| format!("cannot build {}", req.output.display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn kernel(args: &KernelArgs) -> anyhow::Result<ExitCode> {
+    use supermin_kernel_probe as kp;
+    let env = kp::ProbeEnv::from_env(args.host_cpu.as_deref());
+    let k = kp::probe(&env)?;
+    let set = kp::module_set(&k, &[])?;
+    if args.json {
+        println!("{}", kp::report_json_set(&k, &set));
+    } else {
+        print!("{}", kp::report_text_set(&k, &set));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where distributions install libguestfs's prepared appliance.
+const SUPERMIN_D_PLACES: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/guestfs/supermin.d",
+    "/usr/lib/aarch64-linux-gnu/guestfs/supermin.d",
+    "/usr/lib64/guestfs/supermin.d",
+    "/usr/lib/guestfs/supermin.d",
+    "/usr/local/lib/guestfs/supermin.d",
+    "/usr/local/lib64/guestfs/supermin.d",
+];
+
+fn update_appliance(args: &UpdateArgs) -> anyhow::Result<ExitCode> {
+    let supermin_d = match &args.supermin_d {
+        Some(d) => d.clone(),
+        None => SUPERMIN_D_PLACES
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.is_dir())
+            .with_context(|| {
+                format!(
+                    "libguestfs's supermin.d is not installed in any of {}; install libguestfs \
+                     (Debian: libguestfs0) or name it with --supermin-d DIR",
+                    SUPERMIN_D_PLACES.join(", ")
+                )
+            })?,
+    };
+    let req = BuildRequest {
+        format: Format::Ext2,
+        source: Source::Inputs(vec![supermin_d]),
+        output: args.dir.clone(),
+        size: None,
+        host_cpu: None,
+        copy_kernel: true,
+        fixed: true,
+        include_packagelist: false,
+        if_newer: false,
+        lock: None,
+        vmlinux: false,
+        durability: Durability::Synced,
+        verbose: args.verbose,
+        time: now_or_epoch()?,
+    };
+    if let Some(parent) = args.dir.parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+    }
+    run_build(&req)?;
+    println!("export LIBGUESTFS_PATH={}", args.dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn source_date_epoch() -> anyhow::Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse::<i64>()
+            .map(Some)
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        Err(_) => Ok(None),
+    }
+}
+
+pub(crate) fn now_or_epoch() -> anyhow::Result<i64> {
+    Ok(match source_date_epoch()? {
+        Some(t) => t,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    })
+}
+
+fn mkfs(args: &MkfsArgs) -> anyhow::Result<ExitCode> {
+    use supermin_ext2 as ext2;
+    let size = args
+        .size
+        .as_deref()
+        .map(|s| ext2::parse_size(s).with_context(|| format!("invalid --size {s:?}")))
+        .transpose()?;
+    let uuid = args
+        .uuid
+        .as_deref()
+        .map(|u| ext2::parse_uuid(u).with_context(|| format!("invalid --uuid {u:?}")))
+        .transpose()?;
+    let meta = std::fs::metadata(&args.source)
+        .with_context(|| format!("cannot read source directory {}", args.source.display()))?;
+    if !meta.is_dir() {
+        anyhow::bail!("{} is not a directory", args.source.display());
+    }
+    let tree = ext2::Tree::from_dir(&args.source)
+        .with_context(|| format!("cannot read the tree {}", args.source.display()))?;
+    let opts = ext2::Options {
+        size,
+        uuid,
+        label: args.label.clone(),
+        creation_time: now_or_epoch()?,
+        ..ext2::Options::default()
+    };
+    let summary = ext2::write_image(&tree, &args.output, &opts)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    if args.verbose > 0 {
+        eprintln!(
+            "supermin: mkfs: {}: {} bytes, {} blocks and {} inodes used, UUID {}",
+            args.output.display(),
+            summary.size,
+            summary.blocks_used,
+            summary.inodes_used,
+            ext2::format_uuid(&summary.uuid)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,90 @@
+//! `supermin run`: make sure an appliance exists (the embedded default one, built into the
+//! runtime cache on demand and reused while its fingerprint holds), then boot it and run
+//! the command through the daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use supermin::appliance::{self, BuildRequest, Source};
+use supermin::cli::{Format, RunArgs};
+use supermin::launcher::{self, Accel, RunOptions};
+use supermin_cache::Durability;
+
+/// The default appliance's directory inside the runtime cache (beside libguestfs's own
+/// `appliance.d`, which it must not clobber).
+const DEFAULT_DIR: &str = "supermin-rs-default.d";
+
+pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let accel = match args
+        .accel
+        .clone()
+        .or_else(|| std::env::var("SUPERMIN_ACCEL").ok().filter(|s| !s.is_empty()))
+        .as_deref()
+    {
+        None | Some("auto") => Accel::Auto,
+        Some("kvm") => Accel::Kvm,
+        Some("tcg") => Accel::Tcg,
+        Some(other) => anyhow::bail!(
+            "unknown accelerator {other:?} (from --accel or SUPERMIN_ACCEL): use auto, kvm or tcg"
+        ),
+    };
+    let mut disks = Vec::new();
+    for spec in &args.add {
+        let (path, readonly) = match spec.strip_suffix(":ro") {
+            Some(p) => (p, true),
+            None => (spec.as_str(), false),
+        };
+        let path = PathBuf::from(path);
+        std::fs::metadata(&path)
+            .with_context(|| format!("cannot use disk {}", path.display()))?;
+        disks.push((path, readonly));
+    }
+    let timeout = match args.timeout {
+        Some(t) if t.is_finite() && t > 0.0 => Some(std::time::Duration::from_secs_f64(t)),
+        Some(t) => anyhow::bail!("--timeout {t} is not a positive number of seconds"),
+        None => None,
+    };
+    let appliance = match &args.appliance {
+        Some(dir) => dir.clone(),
+        None => default_appliance(args.verbose)?,
+    };
+    let opts = RunOptions {
+        appliance,
+        accel,
+        memory_mib: args.memory,
+        cpus: args.cpus,
+        disks,
+        timeout,
+        verbose: args.verbose > 0,
+        argv: args.argv.clone(),
+        stdin: true,
+    };
+    let status = launcher::run(&opts)?;
+    Ok(ExitCode::from(status.clamp(0, 255) as u8))
+}
+
+/// Builds (or finds fresh) the embedded default appliance in the runtime cache.
+fn default_appliance(verbose: u8) -> anyhow::Result<PathBuf> {
+    let cache = supermin_cache::runtime_cache_dir()?;
+    let out = cache.join(DEFAULT_DIR);
+    let req = BuildRequest {
+        format: Format::Ext2,
+        source: Source::Default,
+        output: out.clone(),
+        size: None,
+        host_cpu: None,
+        copy_kernel: false,
+        fixed: false,
+        include_packagelist: false,
+        if_newer: true,
+        lock: Some(cache.join("supermin-rs-default.lock")),
+        vmlinux: true,
+        durability: Durability::Unsynced,
+        verbose: verbose.saturating_sub(1),
+        time: super::now_or_epoch()?,
+    };
+    appliance::build(&req)
+        .with_context(|| format!("cannot build the default appliance in {}", out.display()))?;
+    Ok(out)
+}
