@@ -84,8 +84,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<()> {
             opts.packager_config.as_deref(),
             scratch.path(),
             &config,
-        )?;
-        scratch.path().to_path_buf()
+        )?
     };
     // Only config files that exist in the source (a package may not ship them all, and the
     // installed system may have removed some) go into the image, as with supermin.
@@ -152,15 +151,18 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 /// Download the packages with `apt-get download` and pull the wanted config files out of
-/// each with `dpkg-deb --fsys-tarfile`, streaming (no full unpack).
+/// each with `dpkg-deb --fsys-tarfile`, streaming (no full unpack). Returns the directory
+/// holding them, laid out as a root.
 fn download_dpkg(
     names: &BTreeSet<String>,
     packager_config: Option<&Path>,
     dir: &Path,
     wanted: &BTreeSet<String>,
-) -> Result<()> {
+) -> Result<PathBuf> {
+    let tree = dir.join("tree");
+    fs::create_dir_all(&tree).map_err(write_err(&tree))?;
     if names.is_empty() {
-        return Ok(());
+        return Ok(tree);
     }
     let debs = dir.join("debs");
     fs::create_dir_all(&debs).map_err(write_err(&debs))?;
@@ -172,7 +174,6 @@ fn download_dpkg(
         .args(names)
         .current_dir(&debs);
     run(cmd, "apt-get download")?;
-    let tree = dir.join("tree");
     let mut entries: Vec<PathBuf> = fs::read_dir(&debs)
         .map_err(read_err(&debs))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -210,7 +211,7 @@ fn download_dpkg(
         }
         extract?;
     }
-    Ok(())
+    Ok(tree)
 }
 
 fn extract_wanted(r: impl Read, tree: &Path, wanted: &BTreeSet<String>, deb: &Path) -> Result<()> {
