@@ -1,1 +1,344 @@
 //! End-to-end tests live in `tests/`; this library holds their shared helpers.
+//!
+//! Booting (used by `tests/boot.rs`): [`TempDir`] for a per-test scratch directory,
+//! [`host_kernel`] / [`kernel_by_version_prefix`] to pick a kernel of this machine the way
+//! `supermin` would (through `kernel-probe` and the `SUPERMIN_*` variables, passed as
+//! values so parallel tests do not race on the process environment), [`build_initrd`]
+//! for our initrd with the embedded static init, [`marker_root`] for a root image whose
+//! `/init` prints a marker and powers off, and [`boot`] to run qemu (TCG: KVM hangs
+//! Debian kernels on these machines) under a hard timeout.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use supermin::initrd::{write_initrd, Compression, InitrdModule};
+use supermin_kernel_probe::{initrd_modules, probe, read_module, Kernel, ProbeEnv};
+
+/// A scratch directory removed on drop (kept when `SUPERMIN_TEST_KEEP` is set, for
+/// looking at a failure).
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("supermin-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|err| panic!("cannot create {}: {err}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("SUPERMIN_TEST_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// The kernel `supermin` would choose on this machine with the given `SUPERMIN_*`
+/// variables (`None` = unset), without touching the process environment.
+pub fn probe_with(vars: &[(&str, &Path)]) -> Kernel {
+    let lookup = |name: &str| -> Option<OsString> {
+        vars.iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.as_os_str().to_owned())
+    };
+    let env = ProbeEnv::from_vars(lookup, None);
+    probe(&env).unwrap_or_else(|err| panic!("kernel probe failed for {vars:?}: {err}"))
+}
+
+/// The kernel `supermin` picks by default.
+pub fn host_kernel() -> Kernel {
+    probe_with(&[])
+}
+
+/// The newest `/boot/vmlinuz-<prefix>*` whose `/lib/modules/<version>` exists, selected
+/// through `SUPERMIN_KERNEL` and `SUPERMIN_MODULES` as a user would. Panics naming the
+/// missing package when there is none (`.ci/setup` installs both test kernels).
+pub fn kernel_by_version_prefix(prefix: &str) -> Kernel {
+    let mut found: Vec<(String, PathBuf)> = std::fs::read_dir("/boot")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let version = name.strip_prefix("vmlinuz-")?.to_owned();
+            (version.starts_with(prefix) && Path::new("/lib/modules").join(&version).is_dir())
+                .then(|| (version, entry.path()))
+        })
+        .collect();
+    found.sort_by(|a, b| supermin_kernel_probe::compare_versions(&a.0, &b.0));
+    let Some((version, kernel)) = found.pop() else {
+        panic!(
+            "no /boot/vmlinuz-{prefix}* with /lib/modules/{prefix}* on this machine; \
+             run .ci/setup (it installs the Debian kernels the boot tests use)"
+        );
+    };
+    let modules = Path::new("/lib/modules").join(&version);
+    probe_with(&[("SUPERMIN_KERNEL", &kernel), ("SUPERMIN_MODULES", &modules)])
+}
+
+/// Writes our initrd for `kernel` (its boot module set, decompressed, and the embedded
+/// static init) to `out`.
+pub fn build_initrd(kernel: &Kernel, out: &Path, compression: Compression) {
+    let modules: Vec<InitrdModule> = initrd_modules(kernel, &[])
+        .unwrap_or_else(|err| panic!("initrd module set for {}: {err}", kernel.version))
+        .into_iter()
+        .map(|module| InitrdModule {
+            data: read_module(&module.path)
+                .unwrap_or_else(|err| panic!("reading {}: {err}", module.path.display())),
+            name: module.name,
+        })
+        .collect();
+    assert!(
+        !modules.is_empty(),
+        "no modules chosen for {}",
+        kernel.version
+    );
+    write_initrd(
+        out,
+        supermin::embedded::init_binary(),
+        &modules,
+        compression,
+    )
+    .unwrap_or_else(|err| panic!("writing {}: {err}", out.display()));
+}
+
+/// The line the root's `/init` prints when it runs.
+pub const MARKER: &str = "SUPERMIN-TEST-ROOT-INIT";
+
+/// A root image whose `/init` (a busybox shell script) mounts /proc, prints
+/// `MARKER pid=<pid> mounts=<what is mounted>` and powers off. `uuid` is the ext2 UUID.
+pub fn marker_root(dir: &Path, uuid: &str) -> PathBuf {
+    let tree = dir.join("root-tree");
+    std::fs::create_dir_all(tree.join("bin")).expect("create root tree");
+    std::fs::create_dir_all(tree.join("proc")).expect("create root tree");
+    std::fs::create_dir_all(tree.join("dev")).expect("create root tree");
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox"))
+        .expect("copy /bin/busybox (install busybox-static)");
+    // Everything is reported on one line so a test can match it whole.
+    let script = format!(
+        "#!/bin/busybox sh\n\
+         /bin/busybox mount -t proc proc /proc\n\
+         mounts=$(/bin/busybox awk '{{printf \"%s:%s:%s:%s,\", $1, $2, $3, substr($4, 1, 2)}}' /proc/mounts)\n\
+         echo \"{MARKER} pid=$$ term=$TERM mounts=$mounts\"\n\
+         /bin/busybox poweroff -f\n"
+    );
+    std::fs::write(tree.join("init"), script).expect("write /init");
+    set_mode(&tree.join("init"), 0o755);
+    let image = dir.join("root.img");
+    mkfs_ext2(&tree, &image, uuid);
+    image
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// An ext2 image of `tree` with the given UUID.
+// mke2fs stands in until the ext2 crate's writer is ready; the init only cares that
+// the superblock and file system are ext2.
+pub fn mkfs_ext2(tree: &Path, image: &Path, uuid: &str) {
+    let out = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext2", "-U", uuid, "-d"])
+        .arg(tree)
+        .arg(image)
+        .arg("16M")
+        .output()
+        .expect("run mke2fs (install e2fsprogs)");
+    assert!(
+        out.status.success(),
+        "mke2fs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// How the root disk is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disk {
+    /// virtio-scsi controller + scsi-hd: the guest sees `/dev/sda` (libguestfs's default).
+    VirtioScsi,
+    /// virtio-blk: the guest sees `/dev/vda`.
+    VirtioBlk,
+}
+
+/// One qemu boot.
+pub struct Boot<'a> {
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub root: &'a Path,
+    pub disk: Disk,
+    pub append: &'a str,
+    pub timeout: Duration,
+}
+
+/// What a boot printed and how it ended.
+pub struct BootLog {
+    pub console: String,
+    pub timed_out: bool,
+    pub exited: Option<std::process::ExitStatus>,
+}
+
+impl BootLog {
+    /// The last `lines` lines of the console, for failure messages.
+    pub fn tail(&self, lines: usize) -> String {
+        let all: Vec<&str> = self.console.lines().collect();
+        let start = all.len().saturating_sub(lines);
+        let mut out = String::new();
+        for line in &all[start..] {
+            let _ = writeln!(out, "    | {line}");
+        }
+        out
+    }
+
+    /// The console line holding `needle`, or a panic showing the console tail.
+    pub fn line_with(&self, needle: &str) -> &str {
+        match self.console.lines().find(|line| line.contains(needle)) {
+            Some(line) => line,
+            None => panic!(
+                "{needle:?} never appeared on the console (timed out: {}, qemu: {:?}); last lines:\n{}",
+                self.timed_out,
+                self.exited,
+                self.tail(40)
+            ),
+        }
+    }
+
+    /// Panics with the console tail unless the guest powered itself off.
+    pub fn assert_powered_off(&self) {
+        assert!(
+            !self.timed_out && self.exited.is_some_and(|status| status.success()),
+            "the guest did not power off by itself (timed out: {}, qemu: {:?}); last lines:\n{}",
+            self.timed_out,
+            self.exited,
+            self.tail(40)
+        );
+    }
+}
+
+/// Boots under qemu TCG, console on a serial log file; kills qemu at the timeout.
+pub fn boot(spec: &Boot<'_>, log_path: &Path) -> BootLog {
+    let drive = |extra: &str| {
+        let mut arg = OsString::from("file=");
+        arg.push(spec.root);
+        arg.push(format!(",format=raw,snapshot=on,{extra}"));
+        arg
+    };
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-nodefaults", "-display", "none"])
+        .args(["-no-reboot", "-m", "512", "-monitor", "none"])
+        .arg("-kernel")
+        .arg(spec.kernel)
+        .arg("-initrd")
+        .arg(spec.initrd)
+        .args(["-append", spec.append])
+        .arg("-serial")
+        .arg(format!("file:{}", log_path.display()));
+    match spec.disk {
+        Disk::VirtioScsi => {
+            cmd.args(["-device", "virtio-scsi-pci,id=scsi0", "-drive"])
+                .arg(drive("if=none,id=d0"))
+                .args(["-device", "scsi-hd,drive=d0,bus=scsi0.0"]);
+        }
+        Disk::VirtioBlk => {
+            cmd.arg("-drive").arg(drive("if=virtio"));
+        }
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot run qemu-system-x86_64: {err}"));
+    let started = Instant::now();
+    let (exited, timed_out) = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break (Some(status), false),
+            Ok(None) if started.elapsed() >= spec.timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break (None, true);
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(err) => panic!("waiting for qemu: {err}"),
+        }
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    let mut console = std::fs::read_to_string(log_path).unwrap_or_default();
+    if !stderr.is_empty() {
+        console.push_str("\n[qemu stderr]\n");
+        console.push_str(&stderr);
+    }
+    BootLog {
+        console,
+        timed_out,
+        exited,
+    }
+}
+
+/// Compresses each module file the initrd needs into a copy of `kernel`'s modules
+/// directory with `.ko.zst` names (via the `zstd` tool), so the builder's decompression
+/// is exercised as with a distribution that ships zstd modules. Returns the new directory.
+pub fn zstd_modules_copy(kernel: &Kernel, dir: &Path) -> PathBuf {
+    let src = &kernel.modules_dir;
+    let dst = dir.join("modules");
+    std::fs::create_dir_all(&dst).expect("create modules copy");
+    for index in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.softdep",
+        "modules.alias",
+        "modules.order",
+    ] {
+        if src.join(index).exists() {
+            std::fs::copy(src.join(index), dst.join(index)).expect("copy modules index");
+        }
+    }
+    let dep = std::fs::read_to_string(src.join("modules.dep")).expect("read modules.dep");
+    std::fs::write(
+        dst.join("modules.dep"),
+        dep.replace(".ko:", ".ko.zst:")
+            .replace(".ko ", ".ko.zst ")
+            .replace(".ko\n", ".ko.zst\n"),
+    )
+    .expect("write modules.dep");
+    for module in initrd_modules(kernel, &[]).expect("module set") {
+        let rel = module
+            .path
+            .strip_prefix(src)
+            .expect("module inside its modules dir");
+        let target = dst.join(rel).with_extension("ko.zst");
+        std::fs::create_dir_all(target.parent().expect("parent")).expect("create dirs");
+        let status = Command::new("zstd")
+            .args(["-q", "-f", "-o"])
+            .arg(&target)
+            .arg(&module.path)
+            .status()
+            .expect("run zstd (install zstd)");
+        assert!(status.success(), "zstd failed on {}", module.path.display());
+    }
+    dst
+}

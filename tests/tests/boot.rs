@@ -1,0 +1,184 @@
+//! Boot tests: this machine's kernels + our initrd (static init, modules from
+//! `kernel-probe`) + a root image whose `/init` prints a marker and powers off, under
+//! qemu TCG. Each test has its own directory and a hard timeout; a test fails if the
+//! marker never appears, showing the console's last lines.
+
+use std::path::Path;
+use std::time::Duration;
+
+use supermin::initrd::Compression;
+use supermin_tests::{
+    boot, build_initrd, host_kernel, kernel_by_version_prefix, marker_root, zstd_modules_copy,
+    Boot, BootLog, Disk, TempDir, MARKER,
+};
+
+/// Under TCG a boot takes ~5 s; the bound only catches a hang.
+const TIMEOUT: Duration = Duration::from_secs(120);
+const UUID: &str = "5b1d2c3e-0f4a-4b6c-8d7e-9f0a1b2c3d4e";
+
+fn run(dir: &TempDir, kernel: &Path, initrd: &Path, disk: Disk, append: &str) -> BootLog {
+    let root = marker_root(dir.path(), UUID);
+    let log = boot(
+        &Boot {
+            kernel,
+            initrd,
+            root: &root,
+            disk,
+            append,
+            timeout: TIMEOUT,
+        },
+        &dir.join("console.log"),
+    );
+    log.assert_powered_off();
+    log
+}
+
+/// Checks what the root's `/init` saw: it is PID 1, has the kernel's environment, and the root is the only thing mounted besides its own /proc
+/// (the initrd left nothing behind), read-write, through the ext4 driver.
+fn assert_clean_handover(log: &BootLog) {
+    let line = log.line_with(MARKER);
+    assert!(line.contains(" pid=1 "), "{line}");
+    assert!(line.contains(" term=linux "), "{line}");
+    let mounts = line
+        .split(" mounts=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no mounts in {line}"));
+    let mounts: Vec<&str> = mounts.split(',').filter(|m| !m.is_empty()).collect();
+    assert_eq!(
+        mounts,
+        ["/dev/root:/:ext4:rw", "proc:/proc:proc:rw"],
+        "{line}"
+    );
+}
+
+#[test]
+fn host_kernel_boots_root_by_uuid_on_virtio_scsi_quietly() {
+    let dir = TempDir::new("boot-uuid-scsi");
+    let kernel = host_kernel();
+    let initrd = dir.join("initrd");
+    build_initrd(&kernel, &initrd, Compression::None);
+    let log = run(
+        &dir,
+        &kernel.path,
+        &initrd,
+        Disk::VirtioScsi,
+        &format!("console=ttyS0 panic=1 quiet root=UUID={UUID}"),
+    );
+    assert_clean_handover(&log);
+    // Quiet unless asked: a good boot prints nothing of ours.
+    assert!(
+        !log.console.contains("supermin-init:"),
+        "the init spoke on a quiet boot:\n{}",
+        log.tail(40)
+    );
+}
+
+#[test]
+fn plain_ko_kernel_boots_root_dev_sda_on_virtio_scsi_verbosely() {
+    let dir = TempDir::new("boot-sda");
+    let kernel = kernel_by_version_prefix("6.1.");
+    let initrd = dir.join("initrd");
+    build_initrd(&kernel, &initrd, Compression::None);
+    let log = run(
+        &dir,
+        &kernel.path,
+        &initrd,
+        Disk::VirtioScsi,
+        "console=ttyS0 panic=1 quiet root=/dev/sda guestfs_verbose=1",
+    );
+    assert_clean_handover(&log);
+    log.line_with("supermin-init: loading module /lib/modules/sd_mod.ko");
+    log.line_with("supermin-init: root device /dev/sda is sda (8:0)");
+}
+
+#[test]
+fn plain_ko_kernel_boots_root_dev_vda_on_virtio_blk_from_gzip_initrd() {
+    let dir = TempDir::new("boot-vda");
+    let kernel = kernel_by_version_prefix("6.1.");
+    let initrd = dir.join("initrd");
+    build_initrd(&kernel, &initrd, Compression::Gzip);
+    let log = run(
+        &dir,
+        &kernel.path,
+        &initrd,
+        Disk::VirtioBlk,
+        "console=ttyS0 panic=1 quiet root=/dev/vda",
+    );
+    assert_clean_handover(&log);
+}
+
+#[test]
+fn xz_module_kernel_selected_by_env_boots_root_by_uuid() {
+    let dir = TempDir::new("boot-xz");
+    let kernel = kernel_by_version_prefix("6.12.");
+    assert!(
+        supermin_kernel_probe::initrd_modules(&kernel, &[])
+            .unwrap()
+            .iter()
+            .all(|m| m.path.to_string_lossy().ends_with(".ko.xz")),
+        "expected only .ko.xz modules in {}",
+        kernel.modules_dir.display()
+    );
+    let initrd = dir.join("initrd");
+    build_initrd(&kernel, &initrd, Compression::Zstd);
+    let log = run(
+        &dir,
+        &kernel.path,
+        &initrd,
+        Disk::VirtioBlk,
+        &format!("console=ttyS0 panic=1 quiet root=UUID={UUID}"),
+    );
+    assert_clean_handover(&log);
+}
+
+#[test]
+fn zstd_compressed_modules_boot_root_dev_sda() {
+    let dir = TempDir::new("boot-zst");
+    let plain = kernel_by_version_prefix("6.1.");
+    let modules = zstd_modules_copy(&plain, dir.path());
+    let kernel = supermin_tests::probe_with(&[
+        ("SUPERMIN_KERNEL", &plain.path),
+        ("SUPERMIN_MODULES", &modules),
+    ]);
+    let chosen = supermin_kernel_probe::initrd_modules(&kernel, &[]).unwrap();
+    assert!(
+        chosen
+            .iter()
+            .all(|m| m.path.starts_with(&modules) && m.path.to_string_lossy().ends_with(".ko.zst")),
+        "expected the .ko.zst copies, got {chosen:?}"
+    );
+    let initrd = dir.join("initrd");
+    build_initrd(&kernel, &initrd, Compression::None);
+    let log = run(
+        &dir,
+        &kernel.path,
+        &initrd,
+        Disk::VirtioScsi,
+        "console=ttyS0 panic=1 quiet root=/dev/sda",
+    );
+    assert_clean_handover(&log);
+}
+
+#[test]
+fn missing_root_device_is_reported_and_the_guest_powers_off() {
+    let dir = TempDir::new("boot-noroot");
+    let kernel = kernel_by_version_prefix("6.1.");
+    let initrd = dir.join("initrd");
+    build_initrd(&kernel, &initrd, Compression::None);
+    let log = run(
+        &dir,
+        &kernel.path,
+        &initrd,
+        Disk::VirtioBlk,
+        "console=ttyS0 panic=1 quiet root=/dev/sdz rootwait=3",
+    );
+    let error = log.line_with("supermin-init: error:");
+    assert!(
+        error.contains("/dev/sdz did not appear within 3 s")
+            && error.contains("block devices present: vda"),
+        "{error}"
+    );
+    log.line_with("supermin-init: hint:");
+    log.line_with("supermin-init: powering off");
+    assert!(!log.console.contains(MARKER));
+}
