@@ -5,7 +5,7 @@
 //! `supermin` would (through `kernel-probe` and the `SUPERMIN_*` variables, passed as
 //! values so parallel tests do not race on the process environment), [`build_initrd`]
 //! for our initrd with the embedded static init, [`marker_root`] for a root image whose
-//! `/init` prints a marker and powers off, and [`boot`] to run qemu (TCG: KVM hangs
+//! `/init` prints a marker and powers off (written by our ext2 writer), and [`boot`] to run qemu (TCG: KVM hangs
 //! Debian kernels on these machines) under a hard timeout.
 
 use std::ffi::OsString;
@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use supermin::initrd::{write_initrd, Compression, InitrdModule};
+use supermin_ext2::{FileData, Meta, NodeKind, Tree};
 use supermin_kernel_probe::{initrd_modules, probe, read_module, Kernel, ProbeEnv};
 
 /// A scratch directory removed on drop (kept when `SUPERMIN_TEST_KEEP` is set, for
@@ -127,14 +128,9 @@ pub fn build_initrd(kernel: &Kernel, out: &Path, compression: Compression) {
 pub const MARKER: &str = "SUPERMIN-TEST-ROOT-INIT";
 
 /// A root image whose `/init` (a busybox shell script) mounts /proc, prints
-/// `MARKER pid=<pid> mounts=<what is mounted>` and powers off. `uuid` is the ext2 UUID.
+/// `MARKER pid=<pid> term=<TERM> mounts=<what is mounted>` and powers off, written by
+/// the project's own ext2 writer with the given UUID.
 pub fn marker_root(dir: &Path, uuid: &str) -> PathBuf {
-    let tree = dir.join("root-tree");
-    std::fs::create_dir_all(tree.join("bin")).expect("create root tree");
-    std::fs::create_dir_all(tree.join("proc")).expect("create root tree");
-    std::fs::create_dir_all(tree.join("dev")).expect("create root tree");
-    std::fs::copy("/bin/busybox", tree.join("bin/busybox"))
-        .expect("copy /bin/busybox (install busybox-static)");
     // Everything is reported on one line so a test can match it whole.
     let script = format!(
         "#!/bin/busybox sh\n\
@@ -143,34 +139,37 @@ pub fn marker_root(dir: &Path, uuid: &str) -> PathBuf {
          echo \"{MARKER} pid=$$ term=$TERM mounts=$mounts\"\n\
          /bin/busybox poweroff -f\n"
     );
-    std::fs::write(tree.join("init"), script).expect("write /init");
-    set_mode(&tree.join("init"), 0o755);
+    let busybox = Path::new("/bin/busybox");
+    let busybox_len = std::fs::metadata(busybox)
+        .expect("/bin/busybox (install busybox-static)")
+        .len();
+    let meta = |mode: u16| Meta {
+        mode,
+        ..Meta::default()
+    };
+    let mut tree = Tree::new(meta(0o755));
+    let mut insert = |path: &str, kind: NodeKind, mode: u16| {
+        tree.insert(path.as_bytes(), kind, meta(mode))
+            .unwrap_or_else(|err| panic!("root tree {path}: {err}"));
+    };
+    for path in ["/bin", "/dev", "/proc"] {
+        insert(path, NodeKind::Dir, 0o755);
+    }
+    let busybox = FileData::Host {
+        path: busybox.to_owned(),
+        len: busybox_len,
+    };
+    insert("/bin/busybox", NodeKind::File(busybox), 0o755);
+    let script = FileData::Bytes(script.into_bytes().into());
+    insert("/init", NodeKind::File(script), 0o755);
     let image = dir.join("root.img");
-    mkfs_ext2(&tree, &image, uuid);
+    let options = supermin_ext2::Options {
+        uuid: Some(supermin_ext2::parse_uuid(uuid).expect("test UUID")),
+        ..supermin_ext2::Options::default()
+    };
+    supermin_ext2::write_image(&tree, &image, &options)
+        .unwrap_or_else(|err| panic!("writing {}: {err}", image.display()));
     image
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-/// An ext2 image of `tree` with the given UUID.
-// mke2fs stands in until the ext2 crate's writer is ready; the init only cares that
-// the superblock and file system are ext2.
-pub fn mkfs_ext2(tree: &Path, image: &Path, uuid: &str) {
-    let out = Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext2", "-U", uuid, "-d"])
-        .arg(tree)
-        .arg(image)
-        .arg("16M")
-        .output()
-        .expect("run mke2fs (install e2fsprogs)");
-    assert!(
-        out.status.success(),
-        "mke2fs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// How the root disk is attached.
