@@ -56,7 +56,16 @@ fn mknod(p: &Path, kind: rustix::fs::FileType, major: u32, minor: u32) {
 
 /// Builds the tree under `src`; returns paths whose exact metadata the test
 /// also checks against what was set here, independent of `from_dir`.
-fn build_hostile(src: &Path) -> Vec<(PathBuf, u32, u32, u32, (i64, i64))> {
+/// Metadata set by hand on one path.
+struct Expected {
+    path: PathBuf,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: (i64, i64),
+}
+
+fn build_hostile(src: &Path) -> Vec<Expected> {
     let mut rng = Rng::new(7);
     let mut expect = Vec::new();
 
@@ -181,7 +190,8 @@ fn build_hostile(src: &Path) -> Vec<(PathBuf, u32, u32, u32, (i64, i64))> {
     // Modes, owners and times, set last (chown clears setuid).
     let special = src.join("special");
     fs::create_dir(&special).unwrap();
-    let cases: [(&str, bool, u32, u32, u32, (i64, i64), (i64, i64)); 8] = [
+    type Case = (&'static str, bool, u32, u32, u32, (i64, i64), (i64, i64));
+    let cases: [Case; 8] = [
         (
             "suid",
             false,
@@ -265,13 +275,25 @@ fn build_hostile(src: &Path) -> Vec<(PathBuf, u32, u32, u32, (i64, i64))> {
         std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).unwrap();
         chmod(&p, mode);
         set_times(&p, atime, mtime);
-        expect.push((p, mode, uid, gid, mtime));
+        expect.push(Expected {
+            path: p,
+            mode,
+            uid,
+            gid,
+            mtime,
+        });
     }
     let lnk = special.join("old-symlink");
     std::os::unix::fs::symlink("target", &lnk).unwrap();
     std::os::unix::fs::lchown(&lnk, Some(123_456), Some(654_321)).unwrap();
     set_times(&lnk, (-5, 5), (5_000_000_000, 5));
-    expect.push((lnk, 0o777, 123_456, 654_321, (5_000_000_000, 5)));
+    expect.push(Expected {
+        path: lnk,
+        mode: 0o777,
+        uid: 123_456,
+        gid: 654_321,
+        mtime: (5_000_000_000, 5),
+    });
     set_times(&special, (1, 2), (3, 4));
     expect
 }
@@ -289,7 +311,14 @@ fn hostile_tree_round_trips_through_from_dir_and_a_mount() {
 
     let tree = Tree::from_dir(&src).unwrap();
     // from_dir saw what was set.
-    for (p, mode, uid, gid, mtime) in &expect {
+    for Expected {
+        path: p,
+        mode,
+        uid,
+        gid,
+        mtime,
+    } in &expect
+    {
         let rel = p.strip_prefix(&src).unwrap();
         let path = [b"/", rel.as_os_str().as_bytes()].concat();
         let meta = tree.meta(tree.lookup(&path).unwrap());
@@ -337,7 +366,14 @@ fn hostile_tree_round_trips_through_from_dir_and_a_mount() {
         "sparse file allocated {} bytes",
         sparse.blocks() * 512
     );
-    for (p, mode, uid, gid, mtime) in &expect {
+    for Expected {
+        path: p,
+        mode,
+        uid,
+        gid,
+        mtime,
+    } in &expect
+    {
         let md = fs::symlink_metadata(mnt.0.join(p.strip_prefix(&src).unwrap())).unwrap();
         assert_eq!(
             (
