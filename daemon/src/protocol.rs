@@ -1,0 +1,878 @@
+//! The wire protocol between the launcher (host) and the daemon (guest).
+//!
+//! Both ends live in this crate so that they cannot drift apart: the launcher
+//! links this library, the daemon binary is built from it.
+//!
+//! A frame is a 4-byte big-endian length, then that many bytes: one kind byte
+//! and the message body. Lengths are checked against [`MAX_FRAME`] before any
+//! body is buffered, so a corrupt or hostile peer cannot make either side
+//! allocate without bound. Bodies are built from big-endian integers and
+//! length-prefixed byte strings; paths and arguments travel as raw bytes
+//! because Unix paths need not be UTF-8.
+//!
+//! The conversation: the daemon sends [`Hello`] as soon as it has opened its
+//! port, the host answers with its own [`Hello`]; both carry [`MAGIC`] and
+//! [`PROTOCOL_VERSION`] and either side refuses a mismatch. After that the host
+//! sends one [`Request`] at a time and reads [`Reply`] frames until the one
+//! that ends it (see [`Reply::ends_request`]). Host and daemon kinds use
+//! disjoint numbers, so a frame sent the wrong way is rejected, not misread.
+
+use std::ffi::{OsStr, OsString};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+
+/// Bumped on any incompatible change to frames or messages.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Opens every [`Hello`], so that garbage on the channel (a console
+/// misrouted to it, a different agent) is recognised at once.
+pub const MAGIC: [u8; 8] = *b"SUPERMIN";
+
+/// The virtio-serial port name the daemon looks for in
+/// `/sys/class/virtio-ports/*/name` and the launcher gives its channel.
+pub const PORT_NAME: &str = "org.supermin.daemon.0";
+
+/// Largest frame (kind byte + body) either side accepts.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// Size of the data chunks (stdout, stderr, stdin, file contents) senders
+/// cut their streams into: well under [`MAX_FRAME`] with room for the header.
+pub const CHUNK: usize = 64 * 1024;
+
+const LEN_BYTES: usize = 4;
+
+/// What can be wrong with bytes received from the other side.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("frame of {len} bytes is larger than the {max}-byte limit: the peer is not a supermin-rs daemon/launcher of this version, or the channel is corrupt")]
+    Oversized { len: usize, max: usize },
+    #[error("empty frame (no message kind)")]
+    Empty,
+    #[error("unknown message kind {kind:#04x}: the peer speaks another protocol version")]
+    UnknownKind { kind: u8 },
+    #[error("message {kind:#04x} is truncated: {what} needs {need} bytes, {have} left")]
+    Truncated {
+        kind: u8,
+        what: &'static str,
+        need: usize,
+        have: usize,
+    },
+    #[error("message {kind:#04x} has {extra} unexpected trailing bytes")]
+    Trailing { kind: u8, extra: usize },
+    #[error("message {kind:#04x}: {what} is not valid UTF-8")]
+    NotUtf8 { kind: u8, what: &'static str },
+    #[error("message {kind:#04x}: invalid value {value} for {what}")]
+    BadValue {
+        kind: u8,
+        what: &'static str,
+        value: u64,
+    },
+    #[error("handshake does not start with the supermin magic bytes (got {got:02x?}): something else is talking on the channel")]
+    BadMagic { got: Vec<u8> },
+    #[error("channel closed in the middle of a frame ({have} of {need} bytes received)")]
+    UnexpectedEof { have: usize, need: usize },
+    #[error("channel I/O failed")]
+    Io {
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A message that can travel in a frame.
+pub trait Message: Sized {
+    /// Appends the kind byte and the body to `out`.
+    fn encode_body(&self, out: &mut Vec<u8>);
+    /// Parses a kind byte and body; the body must be consumed exactly.
+    fn decode_body(kind: u8, body: &[u8]) -> Result<Self, ProtocolError>;
+}
+
+/// The first message each side sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u32,
+    /// Free text for logs: the daemon sends its kernel release, the host its
+    /// program name and version.
+    pub info: String,
+}
+
+/// How a command ended, as the daemon saw it in `waitpid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The status a shell would report: the code, or 128 + the signal number.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(code) => code,
+            ExitStatus::Signal(sig) => 128 + sig,
+        }
+    }
+}
+
+/// A command to run in the appliance.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecRequest {
+    /// `argv[0]` is looked up in `PATH` when it has no slash.
+    pub argv: Vec<OsString>,
+    /// Added to (and overriding) the daemon's base environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Working directory; `/` when absent.
+    pub cwd: Option<OsString>,
+    /// When true the host follows with [`Request::Stdin`] chunks and one
+    /// [`Request::StdinEof`]; otherwise the command's stdin is `/dev/null`.
+    pub stdin: bool,
+}
+
+/// Host to daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Hello(Hello),
+    /// Answered by `Stdout`/`Stderr` chunks and then `Exit` or `ExecFailed`.
+    Exec(ExecRequest),
+    Stdin(Vec<u8>),
+    StdinEof,
+    /// Followed by `FileData` chunks and `FileEnd`; answered by `Done` or `Error`.
+    Upload {
+        path: OsString,
+        mode: u32,
+    },
+    FileData(Vec<u8>),
+    FileEnd,
+    /// Answered by `FileData` chunks and `FileEnd`, or by `Error`.
+    Download {
+        path: OsString,
+    },
+    /// Answered by `Done`; then the appliance powers off.
+    Shutdown,
+}
+
+/// Daemon to host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Hello(Hello),
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit(ExitStatus),
+    /// The command could not be started (not found, not executable, bad cwd).
+    ExecFailed {
+        message: String,
+    },
+    FileData(Vec<u8>),
+    FileEnd,
+    Done,
+    Error {
+        message: String,
+    },
+}
+
+impl Reply {
+    /// Whether this reply is the last one for the request in flight.
+    pub fn ends_request(&self) -> bool {
+        matches!(
+            self,
+            Reply::Exit(_)
+                | Reply::ExecFailed { .. }
+                | Reply::FileEnd
+                | Reply::Done
+                | Reply::Error { .. }
+        )
+    }
+}
+
+mod kind {
+    pub const H_HELLO: u8 = 0x01;
+    pub const H_EXEC: u8 = 0x02;
+    pub const H_STDIN: u8 = 0x03;
+    pub const H_STDIN_EOF: u8 = 0x04;
+    pub const H_UPLOAD: u8 = 0x05;
+    pub const H_FILE_DATA: u8 = 0x06;
+    pub const H_FILE_END: u8 = 0x07;
+    pub const H_DOWNLOAD: u8 = 0x08;
+    pub const H_SHUTDOWN: u8 = 0x09;
+
+    pub const D_HELLO: u8 = 0x81;
+    pub const D_STDOUT: u8 = 0x82;
+    pub const D_STDERR: u8 = 0x83;
+    pub const D_EXIT: u8 = 0x84;
+    pub const D_EXEC_FAILED: u8 = 0x85;
+    pub const D_FILE_DATA: u8 = 0x86;
+    pub const D_FILE_END: u8 = 0x87;
+    pub const D_DONE: u8 = 0x88;
+    pub const D_ERROR: u8 = 0x89;
+}
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    // Callers keep every field far below MAX_FRAME, so the length fits.
+    put_u32(out, b.len() as u32);
+    out.extend_from_slice(b);
+}
+
+fn put_hello(out: &mut Vec<u8>, h: &Hello) {
+    out.extend_from_slice(&MAGIC);
+    put_u32(out, h.version);
+    put_bytes(out, h.info.as_bytes());
+}
+
+/// A cursor over a body that turns every short read into a typed error.
+struct Body<'a> {
+    kind: u8,
+    rest: &'a [u8],
+}
+
+impl<'a> Body<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], ProtocolError> {
+        if self.rest.len() < n {
+            return Err(ProtocolError::Truncated {
+                kind: self.kind,
+                what,
+                need: n,
+                have: self.rest.len(),
+            });
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, ProtocolError> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, ProtocolError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn i32(&mut self, what: &'static str) -> Result<i32, ProtocolError> {
+        Ok(self.u32(what)? as i32)
+    }
+
+    fn bool(&mut self, what: &'static str) -> Result<bool, ProtocolError> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(ProtocolError::BadValue {
+                kind: self.kind,
+                what,
+                value: v.into(),
+            }),
+        }
+    }
+
+    fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], ProtocolError> {
+        let len = self.u32(what)? as usize;
+        self.take(len, what)
+    }
+
+    fn os(&mut self, what: &'static str) -> Result<OsString, ProtocolError> {
+        Ok(OsStr::from_bytes(self.bytes(what)?).to_os_string())
+    }
+
+    fn string(&mut self, what: &'static str) -> Result<String, ProtocolError> {
+        let kind = self.kind;
+        String::from_utf8(self.bytes(what)?.to_vec())
+            .map_err(|_| ProtocolError::NotUtf8 { kind, what })
+    }
+
+    /// A count of items that each take at least `min_item` bytes; bounding it
+    /// by what is left stops a forged count from reserving huge vectors.
+    fn count(&mut self, what: &'static str, min_item: usize) -> Result<usize, ProtocolError> {
+        let n = self.u32(what)? as usize;
+        if n.saturating_mul(min_item) > self.rest.len() {
+            return Err(ProtocolError::Truncated {
+                kind: self.kind,
+                what,
+                need: n.saturating_mul(min_item),
+                have: self.rest.len(),
+            });
+        }
+        Ok(n)
+    }
+
+    fn hello(&mut self) -> Result<Hello, ProtocolError> {
+        let magic = self.take(MAGIC.len(), "magic")?;
+        if magic != MAGIC {
+            return Err(ProtocolError::BadMagic {
+                got: magic.to_vec(),
+            });
+        }
+        let version = self.u32("version")?;
+        let info = self.string("info")?;
+        Ok(Hello { version, info })
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, ProtocolError> {
+        if self.rest.is_empty() {
+            Ok(value)
+        } else {
+            Err(ProtocolError::Trailing {
+                kind: self.kind,
+                extra: self.rest.len(),
+            })
+        }
+    }
+}
+
+impl Message for Request {
+    fn encode_body(&self, out: &mut Vec<u8>) {
+        match self {
+            Request::Hello(h) => {
+                out.push(kind::H_HELLO);
+                put_hello(out, h);
+            }
+            Request::Exec(e) => {
+                out.push(kind::H_EXEC);
+                put_u32(out, e.argv.len() as u32);
+                for a in &e.argv {
+                    put_bytes(out, a.as_bytes());
+                }
+                put_u32(out, e.env.len() as u32);
+                for (k, v) in &e.env {
+                    put_bytes(out, k.as_bytes());
+                    put_bytes(out, v.as_bytes());
+                }
+                match &e.cwd {
+                    Some(cwd) => {
+                        out.push(1);
+                        put_bytes(out, cwd.as_bytes());
+                    }
+                    None => out.push(0),
+                }
+                out.push(u8::from(e.stdin));
+            }
+            Request::Stdin(data) => {
+                out.push(kind::H_STDIN);
+                out.extend_from_slice(data);
+            }
+            Request::StdinEof => out.push(kind::H_STDIN_EOF),
+            Request::Upload { path, mode } => {
+                out.push(kind::H_UPLOAD);
+                put_bytes(out, path.as_bytes());
+                put_u32(out, *mode);
+            }
+            Request::FileData(data) => {
+                out.push(kind::H_FILE_DATA);
+                out.extend_from_slice(data);
+            }
+            Request::FileEnd => out.push(kind::H_FILE_END),
+            Request::Download { path } => {
+                out.push(kind::H_DOWNLOAD);
+                put_bytes(out, path.as_bytes());
+            }
+            Request::Shutdown => out.push(kind::H_SHUTDOWN),
+        }
+    }
+
+    fn decode_body(k: u8, body: &[u8]) -> Result<Self, ProtocolError> {
+        let mut b = Body { kind: k, rest: body };
+        let msg = match k {
+            kind::H_HELLO => Request::Hello(b.hello()?),
+            kind::H_EXEC => {
+                let argc = b.count("argv count", 4)?;
+                let mut argv = Vec::with_capacity(argc);
+                for _ in 0..argc {
+                    argv.push(b.os("argv")?);
+                }
+                let envc = b.count("env count", 8)?;
+                let mut env = Vec::with_capacity(envc);
+                for _ in 0..envc {
+                    let key = b.os("env name")?;
+                    let value = b.os("env value")?;
+                    env.push((key, value));
+                }
+                let cwd = if b.bool("cwd flag")? {
+                    Some(b.os("cwd")?)
+                } else {
+                    None
+                };
+                let stdin = b.bool("stdin flag")?;
+                Request::Exec(ExecRequest {
+                    argv,
+                    env,
+                    cwd,
+                    stdin,
+                })
+            }
+            kind::H_STDIN => Request::Stdin(std::mem::take(&mut b.rest).to_vec()),
+            kind::H_STDIN_EOF => Request::StdinEof,
+            kind::H_UPLOAD => {
+                let path = b.os("path")?;
+                let mode = b.u32("mode")?;
+                Request::Upload { path, mode }
+            }
+            kind::H_FILE_DATA => Request::FileData(std::mem::take(&mut b.rest).to_vec()),
+            kind::H_FILE_END => Request::FileEnd,
+            kind::H_DOWNLOAD => Request::Download {
+                path: b.os("path")?,
+            },
+            kind::H_SHUTDOWN => Request::Shutdown,
+            other => return Err(ProtocolError::UnknownKind { kind: other }),
+        };
+        b.finish(msg)
+    }
+}
+
+impl Message for Reply {
+    fn encode_body(&self, out: &mut Vec<u8>) {
+        match self {
+            Reply::Hello(h) => {
+                out.push(kind::D_HELLO);
+                put_hello(out, h);
+            }
+            Reply::Stdout(data) => {
+                out.push(kind::D_STDOUT);
+                out.extend_from_slice(data);
+            }
+            Reply::Stderr(data) => {
+                out.push(kind::D_STDERR);
+                out.extend_from_slice(data);
+            }
+            Reply::Exit(status) => {
+                out.push(kind::D_EXIT);
+                let (tag, value) = match status {
+                    ExitStatus::Code(c) => (0u8, *c),
+                    ExitStatus::Signal(s) => (1u8, *s),
+                };
+                out.push(tag);
+                put_u32(out, value as u32);
+            }
+            Reply::ExecFailed { message } => {
+                out.push(kind::D_EXEC_FAILED);
+                put_bytes(out, message.as_bytes());
+            }
+            Reply::FileData(data) => {
+                out.push(kind::D_FILE_DATA);
+                out.extend_from_slice(data);
+            }
+            Reply::FileEnd => out.push(kind::D_FILE_END),
+            Reply::Done => out.push(kind::D_DONE),
+            Reply::Error { message } => {
+                out.push(kind::D_ERROR);
+                put_bytes(out, message.as_bytes());
+            }
+        }
+    }
+
+    fn decode_body(k: u8, body: &[u8]) -> Result<Self, ProtocolError> {
+        let mut b = Body { kind: k, rest: body };
+        let msg = match k {
+            kind::D_HELLO => Reply::Hello(b.hello()?),
+            kind::D_STDOUT => Reply::Stdout(std::mem::take(&mut b.rest).to_vec()),
+            kind::D_STDERR => Reply::Stderr(std::mem::take(&mut b.rest).to_vec()),
+            kind::D_EXIT => {
+                let tag = b.u8("exit tag")?;
+                let value = b.i32("exit value")?;
+                match tag {
+                    0 => Reply::Exit(ExitStatus::Code(value)),
+                    1 => Reply::Exit(ExitStatus::Signal(value)),
+                    t => {
+                        return Err(ProtocolError::BadValue {
+                            kind: k,
+                            what: "exit tag",
+                            value: t.into(),
+                        })
+                    }
+                }
+            }
+            kind::D_EXEC_FAILED => Reply::ExecFailed {
+                message: b.string("message")?,
+            },
+            kind::D_FILE_DATA => Reply::FileData(std::mem::take(&mut b.rest).to_vec()),
+            kind::D_FILE_END => Reply::FileEnd,
+            kind::D_DONE => Reply::Done,
+            kind::D_ERROR => Reply::Error {
+                message: b.string("message")?,
+            },
+            other => return Err(ProtocolError::UnknownKind { kind: other }),
+        };
+        b.finish(msg)
+    }
+}
+
+/// Appends one whole frame (length, kind, body) for `msg` to `out`.
+pub fn encode_frame<M: Message>(msg: &M, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; LEN_BYTES]);
+    msg.encode_body(out);
+    let len = (out.len() - start - LEN_BYTES) as u32;
+    out[start..start + LEN_BYTES].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Reassembles frames from a byte stream that arrives in arbitrary pieces
+/// (non-blocking reads on the daemon side).
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+}
+
+impl FrameDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds received bytes.
+    pub fn feed(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes received but not yet returned as messages.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete message, `None` when more bytes are needed. An
+    /// oversized length is rejected as soon as its 4 bytes are in, before
+    /// the body is waited for.
+    pub fn next<M: Message>(&mut self) -> Result<Option<M>, ProtocolError> {
+        let Some(len) = self.frame_len()? else {
+            return Ok(None);
+        };
+        if self.buf.len() < LEN_BYTES + len {
+            return Ok(None);
+        }
+        let msg = decode_frame_body(&self.buf[LEN_BYTES..LEN_BYTES + len]);
+        self.buf.drain(..LEN_BYTES + len);
+        msg.map(Some)
+    }
+
+    /// At end of stream: fine at a frame boundary, an error in mid-frame.
+    pub fn finish(&self) -> Result<(), ProtocolError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let need = match self.frame_len() {
+            Ok(Some(len)) => LEN_BYTES + len,
+            _ => LEN_BYTES,
+        };
+        Err(ProtocolError::UnexpectedEof {
+            have: self.buf.len(),
+            need,
+        })
+    }
+
+    fn frame_len(&self) -> Result<Option<usize>, ProtocolError> {
+        if self.buf.len() < LEN_BYTES {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        check_len(len).map(Some)
+    }
+}
+
+fn check_len(len: usize) -> Result<usize, ProtocolError> {
+    if len == 0 {
+        Err(ProtocolError::Empty)
+    } else if len > MAX_FRAME {
+        Err(ProtocolError::Oversized {
+            len,
+            max: MAX_FRAME,
+        })
+    } else {
+        Ok(len)
+    }
+}
+
+fn decode_frame_body<M: Message>(frame: &[u8]) -> Result<M, ProtocolError> {
+    match frame.split_first() {
+        Some((&k, body)) => M::decode_body(k, body),
+        None => Err(ProtocolError::Empty),
+    }
+}
+
+/// Reads one message from a blocking stream. `Ok(None)` means the stream
+/// ended cleanly between frames.
+pub fn read_message<M: Message, R: Read>(r: &mut R) -> Result<Option<M>, ProtocolError> {
+    let mut len_buf = [0u8; LEN_BYTES];
+    let got = read_full(r, &mut len_buf)?;
+    if got == 0 {
+        return Ok(None);
+    }
+    if got < LEN_BYTES {
+        return Err(ProtocolError::UnexpectedEof {
+            have: got,
+            need: LEN_BYTES,
+        });
+    }
+    let len = check_len(u32::from_be_bytes(len_buf) as usize)?;
+    let mut frame = vec![0u8; len];
+    let got = read_full(r, &mut frame)?;
+    if got < len {
+        return Err(ProtocolError::UnexpectedEof {
+            have: LEN_BYTES + got,
+            need: LEN_BYTES + len,
+        });
+    }
+    decode_frame_body(&frame).map(Some)
+}
+
+/// Writes one message to a blocking stream.
+pub fn write_message<M: Message, W: Write>(w: &mut W, msg: &M) -> Result<(), ProtocolError> {
+    let mut buf = Vec::new();
+    encode_frame(msg, &mut buf);
+    w.write_all(&buf)
+        .and_then(|()| w.flush())
+        .map_err(|source| ProtocolError::Io { source })
+}
+
+/// Fills `buf` unless the stream ends first; returns how much was read.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize, ProtocolError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => return Err(ProtocolError::Io { source }),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStringExt;
+
+    fn frame<M: Message>(msg: &M) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(msg, &mut out);
+        out
+    }
+
+    fn all_requests() -> Vec<Request> {
+        vec![
+            Request::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                info: "supermin 0.1".into(),
+            }),
+            Request::Exec(ExecRequest {
+                argv: vec!["sh".into(), "-c".into(), OsString::from_vec(vec![0xff, b'x'])],
+                env: vec![("A".into(), "b=c".into()), ("EMPTY".into(), "".into())],
+                cwd: Some("/tmp".into()),
+                stdin: true,
+            }),
+            Request::Exec(ExecRequest::default()),
+            Request::Stdin(b"line\n".to_vec()),
+            Request::Stdin(Vec::new()),
+            Request::StdinEof,
+            Request::Upload {
+                path: "/root/f".into(),
+                mode: 0o644,
+            },
+            Request::FileData(vec![0; 1000]),
+            Request::FileEnd,
+            Request::Download {
+                path: "/etc/hostname".into(),
+            },
+            Request::Shutdown,
+        ]
+    }
+
+    fn all_replies() -> Vec<Reply> {
+        vec![
+            Reply::Hello(Hello {
+                version: 7,
+                info: "6.1.0".into(),
+            }),
+            Reply::Stdout(b"out".to_vec()),
+            Reply::Stderr(b"err".to_vec()),
+            Reply::Exit(ExitStatus::Code(-3)),
+            Reply::Exit(ExitStatus::Signal(9)),
+            Reply::ExecFailed {
+                message: "no such".into(),
+            },
+            Reply::FileData(vec![1, 2, 3]),
+            Reply::FileEnd,
+            Reply::Done,
+            Reply::Error {
+                message: "é".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_request_survives_a_round_trip() {
+        for msg in all_requests() {
+            let bytes = frame(&msg);
+            let back: Request = read_message(&mut &bytes[..]).unwrap().unwrap();
+            assert_eq!(back, msg);
+        }
+    }
+
+    #[test]
+    fn every_reply_survives_a_round_trip() {
+        for msg in all_replies() {
+            let bytes = frame(&msg);
+            let back: Reply = read_message(&mut &bytes[..]).unwrap().unwrap();
+            assert_eq!(back, msg);
+        }
+    }
+
+    #[test]
+    fn a_reply_frame_is_not_accepted_as_a_request() {
+        let bytes = frame(&Reply::Done);
+        let err = read_message::<Request, _>(&mut &bytes[..]).unwrap_err();
+        assert!(matches!(err, ProtocolError::UnknownKind { kind: 0x88 }), "{err:?}");
+    }
+
+    #[test]
+    fn decoder_reassembles_frames_fed_one_byte_at_a_time() {
+        let msgs = all_requests();
+        let mut stream = Vec::new();
+        for m in &msgs {
+            encode_frame(m, &mut stream);
+        }
+        let mut dec = FrameDecoder::new();
+        let mut got = Vec::new();
+        for b in stream {
+            dec.feed(&[b]);
+            while let Some(m) = dec.next::<Request>().unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, msgs);
+        dec.finish().unwrap();
+    }
+
+    #[test]
+    fn decoder_rejects_an_oversized_length_before_the_body_arrives() {
+        let mut dec = FrameDecoder::new();
+        dec.feed(&((MAX_FRAME as u32) + 1).to_be_bytes());
+        let err = dec.next::<Request>().unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::Oversized { len, .. } if len == MAX_FRAME + 1),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_frame_of_exactly_the_limit_is_accepted() {
+        let msg = Reply::Stdout(vec![7; MAX_FRAME - 1]);
+        let bytes = frame(&msg);
+        let back: Reply = read_message(&mut &bytes[..]).unwrap().unwrap();
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn blocking_reader_rejects_an_oversized_length() {
+        let bytes = u32::MAX.to_be_bytes();
+        let err = read_message::<Reply, _>(&mut &bytes[..]).unwrap_err();
+        assert!(matches!(err, ProtocolError::Oversized { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn zero_length_frame_is_an_error() {
+        let bytes = 0u32.to_be_bytes();
+        let err = read_message::<Reply, _>(&mut &bytes[..]).unwrap_err();
+        assert!(matches!(err, ProtocolError::Empty), "{err:?}");
+    }
+
+    #[test]
+    fn stream_cut_inside_a_frame_is_unexpected_eof_at_every_cut_point() {
+        let bytes = frame(&Request::Upload {
+            path: "/x".into(),
+            mode: 0o600,
+        });
+        for cut in 1..bytes.len() {
+            let err = read_message::<Request, _>(&mut &bytes[..cut]).unwrap_err();
+            assert!(
+                matches!(err, ProtocolError::UnexpectedEof { have, .. } if have == cut),
+                "cut {cut}: {err:?}"
+            );
+            let mut dec = FrameDecoder::new();
+            dec.feed(&bytes[..cut]);
+            assert!(dec.next::<Request>().unwrap().is_none());
+            assert!(matches!(
+                dec.finish(),
+                Err(ProtocolError::UnexpectedEof { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn empty_stream_is_a_clean_end() {
+        assert!(read_message::<Reply, _>(&mut &[][..]).unwrap().is_none());
+    }
+
+    #[test]
+    fn body_truncated_inside_its_frame_is_reported_with_the_field() {
+        // A frame whose length is honest but whose body lies about a string length.
+        let mut body = vec![0x05]; // upload
+        body.extend_from_slice(&100u32.to_be_bytes());
+        body.extend_from_slice(b"/short");
+        let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&body);
+        let err = read_message::<Request, _>(&mut &bytes[..]).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::Truncated { what: "path", need: 100, have: 6, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn forged_argument_count_does_not_allocate_and_is_rejected() {
+        let mut body = vec![0x02]; // exec
+        body.extend_from_slice(&u32::MAX.to_be_bytes());
+        let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&body);
+        let err = read_message::<Request, _>(&mut &bytes[..]).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::Truncated { what: "argv count", .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_after_a_message_are_rejected() {
+        let mut bytes = frame(&Request::Shutdown);
+        bytes.push(0);
+        bytes[3] += 1;
+        let err = read_message::<Request, _>(&mut &bytes[..]).unwrap_err();
+        assert!(matches!(err, ProtocolError::Trailing { extra: 1, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn hello_with_wrong_magic_is_rejected() {
+        let mut bytes = frame(&Reply::Hello(Hello {
+            version: 1,
+            info: String::new(),
+        }));
+        bytes[5] = b'X';
+        let err = read_message::<Reply, _>(&mut &bytes[..]).unwrap_err();
+        assert!(matches!(err, ProtocolError::BadMagic { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn invalid_flag_byte_is_rejected() {
+        let mut bytes = frame(&Request::Exec(ExecRequest::default()));
+        let last = bytes.len() - 1;
+        bytes[last] = 2;
+        let err = read_message::<Request, _>(&mut &bytes[..]).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::BadValue { what: "stdin flag", value: 2, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn signals_map_to_128_plus_n() {
+        assert_eq!(ExitStatus::Signal(9).shell_code(), 137);
+        assert_eq!(ExitStatus::Code(3).shell_code(), 3);
+    }
+
+    #[test]
+    fn only_final_replies_end_a_request() {
+        let enders: Vec<bool> = all_replies().iter().map(Reply::ends_request).collect();
+        assert_eq!(
+            enders,
+            [false, false, false, true, true, true, false, true, true, true]
+        );
+    }
+}
