@@ -54,6 +54,14 @@ fn main() {
         );
         std::process::exit(2);
     }
+    // A panic is a bug, but PID 1 exiting would leave the machine hanging unless the
+    // command line has panic=N: report it and power off like any other failure.
+    std::panic::set_hook(Box::new(|info| {
+        console::fail(
+            format_args!("internal error (a bug in supermin-init): {info}"),
+            None,
+        )
+    }));
     let failure = boot();
     console::fail(format_args!("{}", failure.message), failure.hint.as_deref())
 }

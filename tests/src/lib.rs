@@ -139,6 +139,15 @@ pub fn marker_root(dir: &Path, uuid: &str) -> PathBuf {
          echo \"{MARKER} pid=$$ term=$TERM mounts=$mounts\"\n\
          /bin/busybox poweroff -f\n"
     );
+    root_image(dir, uuid, Some(&script))
+}
+
+/// A root image like [`marker_root`]'s but without `/init`, for the init's failure path.
+pub fn root_without_init(dir: &Path, uuid: &str) -> PathBuf {
+    root_image(dir, uuid, None)
+}
+
+fn root_image(dir: &Path, uuid: &str, init: Option<&str>) -> PathBuf {
     let busybox = Path::new("/bin/busybox");
     let busybox_len = std::fs::metadata(busybox)
         .expect("/bin/busybox (install busybox-static)")
@@ -160,8 +169,10 @@ pub fn marker_root(dir: &Path, uuid: &str) -> PathBuf {
         len: busybox_len,
     };
     insert("/bin/busybox", NodeKind::File(busybox), 0o755);
-    let script = FileData::Bytes(script.into_bytes().into());
-    insert("/init", NodeKind::File(script), 0o755);
+    if let Some(script) = init {
+        let script = FileData::Bytes(script.as_bytes().into());
+        insert("/init", NodeKind::File(script), 0o755);
+    }
     let image = dir.join("root.img");
     let options = supermin_ext2::Options {
         uuid: Some(supermin_ext2::parse_uuid(uuid).expect("test UUID")),

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use supermin::initrd::Compression;
 use supermin_tests::{
-    boot, build_initrd, host_kernel, kernel_by_version_prefix, marker_root, zstd_modules_copy,
-    Boot, BootLog, Disk, TempDir, MARKER,
+    boot, build_initrd, host_kernel, kernel_by_version_prefix, marker_root, root_without_init,
+    zstd_modules_copy, Boot, BootLog, Disk, TempDir, MARKER,
 };
 
 /// Under TCG a boot takes ~5 s; the bound only catches a hang.
@@ -17,12 +17,29 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 const UUID: &str = "5b1d2c3e-0f4a-4b6c-8d7e-9f0a1b2c3d4e";
 
 fn run(dir: &TempDir, kernel: &Path, initrd: &Path, disk: Disk, append: &str) -> BootLog {
-    let root = marker_root(dir.path(), UUID);
+    run_root(
+        &marker_root(dir.path(), UUID),
+        dir,
+        kernel,
+        initrd,
+        disk,
+        append,
+    )
+}
+
+fn run_root(
+    root: &Path,
+    dir: &TempDir,
+    kernel: &Path,
+    initrd: &Path,
+    disk: Disk,
+    append: &str,
+) -> BootLog {
     let log = boot(
         &Boot {
             kernel,
             initrd,
-            root: &root,
+            root,
             disk,
             append,
             timeout: TIMEOUT,
@@ -33,9 +50,10 @@ fn run(dir: &TempDir, kernel: &Path, initrd: &Path, disk: Disk, append: &str) ->
     log
 }
 
-/// Checks what the root's `/init` saw: it is PID 1, has the kernel's environment, and the root is the only thing mounted besides its own /proc
-/// (the initrd left nothing behind), read-write, through the ext4 driver.
-fn assert_clean_handover(log: &BootLog) {
+/// Checks what the root's `/init` saw: it is PID 1, has the kernel's environment, and
+/// the root is the only thing mounted besides its own /proc (the initrd left nothing
+/// behind), mounted `mode` ("rw" or "ro") through the ext4 driver.
+fn assert_handover(log: &BootLog, mode: &str) {
     let line = log.line_with(MARKER);
     assert!(line.contains(" pid=1 "), "{line}");
     assert!(line.contains(" term=linux "), "{line}");
@@ -46,7 +64,10 @@ fn assert_clean_handover(log: &BootLog) {
     let mounts: Vec<&str> = mounts.split(',').filter(|m| !m.is_empty()).collect();
     assert_eq!(
         mounts,
-        ["/dev/root:/:ext4:rw", "proc:/proc:proc:rw"],
+        [
+            format!("/dev/root:/:ext4:{mode}").as_str(),
+            "proc:/proc:proc:rw"
+        ],
         "{line}"
     );
 }
@@ -64,7 +85,7 @@ fn host_kernel_boots_root_by_uuid_on_virtio_scsi_quietly() {
         Disk::VirtioScsi,
         &format!("console=ttyS0 panic=1 quiet root=UUID={UUID}"),
     );
-    assert_clean_handover(&log);
+    assert_handover(&log, "rw");
     // Quiet unless asked: a good boot prints nothing of ours.
     assert!(
         !log.console.contains("supermin-init:"),
@@ -86,13 +107,13 @@ fn plain_ko_kernel_boots_root_dev_sda_on_virtio_scsi_verbosely() {
         Disk::VirtioScsi,
         "console=ttyS0 panic=1 quiet root=/dev/sda guestfs_verbose=1",
     );
-    assert_clean_handover(&log);
+    assert_handover(&log, "rw");
     log.line_with("supermin-init: loading module /lib/modules/sd_mod.ko");
     log.line_with("supermin-init: root device /dev/sda is sda (8:0)");
 }
 
 #[test]
-fn plain_ko_kernel_boots_root_dev_vda_on_virtio_blk_from_gzip_initrd() {
+fn plain_ko_kernel_boots_root_dev_vda_read_only_on_virtio_blk_from_gzip_initrd() {
     let dir = TempDir::new("boot-vda");
     let kernel = kernel_by_version_prefix("6.1.");
     let initrd = dir.join("initrd");
@@ -102,9 +123,9 @@ fn plain_ko_kernel_boots_root_dev_vda_on_virtio_blk_from_gzip_initrd() {
         &kernel.path,
         &initrd,
         Disk::VirtioBlk,
-        "console=ttyS0 panic=1 quiet root=/dev/vda",
+        "console=ttyS0 panic=1 quiet root=/dev/vda ro",
     );
-    assert_clean_handover(&log);
+    assert_handover(&log, "ro");
 }
 
 #[test]
@@ -128,7 +149,7 @@ fn xz_module_kernel_selected_by_env_boots_root_by_uuid() {
         Disk::VirtioBlk,
         &format!("console=ttyS0 panic=1 quiet root=UUID={UUID}"),
     );
-    assert_clean_handover(&log);
+    assert_handover(&log, "rw");
 }
 
 #[test]
@@ -156,7 +177,7 @@ fn zstd_compressed_modules_boot_root_dev_sda() {
         Disk::VirtioScsi,
         "console=ttyS0 panic=1 quiet root=/dev/sda",
     );
-    assert_clean_handover(&log);
+    assert_handover(&log, "rw");
 }
 
 #[test]
@@ -181,4 +202,29 @@ fn missing_root_device_is_reported_and_the_guest_powers_off() {
     log.line_with("supermin-init: hint:");
     log.line_with("supermin-init: powering off");
     assert!(!log.console.contains(MARKER));
+}
+
+#[test]
+fn root_without_init_is_reported_with_its_listing_and_the_guest_powers_off() {
+    let dir = TempDir::new("boot-noinit");
+    let kernel = kernel_by_version_prefix("6.1.");
+    let initrd = dir.join("initrd");
+    build_initrd(&kernel, &initrd, Compression::None);
+    let root = root_without_init(dir.path(), UUID);
+    let log = run_root(
+        &root,
+        &dir,
+        &kernel.path,
+        &initrd,
+        Disk::VirtioScsi,
+        &format!("console=ttyS0 panic=1 quiet root=UUID={UUID}"),
+    );
+    let error = log.line_with("supermin-init: error:");
+    assert!(
+        error.contains(&format!("the root UUID={UUID} has no /init")),
+        "{error}"
+    );
+    // What the root does hold is listed, to show what went wrong.
+    log.line_with(" bin");
+    log.line_with("supermin-init: powering off");
 }
