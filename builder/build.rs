@@ -138,7 +138,9 @@ fn run() -> Result<(), String> {
     if !status.success() {
         return Err(format!(
             "`cargo build --release --target {target}` for {} failed ({status}); its \
-             errors are above",
+             errors are above. That target is not the host's: libc types can differ there \
+             (e.g. ioctl's request is c_int on musl); reproduce with \
+             `cargo build -p supermin-daemon --target {target}`",
             PROGRAMS.map(|(p, _)| p).join(", ")
         ));
     }
