@@ -68,6 +68,12 @@ fn main() {
 
 /// The whole boot; returns only when something failed (success ends in exec).
 fn boot() -> Failure {
+    // First the console, so that every later failure is seen.
+    if let Err(errno) = switch::mount_pseudo("devtmpfs", "/dev") {
+        // Not fatal: we make our own device nodes; only a missing console would hurt.
+        say!("warning: cannot mount devtmpfs on /dev: {errno}");
+    }
+    console::ensure_console();
     if let Err(errno) = switch::mount_pseudo("proc", "/proc") {
         return Failure::new(format!("cannot mount /proc: {errno}"));
     }
@@ -86,11 +92,6 @@ fn boot() -> Failure {
         }
     };
     let verbose = config.verbose;
-    if let Err(errno) = switch::mount_pseudo("devtmpfs", "/dev") {
-        // Not fatal: we make our own device nodes; only a missing console would hurt.
-        say!("warning: cannot mount devtmpfs on /dev: {errno}");
-    }
-    console::ensure_console();
     verbose!(
         verbose,
         "starting ({} {}), uptime {}",
