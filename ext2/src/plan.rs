@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::blockmap::{blocks_needed, BlockMap, Mapper, Run};
 use crate::disk::{self, Inode, Superblock, INODE_SIZE};
 use crate::error::{show, Ext2Error};
+use crate::io::DirCache;
 use crate::layout::{Allocator, Geometry, GeometryError};
 use crate::tree::{FileData, Meta, NodeId, NodeKind, Timestamp, Tree};
 use crate::{Options, Summary};
@@ -397,6 +398,7 @@ fn probe_extents<Fd: AsFd>(
 }
 
 fn file_extents(
+    dirs: &mut DirCache,
     data: &FileData,
     bs: u64,
     image_path: impl Fn() -> String,
@@ -407,7 +409,7 @@ fn file_extents(
         FileData::Bytes(b) => Ok(vec![(0, (b.len() as u64).div_ceil(bs))]),
         FileData::Host { len: 0, .. } | FileData::Range { len: 0, .. } => Ok(Vec::new()),
         FileData::Host { path, len } => {
-            let f = File::open(path).map_err(|source| Ext2Error::OpenSource {
+            let f = dirs.open(path).map_err(|source| Ext2Error::OpenSource {
                 path: path.clone(),
                 source,
             })?;
@@ -685,7 +687,9 @@ pub(crate) fn plan<'t>(tree: &'t Tree, opts: &Options) -> Result<Plan<'t>, Ext2E
     // Probing holes opens every host file once; both cores help.
     let extents: Vec<Vec<(u64, u64)>> = files
         .par_iter()
-        .map(|(ino, d)| file_extents(d, bsl, || inodes.path_of(*ino)))
+        .map_init(DirCache::default, |dirs, (ino, d)| {
+            file_extents(dirs, d, bsl, || inodes.path_of(*ino))
+        })
         .collect::<Result<_, _>>()?;
 
     let dir_blocks: u64 = dir_content

@@ -390,7 +390,8 @@ impl Tree {
                     source,
                 })?;
                 let host = entry.path();
-                let md = std::fs::symlink_metadata(&host).map_err(|source| Ext2Error::Stat {
+                // fstatat on the open directory: no walk of the whole path.
+                let md = entry.metadata().map_err(|source| Ext2Error::Stat {
                     path: host.clone(),
                     source,
                 })?;
