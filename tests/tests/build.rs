@@ -122,6 +122,19 @@ fn small_supermin_d(dir: &Path) -> PathBuf {
     d
 }
 
+/// `--build -v --if-newer -f ext2 D -o OUT`, the call the `--if-newer` tests repeat.
+fn if_newer_args(d: &Path, out: &Path) -> Vec<String> {
+    ["--build", "-v", "--if-newer", "-f", "ext2"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            d.display().to_string(),
+            "-o".to_string(),
+            out.display().to_string(),
+        ])
+        .collect()
+}
+
 #[test]
 fn version_first_line_is_supermin_5() {
     let out = ok(&supermin(&["--version"]));
@@ -265,16 +278,8 @@ fn if_newer_skips_an_unchanged_output_and_says_so() {
     let tmp = TempDir::new("if-newer-skip");
     let d = small_supermin_d(tmp.path());
     let out = tmp.join("out");
-    let args = [
-        "--build",
-        "-v",
-        "--if-newer",
-        "-f",
-        "ext2",
-        d.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ];
+    let args = if_newer_args(&d, &out);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let first = ok(&supermin(&args));
     assert!(!first.contains("does not need rebuilding"), "{first}");
     let inode = fs::metadata(out.join("root")).unwrap();
@@ -296,16 +301,8 @@ fn if_newer_rebuilds_after_removing_each_output() {
     let tmp = TempDir::new("if-newer-remove");
     let d = small_supermin_d(tmp.path());
     let out = tmp.join("out");
-    let args = [
-        "--build",
-        "-v",
-        "--if-newer",
-        "-f",
-        "ext2",
-        d.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ];
+    let args = if_newer_args(&d, &out);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(&supermin(&args));
     for f in ["kernel", "initrd", "root"] {
         fs::remove_file(out.join(f)).unwrap();
@@ -325,16 +322,8 @@ fn if_newer_rebuilds_after_an_edit_inside_supermin_d() {
     let tmp = TempDir::new("if-newer-edit");
     let d = small_supermin_d(tmp.path());
     let out = tmp.join("out");
-    let args = [
-        "--build",
-        "-v",
-        "--if-newer",
-        "-f",
-        "ext2",
-        d.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ];
+    let args = if_newer_args(&d, &out);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(&supermin(&args));
     let list = d.join("hostfiles");
     let before = fs::metadata(&list).unwrap();
@@ -365,16 +354,8 @@ fn if_newer_rebuilds_when_a_supermin_variable_changes() {
     let tmp = TempDir::new("if-newer-env");
     let d = small_supermin_d(tmp.path());
     let out = tmp.join("out");
-    let args = [
-        "--build",
-        "-v",
-        "--if-newer",
-        "-f",
-        "ext2",
-        d.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ];
+    let args = if_newer_args(&d, &out);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(&supermin(&args));
     let kernels: Vec<PathBuf> = fs::read_dir("/boot")
         .unwrap()
