@@ -70,6 +70,10 @@ pub enum Ext2Error {
         #[source]
         source: io::Error,
     },
+    #[error("{path} is of a file type ext2 cannot hold")]
+    UnsupportedFileType { path: PathBuf },
+    #[error("{path}: directory of {size} bytes is larger than ext2 allows (4 GiB)")]
+    DirTooLarge { path: String, size: u64 },
     #[error("{path} is not a directory; give a directory to copy into the image")]
     NotADirectory { path: PathBuf },
     #[error("cannot open {path}, whose contents go into the image")]

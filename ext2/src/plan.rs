@@ -657,7 +657,17 @@ pub(crate) fn plan<'t>(tree: &'t Tree, opts: &Options) -> Result<Plan<'t>, Ext2E
                 entries,
                 min_blocks,
                 ..
-            } => dir_content.push((ino, pack_dir(entries, bs as usize, *min_blocks))),
+            } => {
+                let content = pack_dir(entries, bs as usize, *min_blocks);
+                // Without large_dir, a directory's size is 32 bits.
+                if content.len() as u64 > u64::from(u32::MAX) {
+                    return Err(Ext2Error::DirTooLarge {
+                        path: inodes.path_of(ino),
+                        size: content.len() as u64,
+                    });
+                }
+                dir_content.push((ino, content));
+            }
             RecKind::File(d) => {
                 if d.len() > max_size {
                     return Err(Ext2Error::FileTooLarge {

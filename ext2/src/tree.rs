@@ -428,8 +428,10 @@ impl Tree {
                     NodeKind::BlockDev { major, minor }
                 } else if ft.is_fifo() {
                     NodeKind::Fifo
-                } else {
+                } else if ft.is_socket() {
                     NodeKind::Socket
+                } else {
+                    return Err(Ext2Error::UnsupportedFileType { path: host });
                 };
                 let id = tree.insert(&path, kind, meta_of(&md))?;
                 if !ft.is_dir() && md.nlink() > 1 {

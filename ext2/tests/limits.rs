@@ -238,3 +238,45 @@ fn empty_tree_gets_root_and_lost_found_only() {
         md.len()
     );
 }
+
+#[test]
+fn every_explicit_size_gives_a_valid_image_or_a_clear_error() {
+    let tmp = TempDir::new("sizes");
+    let img = tmp.path().join("i.img");
+    let mut t = Tree::new(meta());
+    t.insert(b"/f", bytes(3000), meta()).unwrap();
+    t.insert(b"/d", NodeKind::Dir, meta()).unwrap();
+    for bs in [1024u64, 4096] {
+        let group = 8 * bs * bs;
+        let mut sizes = vec![0, bs, 3 * bs, 20 * bs, 64 * bs, 200 * bs, 1 << 20, 10 << 20];
+        // Around group boundaries, where a sliver of a last group is dropped.
+        for k in 1..4 {
+            for delta in [0, 1, 10, 60, 300] {
+                sizes.push(k * group + delta * bs);
+            }
+        }
+        sizes.push(group - bs);
+        sizes.push(group + bs + 17);
+        let mut ok = 0;
+        for size in sizes {
+            let opts = Options {
+                size: Some(size),
+                block_size: bs as u32,
+                ..Options::default()
+            };
+            match write_image(&t, &img, &opts) {
+                Ok(s) => {
+                    assert_eq!(s.size, size);
+                    assert_eq!(fs::metadata(&img).unwrap().len(), size);
+                    assert_fsck_clean(&img);
+                    ok += 1;
+                }
+                Err(Ext2Error::ImageTooSmall { needed, .. }) => {
+                    assert!(needed > size, "size {size}: needs {needed}");
+                }
+                Err(e) => panic!("size {size} bs {bs}: {e}"),
+            }
+        }
+        assert!(ok >= 10, "block size {bs}: only {ok} sizes worked");
+    }
+}
