@@ -501,12 +501,6 @@ fn choose_geometry(
     Ok((geo, size))
 }
 
-fn meta_chunks_of(offset: u64, data: Vec<u8>, chunks: &mut Vec<Chunk>) {
-    if !data.is_empty() {
-        chunks.push(Chunk { offset, data });
-    }
-}
-
 /// Splits `content` (whole blocks in logical order) along `runs`.
 fn place(content: &[u8], runs: &[Run], bs: u64, chunks: &mut Vec<Chunk>) {
     for r in runs {
@@ -612,31 +606,21 @@ struct Placed {
     content: Vec<u8>,
 }
 
-pub(crate) fn plan<'t>(tree: &'t Tree, opts: &Options) -> Result<Plan<'t>, Ext2Error> {
-    let bs = opts.block_size;
-    let bsl = u64::from(bs);
-    let ppb = bsl / 4;
-    let creation = Timestamp {
-        secs: opts.creation_time,
-        nsec: 0,
-    };
-    let lpf_meta = Meta {
-        mode: 0o700,
-        uid: 0,
-        gid: 0,
-        atime: creation,
-        mtime: creation,
-        ctime: creation,
-    };
-    let lpf_blocks = (LOST_FOUND_BYTES / bsl).clamp(2, disk::N_DIRECT as u64);
-    let inodes = number(tree, lpf_meta, lpf_blocks);
-    let last_ino = inodes.last_ino();
+/// The inodes sorted by what they need from the block sweep, in inode
+/// order, after the limits are checked.
+struct Needs<'t> {
+    files: Vec<(u32, &'t FileData)>,
+    dirs: Vec<(u32, Vec<u8>)>,
+    slow_links: Vec<(u32, &'t [u8])>,
+}
 
-    // Check limits and gather what each inode needs, in inode order.
-    let max_size = disk::max_file_size(opts.block_size.trailing_zeros());
-    let mut files: Vec<(u32, &FileData)> = Vec::new();
-    let mut dir_content: Vec<(u32, Vec<u8>)> = Vec::new();
-    let mut slow_links: Vec<u32> = Vec::new();
+fn check_and_sort<'t>(inodes: &Inodes<'t>, bs: u32) -> Result<Needs<'t>, Ext2Error> {
+    let max_size = disk::max_file_size(bs.trailing_zeros());
+    let mut needs = Needs {
+        files: Vec::new(),
+        dirs: Vec::new(),
+        slow_links: Vec::new(),
+    };
     for (ino, rec) in inodes.recs.iter().enumerate() {
         let Some(rec) = rec else { continue };
         let ino = ino as u32;
@@ -666,7 +650,7 @@ pub(crate) fn plan<'t>(tree: &'t Tree, opts: &Options) -> Result<Plan<'t>, Ext2E
                         size: content.len() as u64,
                     });
                 }
-                dir_content.push((ino, content));
+                needs.dirs.push((ino, content));
             }
             RecKind::File(d) => {
                 if d.len() > max_size {
@@ -677,9 +661,11 @@ pub(crate) fn plan<'t>(tree: &'t Tree, opts: &Options) -> Result<Plan<'t>, Ext2E
                         max: max_size,
                     });
                 }
-                files.push((ino, d));
+                needs.files.push((ino, d));
             }
+            // Shorter targets live in i_block (fast symlinks).
             RecKind::Symlink(t) if t.len() >= 60 => {
+                // e2fsck wants a slow symlink's size below the block size.
                 if t.len() >= bs as usize {
                     return Err(Ext2Error::SymlinkTooLong {
                         path: inodes.path_of(ino),
@@ -688,51 +674,43 @@ pub(crate) fn plan<'t>(tree: &'t Tree, opts: &Options) -> Result<Plan<'t>, Ext2E
                         max: bs as usize - 1,
                     });
                 }
-                slow_links.push(ino);
+                needs.slow_links.push((ino, t));
             }
             _ => {}
         }
     }
+    Ok(needs)
+}
 
-    // Probing holes opens every host file once; both cores help.
-    let extents: Vec<Vec<(u64, u64)>> = files
-        .par_iter()
-        .map_init(DirCache::default, |dirs, (ino, d)| {
-            file_extents(dirs, d, bsl, || inodes.path_of(*ino))
-        })
-        .collect::<Result<_, _>>()?;
-
-    let dir_blocks: u64 = dir_content
-        .iter()
-        .map(|(_, c)| blocks_needed(&[(0, c.len() as u64 / bsl)], ppb))
-        .sum();
-    let file_blocks: u64 = extents.iter().map(|e| blocks_needed(e, ppb)).sum();
-    let content = dir_blocks + file_blocks + slow_links.len() as u64;
-    let (geo, image_size) = choose_geometry(opts, content, u64::from(last_ino))?;
-
-    // One ascending sweep over the free blocks.
-    let mut alloc = Allocator::new(&geo);
-    let mut placed: Vec<Option<Placed>> = (0..=last_ino).map(|_| None).collect();
+/// The block sweep: every directory, slow symlink and file gets its blocks;
+/// in-memory contents become chunks and host data becomes copy jobs.
+fn allocate<'t>(
+    alloc: &mut Allocator<'_>,
+    needs: Needs<'t>,
+    extents: &[Vec<(u64, u64)>],
+    inodes: &Inodes<'t>,
+    bs: u64,
+    chunks: &mut Vec<Chunk>,
+) -> Result<(Vec<Option<Placed>>, Vec<CopyJob<'t>>), Ext2Error> {
+    let ppb = bs / 4;
+    let mut placed: Vec<Option<Placed>> = (0..=inodes.last_ino()).map(|_| None).collect();
     // choose_geometry checked the capacity against the same counts.
-    let out_of_space = || Ext2Error::Internal {
+    let out_of_space = |_| Ext2Error::Internal {
         what: "block allocation overran the planned image size",
     };
-    for (ino, content) in dir_content {
+    for (ino, content) in needs.dirs {
         let mut m = Mapper::new(ppb, true, || alloc.alloc());
-        m.map_range(0, content.len() as u64 / bsl)
-            .map_err(|_| out_of_space())?;
+        m.map_range(0, content.len() as u64 / bs)
+            .map_err(out_of_space)?;
         placed[ino as usize] = Some(Placed {
             map: m.finish(),
             content,
         });
     }
-    for ino in slow_links {
-        let Some(RecKind::Symlink(t)) = inodes.rec(ino).map(|r| &r.kind) else {
-            continue;
-        };
+    for (ino, target) in needs.slow_links {
         let mut m = Mapper::new(ppb, true, || alloc.alloc());
-        m.map_block(0).map_err(|_| out_of_space())?;
-        let mut content = t.to_vec();
+        m.map_block(0).map_err(out_of_space)?;
+        let mut content = target.to_vec();
         content.resize(bs as usize, 0);
         placed[ino as usize] = Some(Placed {
             map: m.finish(),
@@ -740,120 +718,121 @@ pub(crate) fn plan<'t>(tree: &'t Tree, opts: &Options) -> Result<Plan<'t>, Ext2E
         });
     }
     let mut jobs = Vec::new();
-    let mut chunks = Vec::new();
-    for ((ino, data), ext) in files.iter().zip(&extents) {
+    for ((ino, data), ext) in needs.files.iter().zip(extents) {
         let mut m = Mapper::new(ppb, true, || alloc.alloc());
         for &(start, count) in ext {
-            m.map_range(start, count).map_err(|_| out_of_space())?;
+            m.map_range(start, count).map_err(out_of_space)?;
         }
         let map = m.finish();
-        match data {
+        let source = match data {
             FileData::Bytes(b) if !b.is_empty() => {
                 let mut content = b.to_vec();
                 content.resize(content.len().next_multiple_of(bs as usize), 0);
-                place(&content, &map.runs, bsl, &mut chunks);
+                place(&content, &map.runs, bs, chunks);
+                None
             }
-            FileData::Host { path, len } if !map.runs.is_empty() => jobs.push(CopyJob {
-                source: Source::Host(path),
-                len: *len,
-                runs: map.runs.clone(),
+            FileData::Host { path, .. } => Some(Source::Host(path)),
+            FileData::Range { file, offset, .. } => Some(Source::Range {
+                file,
+                offset: *offset,
+                image_path: inodes.path_of(*ino),
             }),
-            FileData::Range { file, offset, len } if !map.runs.is_empty() => jobs.push(CopyJob {
-                source: Source::Range {
-                    file,
-                    offset: *offset,
-                    image_path: inodes.path_of(*ino),
-                },
-                len: *len,
+            _ => None,
+        };
+        if let Some(source) = source.filter(|_| !map.runs.is_empty()) {
+            jobs.push(CopyJob {
+                source,
+                len: data.len(),
                 runs: map.runs.clone(),
-            }),
-            _ => {}
+            });
         }
         placed[*ino as usize] = Some(Placed {
             map,
             content: Vec::new(),
         });
     }
+    Ok((placed, jobs))
+}
 
-    let uuid = opts.uuid.unwrap_or_else(|| derive_uuid(&inodes, opts));
-    let hash_seed = opts.hash_seed.unwrap_or_else(|| derive_hash_seed(&uuid));
-
-    // Inodes, with the tables of each group written from their start up to
-    // the last used inode (the rest stays a hole: zeros are unused inodes).
-    let crtime = creation;
-    let ipg = u64::from(geo.inodes_per_group);
-    let mut itable = vec![0u8; last_ino as usize * INODE_SIZE];
-    for (ino, rec) in inodes.recs.iter().enumerate() {
-        let Some(rec) = rec else { continue };
-        let p = placed[ino].as_ref();
-        let perm = rec.meta.mode & 0o7777;
-        let mut block = [0u8; 60];
-        let (type_bits, size) = match &rec.kind {
-            RecKind::Dir { .. } => {
-                let len = p.map_or(0, |p| p.content.len() as u64);
-                (disk::S_IFDIR, len)
+fn encode_inode(rec: &Rec<'_>, placed: Option<&Placed>, crtime: Timestamp, bs: u64) -> Inode {
+    let mut block = [0u8; 60];
+    let (type_bits, size) = match &rec.kind {
+        RecKind::Dir { .. } => (disk::S_IFDIR, placed.map_or(0, |p| p.content.len() as u64)),
+        RecKind::File(d) => (disk::S_IFREG, d.len()),
+        RecKind::Symlink(t) => {
+            if t.len() < 60 {
+                block[..t.len()].copy_from_slice(t);
             }
-            RecKind::File(d) => (disk::S_IFREG, d.len()),
-            RecKind::Symlink(t) => {
-                if t.len() < 60 {
-                    block[..t.len()].copy_from_slice(t);
-                }
-                (disk::S_IFLNK, t.len() as u64)
-            }
-            RecKind::CharDev(major, minor) => {
-                put_dev(&mut block, *major, *minor);
-                (disk::S_IFCHR, 0)
-            }
-            RecKind::BlockDev(major, minor) => {
-                put_dev(&mut block, *major, *minor);
-                (disk::S_IFBLK, 0)
-            }
-            RecKind::Fifo => (disk::S_IFIFO, 0),
-            RecKind::Socket => (disk::S_IFSOCK, 0),
-        };
-        let mut blocks_512 = 0u32;
-        if let Some(p) = p {
-            if !p.map.runs.is_empty() || !p.map.indirect.is_empty() {
-                block = disk::block_pointers(&p.map.i_block);
-            }
-            // i_blocks fits: files are capped at max_file_size, which
-            // accounts for indirect blocks; directories are far smaller.
-            blocks_512 = (p.map.total_blocks * (bsl / 512)) as u32;
+            (disk::S_IFLNK, t.len() as u64)
         }
-        let inode = Inode {
-            mode: type_bits | perm,
-            uid: rec.meta.uid,
-            gid: rec.meta.gid,
-            size,
-            atime: rec.meta.atime,
-            ctime: rec.meta.ctime,
-            mtime: rec.meta.mtime,
-            crtime,
-            links_count: rec.links as u16,
-            blocks_512,
-            block,
-        };
-        let at = (ino - 1) * INODE_SIZE;
-        itable[at..at + INODE_SIZE].copy_from_slice(&inode.encode());
+        RecKind::CharDev(major, minor) => {
+            put_dev(&mut block, *major, *minor);
+            (disk::S_IFCHR, 0)
+        }
+        RecKind::BlockDev(major, minor) => {
+            put_dev(&mut block, *major, *minor);
+            (disk::S_IFBLK, 0)
+        }
+        RecKind::Fifo => (disk::S_IFIFO, 0),
+        RecKind::Socket => (disk::S_IFSOCK, 0),
+    };
+    let mut blocks_512 = 0u32;
+    if let Some(p) = placed {
+        if p.map.total_blocks > 0 {
+            block = disk::block_pointers(&p.map.i_block);
+        }
+        // Fits: files are capped at max_file_size, whose bound counts
+        // indirect blocks in i_blocks; directories are capped at 4 GiB.
+        blocks_512 = (p.map.total_blocks * (bs / 512)) as u32;
     }
+    Inode {
+        mode: type_bits | (rec.meta.mode & 0o7777),
+        uid: rec.meta.uid,
+        gid: rec.meta.gid,
+        size,
+        atime: rec.meta.atime,
+        ctime: rec.meta.ctime,
+        mtime: rec.meta.mtime,
+        crtime,
+        links_count: rec.links as u16,
+        blocks_512,
+        block,
+    }
+}
 
-    // Directory, indirect and symlink blocks.
+/// Directory, slow symlink and indirect blocks as chunks.
+fn block_chunks(placed: &[Option<Placed>], bs: u64, chunks: &mut Vec<Chunk>) {
     for p in placed.iter().flatten() {
-        place(&p.content, &p.map.runs, bsl, &mut chunks);
+        place(&p.content, &p.map.runs, bs, chunks);
         for (phys, ptrs) in &p.map.indirect {
             let mut b = vec![0u8; bs as usize];
             for (i, v) in ptrs.iter().enumerate() {
                 b[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
             }
             chunks.push(Chunk {
-                offset: u64::from(*phys) * bsl,
+                offset: u64::from(*phys) * bs,
                 data: b,
             });
         }
     }
+}
 
-    // Per-group accounting, bitmaps and inode tables.
-    let mut descs = Vec::with_capacity(geo.groups as usize);
+/// Descriptors, bitmaps and inode tables of every group. Inodes are used
+/// from 1 up to `last_ino` and blocks from each group's start up to what the
+/// sweep handed out, so both bitmaps are a run of ones; the bits past the
+/// end of the group are set too, as e2fsck expects. Inode tables are
+/// written up to the last used inode only: the rest stays a hole, and
+/// zeros are what an unused inode is.
+fn group_metadata(
+    geo: &Geometry,
+    alloc: &Allocator<'_>,
+    inodes: &Inodes<'_>,
+    itable: &[u8],
+    chunks: &mut Vec<Chunk>,
+) -> Vec<disk::GroupDesc> {
+    let bs = u64::from(geo.block_size);
+    let ipg = u64::from(geo.inodes_per_group);
+    let last_ino = u64::from(inodes.last_ino());
     let mut dirs_per_group = vec![0u16; geo.groups as usize];
     for (ino, rec) in inodes.recs.iter().enumerate() {
         if let Some(Rec {
@@ -861,64 +840,149 @@ pub(crate) fn plan<'t>(tree: &'t Tree, opts: &Options) -> Result<Plan<'t>, Ext2E
             ..
         }) = rec
         {
-            dirs_per_group[(ino as u64 - 1) as usize / ipg as usize] += 1;
+            dirs_per_group[(ino - 1) / ipg as usize] += 1;
         }
     }
-    let mut free_blocks_total = 0u64;
-    let mut free_inodes_total = 0u64;
+    let mut descs = Vec::with_capacity(geo.groups as usize);
     for g in 0..geo.groups {
         let len = geo.group_len(g);
         let used_blocks = geo.overhead(g) + alloc.used_in_group(g);
         let first_ino = u64::from(g) * ipg + 1;
-        let used_inodes = (u64::from(last_ino) + 1).saturating_sub(first_ino).min(ipg);
-        let free_blocks = len - used_blocks;
-        let free_inodes = ipg - used_inodes;
-        free_blocks_total += free_blocks;
-        free_inodes_total += free_inodes;
+        let used_inodes = (last_ino + 1).saturating_sub(first_ino).min(ipg);
         descs.push(disk::GroupDesc {
             block_bitmap: geo.block_bitmap(g) as u32,
             inode_bitmap: geo.inode_bitmap(g) as u32,
             inode_table: geo.inode_table(g) as u32,
-            free_blocks: free_blocks as u16,
-            free_inodes: free_inodes as u16,
+            free_blocks: (len - used_blocks) as u16,
+            free_inodes: (ipg - used_inodes) as u16,
             used_dirs: dirs_per_group[g as usize],
         });
-        // Bits past the end of the group are set, as e2fsck expects.
         let mut bmap = vec![0u8; bs as usize];
         disk::set_bits(&mut bmap, 0, used_blocks as usize);
         disk::set_bits(&mut bmap, len as usize, 8 * bs as usize);
         chunks.push(Chunk {
-            offset: geo.block_bitmap(g) * bsl,
+            offset: geo.block_bitmap(g) * bs,
             data: bmap,
         });
         let mut imap = vec![0u8; bs as usize];
         disk::set_bits(&mut imap, 0, used_inodes as usize);
         disk::set_bits(&mut imap, ipg as usize, 8 * bs as usize);
         chunks.push(Chunk {
-            offset: geo.inode_bitmap(g) * bsl,
+            offset: geo.inode_bitmap(g) * bs,
             data: imap,
         });
         if used_inodes > 0 {
             let from = (first_ino - 1) as usize * INODE_SIZE;
             let to = from + used_inodes as usize * INODE_SIZE;
-            meta_chunks_of(
-                geo.inode_table(g) * bsl,
-                itable[from..to].to_vec(),
-                &mut chunks,
-            );
+            chunks.push(Chunk {
+                offset: geo.inode_table(g) * bs,
+                data: itable[from..to].to_vec(),
+            });
         }
     }
+    descs
+}
 
+/// The superblock and descriptor table, in group 0 and in every group that
+/// keeps a backup.
+fn superblock_copies(
+    geo: &Geometry,
+    sb: &Superblock,
+    descs: &[disk::GroupDesc],
+    chunks: &mut Vec<Chunk>,
+) {
+    let bs = u64::from(geo.block_size);
+    let mut gdt = Vec::with_capacity((geo.gdt_blocks * bs) as usize);
+    for d in descs {
+        gdt.extend_from_slice(&d.encode());
+    }
+    gdt.resize((geo.gdt_blocks * bs) as usize, 0);
+    for g in (0..geo.groups).filter(|&g| geo.backup_blocks(g) > 0) {
+        let start = geo.group_start(g);
+        let sb_offset = if g == 0 {
+            disk::SUPERBLOCK_OFFSET
+        } else {
+            start * bs
+        };
+        chunks.push(Chunk {
+            offset: sb_offset,
+            data: sb.encode(g as u16).to_vec(),
+        });
+        chunks.push(Chunk {
+            offset: (start + 1) * bs,
+            data: gdt.clone(),
+        });
+    }
+}
+
+pub(crate) fn plan<'t>(tree: &'t Tree, opts: &Options) -> Result<Plan<'t>, Ext2Error> {
+    let bs = opts.block_size;
+    let bsl = u64::from(bs);
+    let ppb = bsl / 4;
+    let creation = Timestamp {
+        secs: opts.creation_time,
+        nsec: 0,
+    };
+    let lpf_meta = Meta {
+        mode: 0o700,
+        uid: 0,
+        gid: 0,
+        atime: creation,
+        mtime: creation,
+        ctime: creation,
+    };
+    let lpf_blocks = (LOST_FOUND_BYTES / bsl).clamp(2, disk::N_DIRECT as u64);
+    let inodes = number(tree, lpf_meta, lpf_blocks);
+    let last_ino = inodes.last_ino();
+    let needs = check_and_sort(&inodes, bs)?;
+
+    // Probing holes opens every host file once; both cores help.
+    let extents: Vec<Vec<(u64, u64)>> = needs
+        .files
+        .par_iter()
+        .map_init(DirCache::default, |dirs, (ino, d)| {
+            file_extents(dirs, d, bsl, || inodes.path_of(*ino))
+        })
+        .collect::<Result<_, _>>()?;
+
+    let dir_blocks: u64 = needs
+        .dirs
+        .iter()
+        .map(|(_, c)| blocks_needed(&[(0, c.len() as u64 / bsl)], ppb))
+        .sum();
+    let file_blocks: u64 = extents.iter().map(|e| blocks_needed(e, ppb)).sum();
+    let content = dir_blocks + file_blocks + needs.slow_links.len() as u64;
+    let (geo, image_size) = choose_geometry(opts, content, u64::from(last_ino))?;
+
+    let mut chunks = Vec::new();
+    let mut alloc = Allocator::new(&geo);
+    let (placed, mut jobs) = allocate(&mut alloc, needs, &extents, &inodes, bsl, &mut chunks)?;
+    debug_assert_eq!(alloc.allocated(), content);
+    block_chunks(&placed, bsl, &mut chunks);
+
+    let mut itable = vec![0u8; last_ino as usize * INODE_SIZE];
+    for (ino, rec) in inodes.recs.iter().enumerate() {
+        if let Some(rec) = rec {
+            let at = (ino - 1) * INODE_SIZE;
+            let inode = encode_inode(rec, placed[ino].as_ref(), creation, bsl);
+            itable[at..at + INODE_SIZE].copy_from_slice(&inode.encode());
+        }
+    }
+    let descs = group_metadata(&geo, &alloc, &inodes, &itable, &mut chunks);
+
+    let uuid = opts.uuid.unwrap_or_else(|| derive_uuid(&inodes, opts));
     let mut volume_name = [0u8; 16];
     if let Some(l) = &opts.label {
         volume_name[..l.len()].copy_from_slice(l.as_bytes());
     }
+    let free_blocks: u64 = descs.iter().map(|d| u64::from(d.free_blocks)).sum();
+    let free_inodes: u64 = descs.iter().map(|d| u64::from(d.free_inodes)).sum();
     let sb = Superblock {
         inodes_count: geo.inodes_count() as u32,
         blocks_count: geo.blocks_count as u32,
         r_blocks_count: 0,
-        free_blocks_count: free_blocks_total as u32,
-        free_inodes_count: free_inodes_total as u32,
+        free_blocks_count: free_blocks as u32,
+        free_inodes_count: free_inodes as u32,
         first_data_block: geo.first_data_block as u32,
         log_block_size: geo.log_block_size - 10,
         blocks_per_group: geo.blocks_per_group as u32,
@@ -926,49 +990,24 @@ pub(crate) fn plan<'t>(tree: &'t Tree, opts: &Options) -> Result<Plan<'t>, Ext2E
         time: opts.creation_time.clamp(0, i64::from(u32::MAX)) as u32,
         uuid,
         volume_name,
-        hash_seed,
+        hash_seed: opts.hash_seed.unwrap_or_else(|| derive_hash_seed(&uuid)),
         large_file: true,
     };
-    let mut gdt = Vec::with_capacity((geo.gdt_blocks * bsl) as usize);
-    for d in &descs {
-        gdt.extend_from_slice(&d.encode());
-    }
-    gdt.resize((geo.gdt_blocks * bsl) as usize, 0);
-    for g in 0..geo.groups {
-        if geo.backup_blocks(g) == 0 {
-            continue;
-        }
-        let start = geo.group_start(g);
-        let sb_offset = if g == 0 {
-            disk::SUPERBLOCK_OFFSET
-        } else {
-            start * bsl
-        };
-        chunks.push(Chunk {
-            offset: sb_offset,
-            data: sb.encode(g as u16).to_vec(),
-        });
-        chunks.push(Chunk {
-            offset: (start + 1) * bsl,
-            data: gdt.clone(),
-        });
-    }
+    superblock_copies(&geo, &sb, &descs, &mut chunks);
     chunks.sort_unstable_by_key(|c| c.offset);
     jobs.sort_by_key(|j| j.runs.first().map_or(0, |r| r.pblock));
 
-    let summary = Summary {
-        size: image_size,
-        blocks_used: geo.blocks_count - free_blocks_total,
-        inodes_used: u64::from(last_ino),
-        uuid,
-    };
-    debug_assert_eq!(alloc.allocated(), content);
     Ok(Plan {
         image_size,
         block_size: bs,
         chunks,
         jobs,
-        summary,
+        summary: Summary {
+            size: image_size,
+            blocks_used: geo.blocks_count - free_blocks,
+            inodes_used: u64::from(last_ino),
+            uuid,
+        },
     })
 }
 
