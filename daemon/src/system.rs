@@ -1,0 +1,273 @@
+//! The daemon's PID 1 chores: the mounts a command expects, the loopback
+//! interface, finding the host channel without udev, and powering off.
+//!
+//! The initrd's init unmounts its own `/proc`, `/sys` and `/dev` before it
+//! switches root (like supermin's), so everything here starts from a bare
+//! root that may be read-only. Every step is idempotent: a mount point that
+//! is already a mount point is left alone.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::mount::MountFlags;
+
+/// Failures of the appliance setup; all of them end in a power-off.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot mount {fstype} on {target}")]
+    Mount {
+        fstype: &'static str,
+        target: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot bring up the loopback interface")]
+    Loopback {
+        #[source]
+        source: io::Error,
+    },
+    #[error("no virtio-serial port named {name} appeared within {waited:?}: the launcher must add `-device virtserialport,name={name}` and the initrd must load virtio_console")]
+    PortNotFound { name: String, waited: Duration },
+    #[error("cannot open the host channel {path}")]
+    PortOpen {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+struct MountSpec {
+    fstype: &'static str,
+    target: &'static str,
+    flags: MountFlags,
+    data: &'static str,
+    mode: u32,
+}
+
+const MOUNTS: &[MountSpec] = &[
+    MountSpec {
+        fstype: "proc",
+        target: "/proc",
+        flags: MountFlags::NOSUID.union(MountFlags::NODEV).union(MountFlags::NOEXEC),
+        data: "",
+        mode: 0o555,
+    },
+    MountSpec {
+        fstype: "sysfs",
+        target: "/sys",
+        flags: MountFlags::NOSUID.union(MountFlags::NODEV).union(MountFlags::NOEXEC),
+        data: "",
+        mode: 0o555,
+    },
+    MountSpec {
+        fstype: "devtmpfs",
+        target: "/dev",
+        flags: MountFlags::NOSUID,
+        data: "mode=0755",
+        mode: 0o755,
+    },
+    MountSpec {
+        fstype: "devpts",
+        target: "/dev/pts",
+        flags: MountFlags::NOSUID.union(MountFlags::NOEXEC),
+        data: "mode=0620,ptmxmode=0666",
+        mode: 0o755,
+    },
+    MountSpec {
+        fstype: "tmpfs",
+        target: "/dev/shm",
+        flags: MountFlags::NOSUID.union(MountFlags::NODEV),
+        data: "mode=1777",
+        mode: 0o1777,
+    },
+    MountSpec {
+        fstype: "tmpfs",
+        target: "/run",
+        flags: MountFlags::NOSUID.union(MountFlags::NODEV),
+        data: "mode=0755",
+        mode: 0o755,
+    },
+    MountSpec {
+        fstype: "tmpfs",
+        target: "/tmp",
+        flags: MountFlags::NOSUID.union(MountFlags::NODEV),
+        data: "mode=1777",
+        mode: 0o1777,
+    },
+];
+
+/// Mounts `/proc`, `/sys`, `/dev` (devtmpfs), `/dev/pts`, `/dev/shm`, `/run`
+/// and `/tmp`, skipping any that is already mounted.
+pub fn mount_filesystems() -> Result<(), SetupError> {
+    for m in MOUNTS {
+        let target = Path::new(m.target);
+        if !target.exists() {
+            // A read-only root without the directory: the mount fails below and says so.
+            let _ = std::fs::create_dir(target);
+            let _ = rustix::fs::chmod(target, Mode::from_raw_mode(m.mode));
+        }
+        if is_mount_point(target) {
+            continue;
+        }
+        let data = std::ffi::CString::new(m.data).unwrap_or_default();
+        rustix::mount::mount(m.fstype, m.target, m.fstype, m.flags, data.as_c_str()).map_err(
+            |e| SetupError::Mount {
+                fstype: m.fstype,
+                target: m.target,
+                source: e.into(),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// A directory on another device than its parent is a mount point.
+fn is_mount_point(path: &Path) -> bool {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    match (std::fs::metadata(path), std::fs::metadata(parent)) {
+        (Ok(p), Ok(q)) => p.dev() != q.dev(),
+        _ => false,
+    }
+}
+
+/// Sets `IFF_UP` on `lo`, which is all the loopback needs: the kernel adds
+/// 127.0.0.1 itself when the interface comes up.
+pub fn loopback_up() -> Result<(), SetupError> {
+    let err = |source: io::Error| SetupError::Loopback { source };
+    let sock = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        None,
+    )
+    .map_err(|e| err(e.into()))?;
+    // SAFETY: ifreq is plain old data for which all-zero bytes are valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: `sock` is an open socket and `req` a valid ifreq naming "lo";
+    // SIOCGIFFLAGS only writes the flags field inside it.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // SAFETY: SIOCGIFFLAGS succeeded, so the flags member of the union is the
+    // initialised one.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    }
+    // SAFETY: as above; SIOCSIFFLAGS reads the name and flags from `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Finds the virtio-serial port called `name` through sysfs (no udev, so no
+/// `/dev/virtio-ports/NAME` symlink) and opens it non-blocking. The port's
+/// device node can appear a moment after the driver binds, so this retries
+/// with a growing back-off until `wait` has passed.
+pub fn open_port(name: &str, wait: Duration) -> Result<OwnedFd, SetupError> {
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(2);
+    loop {
+        if let Some(dev) = find_port(Path::new("/sys/class/virtio-ports"), name) {
+            let path = Path::new("/dev").join(&dev);
+            match rustix::fs::open(
+                &path,
+                OFlags::RDWR | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+                Mode::empty(),
+            ) {
+                Ok(fd) => return Ok(fd),
+                Err(e) if start.elapsed() >= wait => {
+                    return Err(SetupError::PortOpen {
+                        path,
+                        source: e.into(),
+                    })
+                }
+                Err(_) => {}
+            }
+        }
+        if start.elapsed() >= wait {
+            return Err(SetupError::PortNotFound {
+                name: name.to_string(),
+                waited: wait,
+            });
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// The device name (e.g. `vport1p1`) whose `name` attribute is `name`.
+fn find_port(class_dir: &Path, name: &str) -> Option<String> {
+    let entries = std::fs::read_dir(class_dir).ok()?;
+    let mut found: Vec<String> = entries
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim_end() == name)
+        })
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    found.sort();
+    found.into_iter().next()
+}
+
+/// Whether the kernel command line asks for a verbose appliance.
+pub fn verbose_cmdline(cmdline: &str) -> bool {
+    cmdline.split_ascii_whitespace().any(|w| {
+        matches!(w, "supermin.debug" | "supermin.verbose" | "guestfs_verbose=1")
+            || w.starts_with("supermin.debug=1")
+    })
+}
+
+/// Flushes file systems and powers the machine off. Never returns: if the
+/// kernel refuses, PID 1 exiting panics it, and `panic=` plus qemu's
+/// `-no-reboot` end the VM all the same.
+pub fn power_off() -> ! {
+    rustix::fs::sync();
+    let _ = rustix::system::reboot(rustix::system::RebootCommand::PowerOff);
+    let _ = rustix::system::reboot(rustix::system::RebootCommand::Restart);
+    std::process::exit(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_is_found_by_its_name_attribute_not_its_device_name() {
+        let dir = std::env::temp_dir().join(format!("supermin-ports-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (dev, name) in [("vport0p1", "org.qemu.guest_agent.0"), ("vport1p1", "org.supermin.daemon.0")] {
+            std::fs::create_dir_all(dir.join(dev)).unwrap();
+            std::fs::write(dir.join(dev).join("name"), format!("{name}\n")).unwrap();
+        }
+        assert_eq!(find_port(&dir, "org.supermin.daemon.0").as_deref(), Some("vport1p1"));
+        assert_eq!(find_port(&dir, "org.other"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_sysfs_class_means_no_port() {
+        assert_eq!(find_port(Path::new("/nonexistent/virtio-ports"), "x"), None);
+    }
+
+    #[test]
+    fn verbose_flags_are_recognised_only_as_whole_words() {
+        assert!(verbose_cmdline("quiet supermin.debug console=ttyS0"));
+        assert!(verbose_cmdline("guestfs_verbose=1"));
+        assert!(!verbose_cmdline("quiet console=ttyS0 root=/dev/vda"));
+        assert!(!verbose_cmdline("xsupermin.debug"));
+    }
+
+    #[test]
+    fn root_is_not_a_mount_point_of_its_parent_but_proc_is() {
+        assert!(!is_mount_point(Path::new("/")));
+        assert!(is_mount_point(Path::new("/proc")));
+    }
+}

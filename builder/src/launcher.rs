@@ -1,0 +1,588 @@
+//! `supermin run`: boot an appliance under qemu, run one command in it through
+//! the daemon, stream its output back, power the VM off, and return the
+//! command's exit status.
+//!
+//! Shape: [`run`] resolves the appliance ([`Appliance`]) and the accelerator,
+//! starts a [`vm::Vm`] (qemu with the daemon's channel on a socketpair and a
+//! private scratch directory for the root's throwaway overlay), waits for the
+//! daemon's hello, then drives one exec. Every wait is bounded by a deadline
+//! and also ends on a signal (Ctrl-C) or on the VM vanishing; every exit path
+//! goes through `Vm`'s `Drop`, which kills qemu and removes the scratch
+//! directory.
+
+mod accel;
+mod qemu;
+mod signals;
+mod vm;
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use supermin_daemon::protocol::{ExecRequest, ExitStatus, ProtocolError, Reply, Request};
+
+use vm::{Event, Vm, WaitError};
+
+/// How long a TCG boot may take before we call it hung (without `--timeout`).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long `--accel auto` gives a KVM guest to answer before it falls back
+/// to TCG. A working KVM boots the appliance in about a second; on hosts
+/// where KVM guests hang this is the price of finding out, paid once per
+/// host boot (the verdict is remembered).
+const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After the command: time for the daemon to acknowledge the shutdown and
+/// for qemu to exit before it is killed.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which accelerator qemu uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM when `/dev/kvm` works, TCG otherwise (including when KVM guests hang).
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl std::str::FromStr for Accel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Accel::Auto),
+            "kvm" => Ok(Accel::Kvm),
+            "tcg" => Ok(Accel::Tcg),
+            other => Err(format!("unknown accelerator {other:?}: use auto, kvm or tcg")),
+        }
+    }
+}
+
+/// Everything one `supermin run` needs, resolved by the CLI.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Directory with `kernel`, `initrd`, `root` and maybe `vmlinux`.
+    pub appliance: PathBuf,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Extra disks in order (`/dev/vdb`, `/dev/vdc`, ...); `true` = read-only.
+    pub disks: Vec<(PathBuf, bool)>,
+    /// Kills the VM when the whole run (boot included) takes longer.
+    pub timeout: Option<Duration>,
+    /// Show the console on stderr as it comes, and what the launcher does.
+    pub verbose: bool,
+    pub argv: Vec<OsString>,
+    /// Pass our stdin to the command (otherwise it reads `/dev/null`).
+    pub stdin: bool,
+}
+
+/// Why a run failed (the command's own failure is not an error: it is the
+/// exit status [`run`] returns).
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("appliance {dir} has no usable {file}: build one with `supermin --build -f ext2 -o {dir}` or pass --appliance")]
+    ApplianceIncomplete {
+        dir: PathBuf,
+        file: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not an ext2/3/4 image (no superblock magic), so its UUID cannot be passed as root=: rebuild the appliance")]
+    RootNotExt2 { path: PathBuf },
+    #[error("disk {path} cannot be used")]
+    Disk {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no command given: usage: supermin run [OPTIONS] -- CMD [ARG...]")]
+    NoCommand,
+    #[error("--accel kvm: /dev/kvm is not usable ({reason}); use --accel tcg or auto")]
+    KvmUnavailable { reason: String },
+    #[error("cannot start {program}: install qemu-system-x86 (Debian) / qemu-system-x86-core (Fedora)")]
+    QemuSpawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create a scratch directory in {dir}: set TMPDIR to a writable directory")]
+    Scratch {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set up {what}")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the appliance did not start: {reason}\n{console}")]
+    BootFailed { reason: String, console: String },
+    #[error("the appliance's daemon speaks protocol version {daemon}, this launcher speaks {ours}: rebuild the appliance with this supermin")]
+    VersionMismatch { daemon: u32, ours: u32 },
+    #[error("the appliance sent a malformed message")]
+    Protocol {
+        #[source]
+        source: ProtocolError,
+    },
+    #[error("the appliance's daemon sent an unexpected {got}")]
+    Unexpected { got: String },
+    #[error("{message}")]
+    CommandNotStarted { message: String },
+    #[error("the appliance reported an error: {message}")]
+    Daemon { message: String },
+    #[error("the VM went away while the command was running\n{console}")]
+    VmDied { console: String },
+    #[error("timed out after {after:?}: the VM was killed (raise --timeout)")]
+    Timeout { after: Duration },
+    #[error("interrupted by signal {signal}: the VM was killed")]
+    Interrupted { signal: i32 },
+    #[error("cannot talk to the VM")]
+    Channel {
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl LaunchError {
+    /// The exit status a CLI should end with: 127 when the command could not
+    /// be started (like a shell), 124 on timeout (like timeout(1)), 128+N
+    /// for a signal, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LaunchError::CommandNotStarted { .. } => 127,
+            LaunchError::Timeout { .. } => 124,
+            LaunchError::Interrupted { signal } => 128 + signal,
+            _ => 1,
+        }
+    }
+}
+
+/// The files of an appliance directory, checked.
+#[derive(Debug, Clone)]
+pub struct Appliance {
+    /// `vmlinux` when present (booted via PVH, much faster under TCG), else `kernel`.
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub root: PathBuf,
+    /// The root image's ext2 UUID, formatted for `root=UUID=`.
+    pub root_uuid: String,
+}
+
+impl Appliance {
+    pub fn open(dir: &Path) -> Result<Appliance, LaunchError> {
+        let need = |file: &'static str| -> Result<PathBuf, LaunchError> {
+            let path = dir.join(file);
+            match File::open(&path) {
+                Ok(_) => Ok(path),
+                Err(source) => Err(LaunchError::ApplianceIncomplete {
+                    dir: dir.to_path_buf(),
+                    file,
+                    source,
+                }),
+            }
+        };
+        let vmlinux = dir.join("vmlinux");
+        let kernel = if File::open(&vmlinux).is_ok() {
+            vmlinux
+        } else {
+            need("kernel")?
+        };
+        let initrd = need("initrd")?;
+        let root = need("root")?;
+        let root_uuid = read_ext2_uuid(&root).map_err(|e| match e {
+            None => LaunchError::RootNotExt2 { path: root.clone() },
+            Some(source) => LaunchError::ApplianceIncomplete {
+                dir: dir.to_path_buf(),
+                file: "root",
+                source,
+            },
+        })?;
+        Ok(Appliance {
+            kernel: absolute(&kernel),
+            initrd: absolute(&initrd),
+            root: absolute(&root),
+            root_uuid,
+        })
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The UUID in an ext2/3/4 superblock (1024 bytes in; magic 0xEF53 at 0x38,
+/// UUID at 0x68). `Err(None)` when the magic is missing.
+fn read_ext2_uuid(path: &Path) -> Result<String, Option<io::Error>> {
+    let mut f = File::open(path).map_err(Some)?;
+    let mut sb = [0u8; 0x78];
+    f.seek(SeekFrom::Start(1024)).map_err(Some)?;
+    f.read_exact(&mut sb).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => None,
+        _ => Some(e),
+    })?;
+    if sb[0x38..0x3a] != [0x53, 0xef] {
+        return Err(None);
+    }
+    let u = &sb[0x68..0x78];
+    let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    ))
+}
+
+/// Boots the appliance, runs `opts.argv` in it, and returns the command's
+/// exit status (128+N when a signal killed it).
+pub fn run(opts: &RunOptions) -> Result<i32, LaunchError> {
+    let start = Instant::now();
+    if opts.argv.is_empty() {
+        return Err(LaunchError::NoCommand);
+    }
+    let appliance = Appliance::open(&opts.appliance)?;
+    let mut disks = Vec::with_capacity(opts.disks.len());
+    for (path, readonly) in &opts.disks {
+        let format = qemu::DiskFormat::sniff(path).map_err(|source| LaunchError::Disk {
+            path: path.clone(),
+            source,
+        })?;
+        disks.push(qemu::Disk {
+            path: absolute(path),
+            readonly: *readonly,
+            format,
+        });
+    }
+    let deadline = opts.timeout.map(|t| start + t);
+    let timeout_err = || LaunchError::Timeout {
+        after: opts.timeout.unwrap_or_default(),
+    };
+    let log = |what: std::fmt::Arguments<'_>| {
+        if opts.verbose {
+            eprintln!("supermin: run: [{:>6.3}s] {what}", start.elapsed().as_secs_f64());
+        }
+    };
+
+    let (tx, rx) = mpsc::channel();
+    let _signals = signals::Guard::install(tx.clone()).map_err(|source| LaunchError::Setup {
+        what: "signal handlers",
+        source,
+    })?;
+
+    let plan = |accel: qemu::VmAccel| qemu::Plan {
+        kernel: appliance.kernel.clone(),
+        initrd: appliance.initrd.clone(),
+        root: appliance.root.clone(),
+        cmdline: qemu::kernel_cmdline(&appliance.root_uuid, opts.verbose),
+        disks: disks.clone(),
+        accel,
+        memory_mib: opts.memory_mib.max(128),
+        cpus: opts.cpus.max(1),
+    };
+
+    let try_kvm = match opts.accel {
+        Accel::Tcg => false,
+        Accel::Kvm => {
+            accel::kvm_usable().map_err(|reason| LaunchError::KvmUnavailable { reason })?;
+            true
+        }
+        Accel::Auto => match accel::kvm_usable() {
+            Err(reason) => {
+                log(format_args!("KVM not usable ({reason}): using TCG"));
+                false
+            }
+            Ok(()) if accel::kvm_known_to_hang() => {
+                log(format_args!("KVM guests hung earlier in this host boot: using TCG"));
+                false
+            }
+            Ok(()) => true,
+        },
+    };
+
+    let mut generation = 0u64;
+    let mut vm = None;
+    if try_kvm {
+        log(format_args!("booting {} with KVM", appliance.kernel.display()));
+        let mut kvm_vm = Vm::start(&plan(qemu::VmAccel::Kvm), generation, tx.clone(), opts.verbose)?;
+        let probe_deadline = match opts.accel {
+            Accel::Auto => Some(start + KVM_PROBE_TIMEOUT),
+            _ => None,
+        };
+        let boot_deadline = earliest(deadline, Some(Instant::now() + BOOT_TIMEOUT));
+        match kvm_vm.wait_hello(&rx, earliest(boot_deadline, probe_deadline)) {
+            Ok(()) => vm = Some(kvm_vm),
+            Err(WaitError::Deadline) if probe_deadline.is_some() && deadline.is_none_or(|d| Instant::now() < d) => {
+                log(format_args!(
+                    "the KVM guest did not answer within {KVM_PROBE_TIMEOUT:?}: falling back to TCG"
+                ));
+                accel::remember_kvm_hangs();
+                drop(kvm_vm);
+                generation += 1;
+            }
+            Err(e) => return Err(boot_error(e, &mut kvm_vm, opts, timeout_err)),
+        }
+    }
+    let mut vm = match vm {
+        Some(vm) => vm,
+        None => {
+            log(format_args!("booting {} with TCG", appliance.kernel.display()));
+            let mut tcg_vm = Vm::start(&plan(qemu::VmAccel::Tcg), generation, tx.clone(), opts.verbose)?;
+            let boot_deadline = earliest(deadline, Some(Instant::now() + BOOT_TIMEOUT));
+            if let Err(e) = tcg_vm.wait_hello(&rx, boot_deadline) {
+                return Err(boot_error(e, &mut tcg_vm, opts, timeout_err));
+            }
+            tcg_vm
+        }
+    };
+    log(format_args!("appliance ready: {}", vm.daemon_info()));
+
+    let status = exec(&mut vm, &rx, opts, deadline, &timeout_err)?;
+    log(format_args!("command ended: {status:?}; shutting down"));
+    vm.shutdown(&rx, Instant::now() + SHUTDOWN_TIMEOUT);
+    log(format_args!("done"));
+    Ok(status.shell_code())
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+fn boot_error(
+    e: WaitError,
+    vm: &mut Vm,
+    opts: &RunOptions,
+    timeout_err: impl Fn() -> LaunchError,
+) -> LaunchError {
+    match e {
+        WaitError::Deadline if opts.timeout.is_some() => timeout_err(),
+        WaitError::Deadline => {
+            vm.stop();
+            LaunchError::BootFailed {
+                reason: format!("no answer from the daemon within {BOOT_TIMEOUT:?}"),
+                console: vm.console_tail(),
+            }
+        }
+        WaitError::Signal(signal) => LaunchError::Interrupted { signal },
+        WaitError::Closed(None) => {
+            let reason = vm.exit_description();
+            LaunchError::BootFailed {
+                reason,
+                console: vm.console_tail(),
+            }
+        }
+        WaitError::Closed(Some(source)) => LaunchError::Protocol { source },
+        WaitError::Launch(e) => e,
+    }
+}
+
+/// Runs the command and relays its output; returns how it ended.
+fn exec(
+    vm: &mut Vm,
+    rx: &mpsc::Receiver<Event>,
+    opts: &RunOptions,
+    deadline: Option<Instant>,
+    timeout_err: &impl Fn() -> LaunchError,
+) -> Result<ExitStatus, LaunchError> {
+    vm.send(&Request::Exec(ExecRequest {
+        argv: opts.argv.clone(),
+        env: Vec::new(),
+        cwd: None,
+        stdin: opts.stdin,
+    }))?;
+    let stop_stdin = Arc::new(AtomicBool::new(false));
+    if opts.stdin {
+        pump_stdin(vm.writer(), stop_stdin.clone());
+    }
+    let result = relay(vm, rx, deadline, timeout_err);
+    stop_stdin.store(true, Ordering::SeqCst);
+    result
+}
+
+fn relay(
+    vm: &mut Vm,
+    rx: &mpsc::Receiver<Event>,
+    deadline: Option<Instant>,
+    timeout_err: &impl Fn() -> LaunchError,
+) -> Result<ExitStatus, LaunchError> {
+    let mut stdout_ok = true;
+    let mut stderr_ok = true;
+    loop {
+        let reply = match vm.next_reply(rx, deadline) {
+            Ok(r) => r,
+            Err(WaitError::Deadline) => return Err(timeout_err()),
+            Err(WaitError::Signal(signal)) => return Err(LaunchError::Interrupted { signal }),
+            Err(WaitError::Closed(None)) => {
+                return Err(LaunchError::VmDied {
+                    console: vm.console_tail(),
+                })
+            }
+            Err(WaitError::Closed(Some(source))) => return Err(LaunchError::Protocol { source }),
+            Err(WaitError::Launch(e)) => return Err(e),
+        };
+        match reply {
+            // A reader that went away (`| head`) stops our copying, not the command.
+            Reply::Stdout(data) if stdout_ok => {
+                let mut out = io::stdout().lock();
+                stdout_ok = out.write_all(&data).and_then(|()| out.flush()).is_ok();
+            }
+            Reply::Stderr(data) if stderr_ok => {
+                let mut err = io::stderr().lock();
+                stderr_ok = err.write_all(&data).and_then(|()| err.flush()).is_ok();
+            }
+            Reply::Stdout(_) | Reply::Stderr(_) => {}
+            Reply::Exit(status) => return Ok(status),
+            Reply::ExecFailed { message } => return Err(LaunchError::CommandNotStarted { message }),
+            Reply::Error { message } => return Err(LaunchError::Daemon { message }),
+            other => {
+                return Err(LaunchError::Unexpected {
+                    got: format!("{other:?}"),
+                })
+            }
+        }
+    }
+}
+
+/// Copies our stdin to the command from a thread of its own, so that a
+/// command which never reads does not stall its output. The thread may stay
+/// blocked in `read` after the run; it sends nothing once `stop` is set.
+fn pump_stdin(writer: vm::Writer, stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let mut stdin = io::stdin().lock();
+        let mut buf = vec![0u8; supermin_daemon::protocol::CHUNK];
+        loop {
+            let msg = match stdin.read(&mut buf) {
+                Ok(0) => Request::StdinEof,
+                Ok(n) => Request::Stdin(buf[..n].to_vec()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // An unreadable stdin is an empty one for the command.
+                Err(_) => Request::StdinEof,
+            };
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let last = msg == Request::StdinEof;
+            if writer.send(&msg).is_err() || last {
+                return;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("supermin-launcher-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn fake_superblock(uuid: [u8; 16]) -> Vec<u8> {
+        let mut img = vec![0u8; 4096];
+        img[1024 + 0x38] = 0x53;
+        img[1024 + 0x39] = 0xef;
+        img[1024 + 0x68..1024 + 0x78].copy_from_slice(&uuid);
+        img
+    }
+
+    #[test]
+    fn root_uuid_is_read_from_the_superblock_in_canonical_form() {
+        let d = scratch("uuid");
+        let uuid = [
+            0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
+            0xcd, 0xef,
+        ];
+        std::fs::write(d.join("root"), fake_superblock(uuid)).unwrap();
+        assert_eq!(
+            read_ext2_uuid(&d.join("root")).unwrap(),
+            "12345678-9abc-def0-0123-456789abcdef"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_image_without_ext2_magic_is_refused() {
+        let d = scratch("nomagic");
+        std::fs::write(d.join("root"), vec![0u8; 4096]).unwrap();
+        std::fs::write(d.join("short"), vec![0u8; 100]).unwrap();
+        assert!(matches!(read_ext2_uuid(&d.join("root")), Err(None)));
+        assert!(matches!(read_ext2_uuid(&d.join("short")), Err(None)));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn appliance_prefers_vmlinux_and_names_what_is_missing() {
+        let d = scratch("appliance");
+        std::fs::write(d.join("kernel"), b"bz").unwrap();
+        std::fs::write(d.join("root"), fake_superblock([7; 16])).unwrap();
+        match Appliance::open(&d) {
+            Err(LaunchError::ApplianceIncomplete { file: "initrd", .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(d.join("initrd"), b"cpio").unwrap();
+        let a = Appliance::open(&d).unwrap();
+        assert!(a.kernel.ends_with("kernel"));
+        std::fs::write(d.join("vmlinux"), b"elf").unwrap();
+        let a = Appliance::open(&d).unwrap();
+        assert!(a.kernel.ends_with("vmlinux"));
+        assert_eq!(a.root_uuid, "07070707-0707-0707-0707-070707070707");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn accel_names_parse_and_others_are_refused() {
+        assert_eq!("auto".parse::<Accel>().unwrap(), Accel::Auto);
+        assert_eq!("kvm".parse::<Accel>().unwrap(), Accel::Kvm);
+        assert_eq!("tcg".parse::<Accel>().unwrap(), Accel::Tcg);
+        assert!("xen".parse::<Accel>().is_err());
+    }
+
+    #[test]
+    fn exit_codes_follow_shell_conventions() {
+        assert_eq!(
+            LaunchError::CommandNotStarted {
+                message: String::new()
+            }
+            .exit_code(),
+            127
+        );
+        assert_eq!(LaunchError::Interrupted { signal: 2 }.exit_code(), 130);
+        assert_eq!(
+            LaunchError::Timeout {
+                after: Duration::from_secs(1)
+            }
+            .exit_code(),
+            124
+        );
+        assert_eq!(LaunchError::NoCommand.exit_code(), 1);
+    }
+
+    #[test]
+    fn missing_command_is_refused_before_anything_boots() {
+        let opts = RunOptions {
+            appliance: "/nonexistent".into(),
+            accel: Accel::Tcg,
+            memory_mib: 512,
+            cpus: 1,
+            disks: vec![],
+            timeout: None,
+            verbose: false,
+            argv: vec![],
+            stdin: false,
+        };
+        assert!(matches!(run(&opts), Err(LaunchError::NoCommand)));
+    }
+}

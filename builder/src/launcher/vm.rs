@@ -1,0 +1,492 @@
+//! One qemu process and the daemon's channel: starting it, the threads that
+//! read from it, waiting on it with deadlines, and tearing it down.
+//!
+//! Everything the VM says arrives as an [`Event`] on one channel shared with
+//! the signal forwarder, so every wait in the launcher is a single
+//! `recv_timeout` that ends on a reply, the channel closing (qemu exited), a
+//! signal, or the deadline. Events carry the VM's generation so that a VM
+//! abandoned for a fallback cannot be mistaken for its successor.
+//!
+//! Cleanup lives in `Drop`: qemu killed and reaped, scratch directory (which
+//! holds qemu's overlay for the root) removed. qemu also gets
+//! `PR_SET_PDEATHSIG` so that it dies with us even if we are SIGKILLed.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use supermin_daemon::protocol::{
+    encode_frame, read_message, Hello, ProtocolError, Reply, Request, PROTOCOL_VERSION,
+};
+
+use super::qemu::{self, Plan};
+use super::LaunchError;
+
+const QEMU: &str = "qemu-system-x86_64";
+/// Console lines kept for error reports.
+const CONSOLE_LINES: usize = 40;
+
+/// Something happened that a wait in the launcher may care about.
+#[derive(Debug)]
+pub enum Event {
+    Reply { generation: u64, reply: Reply },
+    /// The channel ended: qemu exited (`None`) or sent garbage.
+    Closed {
+        generation: u64,
+        error: Option<ProtocolError>,
+    },
+    Signal(i32),
+}
+
+/// Why a wait ended without the reply it wanted.
+#[derive(Debug)]
+pub enum WaitError {
+    Deadline,
+    Signal(i32),
+    Closed(Option<ProtocolError>),
+    Launch(LaunchError),
+}
+
+/// The sending half of the channel, shared with the stdin pump.
+#[derive(Clone)]
+pub struct Writer(Arc<Mutex<UnixStream>>);
+
+impl Writer {
+    pub fn send(&self, req: &Request) -> Result<(), io::Error> {
+        let mut buf = Vec::new();
+        encode_frame(req, &mut buf);
+        let mut conn = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        conn.write_all(&buf)
+    }
+}
+
+/// The last lines of the console and of qemu's own stderr.
+struct Console {
+    lines: Mutex<VecDeque<String>>,
+    verbose: bool,
+}
+
+impl Console {
+    fn push(&self, line: String) {
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.len() == CONSOLE_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    fn spawn_reader(
+        self: &Arc<Self>,
+        stream: impl Read + Send + 'static,
+        prefix: &'static str,
+    ) -> JoinHandle<()> {
+        let console = Arc::clone(self);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).split(b'\n') {
+                let Ok(line) = line else { return };
+                let text = printable(&line);
+                if console.verbose {
+                    eprintln!("{prefix}{text}");
+                }
+                if !text.trim().is_empty() {
+                    console.push(format!("{prefix}{text}"));
+                }
+            }
+        })
+    }
+}
+
+/// A console line without terminal control sequences (SeaBIOS clears the
+/// screen) and carriage returns.
+fn printable(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                // CSI: ESC [ params final-byte; other escapes are two characters.
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            '\t' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+pub struct Vm {
+    child: Child,
+    generation: u64,
+    writer: Writer,
+    console: Arc<Console>,
+    console_threads: Vec<JoinHandle<()>>,
+    scratch: PathBuf,
+    daemon_info: String,
+}
+
+impl Vm {
+    /// Starts qemu for `plan`; replies and the channel's end go to `events`.
+    pub fn start(
+        plan: &Plan,
+        generation: u64,
+        events: Sender<Event>,
+        verbose: bool,
+    ) -> Result<Vm, LaunchError> {
+        let scratch = make_scratch()?;
+        match Self::spawn(plan, generation, events, verbose, &scratch) {
+            Ok(vm) => Ok(vm),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&scratch);
+                Err(e)
+            }
+        }
+    }
+
+    fn spawn(
+        plan: &Plan,
+        generation: u64,
+        events: Sender<Event>,
+        verbose: bool,
+        scratch: &std::path::Path,
+    ) -> Result<Vm, LaunchError> {
+        let setup = |what| move |source| LaunchError::Setup { what, source };
+        let (ours, theirs) = UnixStream::pair().map_err(setup("the daemon channel"))?;
+        let theirs_fd = theirs.as_raw_fd();
+        let args = qemu::args(plan, theirs_fd);
+        if verbose {
+            let line: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+            eprintln!("supermin: run: {QEMU} {}", line.join(" "));
+        }
+        let mut cmd = Command::new(QEMU);
+        cmd.args(&args)
+            // qemu puts the snapshot=on overlay in $TMPDIR.
+            .env("TMPDIR", scratch)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Ctrl-C at the terminal reaches us, not qemu: we stop it ourselves.
+            .process_group(0);
+        // SAFETY: the closure runs in the child between fork and exec and only
+        // makes async-signal-safe system calls (fcntl, prctl) on plain integers.
+        unsafe {
+            cmd.pre_exec(move || {
+                // The channel's socket is close-on-exec in the parent (so no
+                // other child inherits it); only qemu keeps it.
+                if libc::fcntl(theirs_fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| LaunchError::QemuSpawn {
+            program: QEMU.to_string(),
+            source,
+        })?;
+        drop(theirs);
+
+        let console = Arc::new(Console {
+            lines: Mutex::new(VecDeque::new()),
+            verbose,
+        });
+        let mut console_threads = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            console_threads.push(console.spawn_reader(out, ""));
+        }
+        if let Some(err) = child.stderr.take() {
+            console_threads.push(console.spawn_reader(err, "qemu: "));
+        }
+
+        let mut reader = match ours.try_clone() {
+            Ok(r) => r,
+            Err(source) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(LaunchError::Setup {
+                    what: "the daemon channel",
+                    source,
+                });
+            }
+        };
+        std::thread::spawn(move || loop {
+            let event = match read_message::<Reply, _>(&mut reader) {
+                Ok(Some(reply)) => Event::Reply { generation, reply },
+                Ok(None) => Event::Closed {
+                    generation,
+                    error: None,
+                },
+                Err(ProtocolError::Io { .. }) => Event::Closed {
+                    generation,
+                    error: None,
+                },
+                Err(e) => Event::Closed {
+                    generation,
+                    error: Some(e),
+                },
+            };
+            let last = matches!(event, Event::Closed { .. });
+            if events.send(event).is_err() || last {
+                return;
+            }
+        });
+
+        Ok(Vm {
+            child,
+            generation,
+            writer: Writer(Arc::new(Mutex::new(ours))),
+            console,
+            console_threads,
+            scratch: scratch.to_path_buf(),
+            daemon_info: String::new(),
+        })
+    }
+
+    pub fn writer(&self) -> Writer {
+        self.writer.clone()
+    }
+
+    pub fn daemon_info(&self) -> &str {
+        &self.daemon_info
+    }
+
+    pub fn send(&self, req: &Request) -> Result<(), LaunchError> {
+        self.writer
+            .send(req)
+            .map_err(|source| LaunchError::Channel { source })
+    }
+
+    /// The next reply of this VM, skipping events of abandoned ones.
+    pub fn next_reply(
+        &self,
+        rx: &Receiver<Event>,
+        deadline: Option<Instant>,
+    ) -> Result<Reply, WaitError> {
+        loop {
+            let event = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(e) => e,
+                        Err(RecvTimeoutError::Timeout) => return Err(WaitError::Deadline),
+                        Err(RecvTimeoutError::Disconnected) => return Err(WaitError::Closed(None)),
+                    }
+                }
+                None => rx.recv().map_err(|_| WaitError::Closed(None))?,
+            };
+            match event {
+                Event::Reply { generation, reply } if generation == self.generation => {
+                    return Ok(reply)
+                }
+                Event::Closed { generation, error } if generation == self.generation => {
+                    return Err(WaitError::Closed(error))
+                }
+                Event::Signal(sig) => return Err(WaitError::Signal(sig)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits for the daemon's hello and answers it.
+    pub fn wait_hello(
+        &mut self,
+        rx: &Receiver<Event>,
+        deadline: Option<Instant>,
+    ) -> Result<(), WaitError> {
+        match self.next_reply(rx, deadline)? {
+            Reply::Hello(Hello { version, info }) => {
+                if version != PROTOCOL_VERSION {
+                    return Err(WaitError::Launch(LaunchError::VersionMismatch {
+                        daemon: version,
+                        ours: PROTOCOL_VERSION,
+                    }));
+                }
+                self.daemon_info = info;
+                self.send(&Request::Hello(Hello {
+                    version: PROTOCOL_VERSION,
+                    info: format!("supermin-rs {}", env!("CARGO_PKG_VERSION")),
+                }))
+                .map_err(WaitError::Launch)
+            }
+            other => Err(WaitError::Launch(LaunchError::Unexpected {
+                got: format!("{other:?} before the hello"),
+            })),
+        }
+    }
+
+    /// Asks the daemon to power off and waits (until `deadline`) for qemu
+    /// to exit; kills it if it does not.
+    pub fn shutdown(&mut self, rx: &Receiver<Event>, deadline: Instant) {
+        if self.send(&Request::Shutdown).is_ok() {
+            // Done first (the guest has synced its disks), then the channel's end.
+            while let Ok(reply) = self.next_reply(rx, Some(deadline)) {
+                if reply == Reply::Done {
+                    break;
+                }
+            }
+            loop {
+                match self.next_reply(rx, Some(deadline)) {
+                    Ok(_) => continue,
+                    Err(WaitError::Closed(_)) => break,
+                    Err(_) => break,
+                }
+            }
+        }
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        self.stop();
+    }
+
+    /// Kills qemu if it still runs, reaps it, and collects the console.
+    pub fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        for t in self.console_threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// How qemu ended, after the channel closed before the hello.
+    pub fn exit_description(&mut self) -> String {
+        // qemu closes the channel as it exits; give it a moment to finish.
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    self.stop();
+                    return match status.code() {
+                        Some(0) => "the VM powered off before the daemon answered".into(),
+                        Some(code) => format!("qemu exited with status {code}"),
+                        None => format!("qemu was killed ({status})"),
+                    };
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Err(_) => break,
+            }
+        }
+        self.stop();
+        "qemu closed the daemon's channel".into()
+    }
+
+    /// The last console lines (and qemu's messages), for error reports.
+    pub fn console_tail(&self) -> String {
+        let lines = self.console.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.is_empty() {
+            return "(the console printed nothing; run with -v to see the boot)".into();
+        }
+        let mut out = String::from("last console lines:");
+        for l in lines.iter() {
+            out.push_str("\n  ");
+            out.push_str(l);
+        }
+        out
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// A fresh private directory for qemu's temporary files. `$TMPDIR` if set,
+/// else `/var/tmp` like qemu itself (the root overlay grows with what the
+/// guest writes, which tmpfs-backed /tmp may not hold).
+fn make_scratch() -> Result<PathBuf, LaunchError> {
+    let base = std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut last_err = None;
+    for attempt in 0..100u32 {
+        let dir = base.join(format!(
+            "supermin-run.{}.{:08x}",
+            std::process::id(),
+            nanos.wrapping_add(attempt.wrapping_mul(0x9e37_79b9))
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
+            Err(source) => return Err(LaunchError::Scratch { dir: base, source }),
+        }
+    }
+    Err(LaunchError::Scratch {
+        dir: base,
+        source: last_err.unwrap_or_else(|| io::Error::other("no free name")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_lines_lose_terminal_escapes_and_carriage_returns() {
+        assert_eq!(
+            printable(b"\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS (version 1.16)\r"),
+            "SeaBIOS (version 1.16)"
+        );
+        assert_eq!(printable(b"[    0.1] ok\ttab"), "[    0.1] ok\ttab");
+    }
+
+    #[test]
+    fn console_keeps_only_the_last_lines() {
+        let c = Console {
+            lines: Mutex::new(VecDeque::new()),
+            verbose: false,
+        };
+        for i in 0..CONSOLE_LINES + 5 {
+            c.push(format!("line {i}"));
+        }
+        let lines = c.lines.lock().unwrap();
+        assert_eq!(lines.len(), CONSOLE_LINES);
+        assert_eq!(lines.front().unwrap(), "line 5");
+    }
+
+    #[test]
+    fn scratch_directories_are_private_and_distinct() {
+        use std::os::unix::fs::PermissionsExt;
+        let a = make_scratch().unwrap();
+        let b = make_scratch().unwrap();
+        assert_ne!(a, b);
+        let mode = std::fs::metadata(&a).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        std::fs::remove_dir(&a).unwrap();
+        std::fs::remove_dir(&b).unwrap();
+    }
+}
