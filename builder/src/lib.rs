@@ -9,3 +9,4 @@ pub mod cli;
 pub mod default_appliance;
 pub mod embedded;
 pub mod initrd;
+pub mod launcher;
