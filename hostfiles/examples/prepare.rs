@@ -7,10 +7,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let use_installed = args.iter().any(|a| a == "--use-installed");
     args.retain(|a| a != "--use-installed");
-    let pos = args.iter().position(|a| a == "-o").ok_or("missing -o DIR")?;
+    let pos = args
+        .iter()
+        .position(|a| a == "-o")
+        .ok_or("missing -o DIR")?;
     let out = PathBuf::from(args.get(pos + 1).ok_or("missing DIR after -o")?);
     args.drain(pos..pos + 2);
-    let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.parse().ok());
+    let epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse().ok());
     let t = std::time::Instant::now();
     supermin_hostfiles::prepare(&supermin_hostfiles::PrepareOptions {
         packages: args,
