@@ -11,10 +11,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use rayon::prelude::*;
 
 use crate::disk::{MAX_MAJOR, MAX_MINOR};
 use crate::error::{show, Ext2Error, TreeError};
@@ -366,6 +368,9 @@ impl Tree {
     /// symlinks): contents as [`FileData::Host`], modes, owners, times with
     /// nanoseconds, devices, and hard links kept as links (grouped by device
     /// and inode number). `src` itself may be a symlink to a directory.
+    ///
+    /// Directories are read level by level, each level's directories in
+    /// parallel; the tree is then filled in that (parents-first) order.
     pub fn from_dir(src: &Path) -> Result<Tree, Ext2Error> {
         let md = std::fs::metadata(src).map_err(|source| Ext2Error::Stat {
             path: src.to_path_buf(),
@@ -378,69 +383,100 @@ impl Tree {
         }
         let mut tree = Tree::new(meta_of(&md));
         let mut seen: HashMap<(u64, u64), NodeId> = HashMap::new();
-        let mut stack: Vec<(PathBuf, Vec<u8>)> = vec![(src.to_path_buf(), Vec::new())];
-        while let Some((dir, prefix)) = stack.pop() {
-            let rd = std::fs::read_dir(&dir).map_err(|source| Ext2Error::ReadDir {
-                path: dir.clone(),
-                source,
-            })?;
-            for entry in rd {
-                let entry = entry.map_err(|source| Ext2Error::ReadDir {
-                    path: dir.clone(),
-                    source,
-                })?;
-                let host = entry.path();
-                // fstatat on the open directory: no walk of the whole path.
-                let md = entry.metadata().map_err(|source| Ext2Error::Stat {
-                    path: host.clone(),
-                    source,
-                })?;
-                let mut path = prefix.clone();
-                path.push(b'/');
-                path.extend_from_slice(entry.file_name().as_bytes());
-                let ft = md.file_type();
-                if !ft.is_dir() && md.nlink() > 1 {
-                    if let Some(&id) = seen.get(&(md.dev(), md.ino())) {
-                        tree.link(&path, id)?;
+        let mut level: Vec<(PathBuf, Vec<u8>)> = vec![(src.to_path_buf(), Vec::new())];
+        while !level.is_empty() {
+            let scanned: Vec<Vec<Scanned>> = level
+                .par_iter()
+                .map(|(dir, prefix)| scan_dir(dir, prefix))
+                .collect::<Result<_, _>>()?;
+            let mut next = Vec::new();
+            for e in scanned.into_iter().flatten() {
+                let ft = e.md.file_type();
+                let linkable = !ft.is_dir() && e.md.nlink() > 1;
+                if linkable {
+                    if let Some(&id) = seen.get(&(e.md.dev(), e.md.ino())) {
+                        tree.link(&e.path, id)?;
                         continue;
                     }
                 }
                 let kind = if ft.is_dir() {
-                    stack.push((host.clone(), path.clone()));
+                    next.push((e.host.clone(), e.path.clone()));
                     NodeKind::Dir
                 } else if ft.is_file() {
                     NodeKind::File(FileData::Host {
-                        path: host.clone(),
-                        len: md.len(),
+                        path: e.host,
+                        len: e.md.len(),
                     })
-                } else if ft.is_symlink() {
-                    let target =
-                        std::fs::read_link(&host).map_err(|source| Ext2Error::ReadLink {
-                            path: host.clone(),
-                            source,
-                        })?;
-                    NodeKind::Symlink(target.as_os_str().as_bytes().to_vec())
+                } else if let Some(target) = e.target {
+                    NodeKind::Symlink(target)
                 } else if ft.is_char_device() {
-                    let (major, minor) = split_dev(md.rdev());
+                    let (major, minor) = split_dev(e.md.rdev());
                     NodeKind::CharDev { major, minor }
                 } else if ft.is_block_device() {
-                    let (major, minor) = split_dev(md.rdev());
+                    let (major, minor) = split_dev(e.md.rdev());
                     NodeKind::BlockDev { major, minor }
                 } else if ft.is_fifo() {
                     NodeKind::Fifo
                 } else if ft.is_socket() {
                     NodeKind::Socket
                 } else {
-                    return Err(Ext2Error::UnsupportedFileType { path: host });
+                    return Err(Ext2Error::UnsupportedFileType { path: e.host });
                 };
-                let id = tree.insert(&path, kind, meta_of(&md))?;
-                if !ft.is_dir() && md.nlink() > 1 {
-                    seen.insert((md.dev(), md.ino()), id);
+                let id = tree.insert(&e.path, kind, meta_of(&e.md))?;
+                if linkable {
+                    seen.insert((e.md.dev(), e.md.ino()), id);
                 }
             }
+            level = next;
         }
         Ok(tree)
     }
+}
+
+/// One directory entry as read from the host.
+struct Scanned {
+    /// Where it goes in the tree.
+    path: Vec<u8>,
+    host: PathBuf,
+    md: std::fs::Metadata,
+    /// The target, for symlinks.
+    target: Option<Vec<u8>>,
+}
+
+fn scan_dir(dir: &Path, prefix: &[u8]) -> Result<Vec<Scanned>, Ext2Error> {
+    let read_err = |source| Ext2Error::ReadDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        let host = entry.path();
+        // fstatat on the open directory: no walk of the whole path.
+        let md = entry.metadata().map_err(|source| Ext2Error::Stat {
+            path: host.clone(),
+            source,
+        })?;
+        let target = if md.file_type().is_symlink() {
+            let t = std::fs::read_link(&host).map_err(|source| Ext2Error::ReadLink {
+                path: host.clone(),
+                source,
+            })?;
+            Some(t.into_os_string().into_vec())
+        } else {
+            None
+        };
+        let mut path = prefix.to_vec();
+        path.push(b'/');
+        path.extend_from_slice(entry.file_name().as_bytes());
+        out.push(Scanned {
+            path,
+            host,
+            md,
+            target,
+        });
+    }
+    Ok(out)
 }
 
 fn meta_of(md: &std::fs::Metadata) -> Meta {
