@@ -493,7 +493,7 @@ impl Assembler {
                 dest.extend_from_slice(rel.as_os_str().as_bytes());
             }
             let md = entry.metadata().map_err(walk_err)?;
-            let f = host_file_of(entry.path(), &md);
+            let f = HostFile::from_meta(entry.path().to_path_buf(), &md, None);
             let Some(kind) = self.host_kind(&f, entry.path()) else {
                 continue;
             };
@@ -583,43 +583,6 @@ fn scratch_file(dir: &Path) -> io::Result<File> {
 }
 
 static SCRATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// A [`HostFile`] for a path outside the resolved set (the modules tree), from its `lstat`.
-fn host_file_of(path: &Path, md: &std::fs::Metadata) -> HostFile {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let ft = md.file_type();
-    let kind = if ft.is_dir() {
-        FileKind::Dir
-    } else if ft.is_symlink() {
-        FileKind::Symlink
-    } else if ft.is_char_device() {
-        FileKind::CharDev
-    } else if ft.is_block_device() {
-        FileKind::BlockDev
-    } else if ft.is_fifo() {
-        FileKind::Fifo
-    } else if ft.is_socket() {
-        FileKind::Socket
-    } else {
-        FileKind::Regular
-    };
-    HostFile {
-        path: path.to_path_buf(),
-        kind,
-        mode: md.mode(),
-        uid: md.uid(),
-        gid: md.gid(),
-        size: md.size(),
-        mtime: (md.mtime(), md.mtime_nsec() as u32),
-        atime: (md.atime(), md.atime_nsec() as u32),
-        ctime: (md.ctime(), md.ctime_nsec() as u32),
-        dev: md.dev(),
-        ino: md.ino(),
-        rdev: md.rdev(),
-        nlink: md.nlink(),
-        link_target: None,
-    }
-}
 
 #[cfg(test)]
 mod tests {

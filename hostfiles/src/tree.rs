@@ -49,7 +49,9 @@ pub struct HostFile {
 }
 
 impl HostFile {
-    fn from_meta(path: PathBuf, meta: &fs::Metadata, link_target: Option<PathBuf>) -> Self {
+    /// The entry for `path` from its `lstat` (`link_target` is the link text of a symlink,
+    /// if the caller read it).
+    pub fn from_meta(path: PathBuf, meta: &fs::Metadata, link_target: Option<PathBuf>) -> Self {
         let ft = meta.file_type();
         let kind = if ft.is_dir() {
             FileKind::Dir
