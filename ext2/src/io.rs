@@ -89,8 +89,8 @@ pub(crate) fn copy_all(
     }
     pieces
         .par_iter()
-        .try_for_each_init(DirCache::default, |dirs, (job, runs)| {
-            copy_job(dirs, img, path, job, runs, bs)
+        .try_for_each_init(Worker::default, |worker, (job, runs)| {
+            copy_job(worker, img, path, job, runs, bs)
         })
 }
 
@@ -134,13 +134,21 @@ impl DirCache {
     }
 }
 
+/// What one rayon task keeps between copy jobs.
+#[derive(Default)]
+struct Worker {
+    dirs: DirCache,
+    /// The read/write fallback's buffer, allocated on first use.
+    buf: Vec<u8>,
+}
+
 /// Errors that mean "the image side failed", as opposed to the source.
 fn is_write_side(e: Errno) -> bool {
     matches!(e, Errno::NOSPC | Errno::FBIG | Errno::DQUOT | Errno::ROFS)
 }
 
 fn copy_job(
-    dirs: &mut DirCache,
+    worker: &mut Worker,
     img: &File,
     img_path: &Path,
     job: &CopyJob<'_>,
@@ -150,10 +158,13 @@ fn copy_job(
     let opened;
     let (src, base): (BorrowedFd<'_>, u64) = match &job.source {
         Source::Host(p) => {
-            opened = dirs.open(p).map_err(|source| Ext2Error::OpenSource {
-                path: p.to_path_buf(),
-                source,
-            })?;
+            opened = worker
+                .dirs
+                .open(p)
+                .map_err(|source| Ext2Error::OpenSource {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
             (opened.as_fd(), 0)
         }
         Source::Range { file, offset, .. } => (file.as_fd(), *offset),
@@ -177,15 +188,16 @@ fn copy_job(
             },
         }
     };
-    let mut fallback: Option<Vec<u8>> = None;
+    let mut by_hand = false;
     for run in runs {
         let file_off = run.lblock * bs;
         if file_off >= job.len {
             break;
         }
         let n = (run.count * bs).min(job.len - file_off);
-        let done = copy_range(src, base + file_off, img, run.pblock * bs, n, &mut fallback)
-            .map_err(fail)?;
+        let (dst_off, buf) = (run.pblock * bs, &mut worker.buf);
+        let done =
+            copy_range(src, base + file_off, img, dst_off, n, &mut by_hand, buf).map_err(fail)?;
         if done < n {
             // The source shrank since planning; the rest reads as zeros.
             break;
@@ -195,17 +207,19 @@ fn copy_job(
 }
 
 /// Copies up to `len` bytes; returns how many, fewer only at the source's
-/// end of file.
+/// end of file. Once `copy_file_range` is refused, `by_hand` is set and the
+/// rest (and later calls) go through `buf` with pread/pwrite.
 fn copy_range(
     src: BorrowedFd<'_>,
     mut src_off: u64,
     img: &File,
     mut dst_off: u64,
     len: u64,
-    fallback: &mut Option<Vec<u8>>,
+    by_hand: &mut bool,
+    buf: &mut Vec<u8>,
 ) -> Result<u64, Errno> {
     let mut done = 0u64;
-    while done < len && fallback.is_none() {
+    while done < len && !*by_hand {
         let want = usize::try_from(len - done)
             .unwrap_or(usize::MAX)
             .min(1 << 30);
@@ -215,14 +229,17 @@ fn copy_range(
             Err(Errno::INTR) => {}
             // Not possible between these two files: copy by hand from here.
             Err(Errno::XDEV) | Err(Errno::INVAL) | Err(Errno::NOSYS) | Err(Errno::OPNOTSUPP) => {
-                *fallback = Some(vec![0u8; FALLBACK_BUF]);
+                *by_hand = true;
             }
             Err(e) => return Err(e),
         }
     }
-    let Some(buf) = fallback.as_mut() else {
+    if !*by_hand {
         return Ok(done);
-    };
+    }
+    if buf.is_empty() {
+        buf.resize(FALLBACK_BUF, 0);
+    }
     while done < len {
         let want = ((len - done) as usize).min(buf.len());
         let n = match rustix::io::pread(src, &mut buf[..want], src_off) {
@@ -301,9 +318,12 @@ mod tests {
             .open(&p)
             .unwrap();
         // Once through copy_file_range, once through the forced fallback.
-        let n1 = copy_range(src.as_fd(), 6, &img, 0, 100, &mut None).unwrap();
-        let mut fb = Some(vec![0u8; 3]);
-        let n2 = copy_range(src.as_fd(), 0, &img, 8, 5, &mut fb).unwrap();
+        let (mut by_hand, mut buf) = (false, Vec::new());
+        let n1 = copy_range(src.as_fd(), 6, &img, 0, 100, &mut by_hand, &mut buf).unwrap();
+        assert!(!by_hand, "same filesystem: copy_file_range works");
+        // A tiny buffer makes the fallback loop go round.
+        let (mut by_hand, mut buf) = (true, vec![0u8; 3]);
+        let n2 = copy_range(src.as_fd(), 0, &img, 8, 5, &mut by_hand, &mut buf).unwrap();
         let got = std::fs::read(&p).unwrap();
         std::fs::remove_dir_all(&d).unwrap();
         assert_eq!((n1, n2), (5, 5));

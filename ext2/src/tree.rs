@@ -64,8 +64,9 @@ pub enum FileData {
         len: u64,
     },
     /// A byte range of an open file (e.g. a member of a decompressed tar
-    /// archive). Only positional reads are used, so the file's own offset is
-    /// left alone.
+    /// archive). Data is read with positional I/O, but probing for holes
+    /// (`lseek` with SEEK_DATA/SEEK_HOLE) moves the file's offset: do not
+    /// rely on it while an image is being written.
     Range {
         file: Arc<File>,
         offset: u64,
