@@ -2,7 +2,7 @@
 //! one pass from an in-memory [`Tree`] and the host files that hold the data,
 //! without mounting anything and without root.
 //!
-//! The work is split in two: [`plan`] decides everything (inode numbers,
+//! The work is split in two: planning (`plan.rs`) decides everything (inode numbers,
 //! every block, bitmaps, descriptors) from the tree alone, then
 //! [`write_image`] writes the metadata in large sequential chunks while the
 //! file data is copied in parallel with `copy_file_range`. Holes in sparse
