@@ -307,3 +307,17 @@ fn derived_uuid_follows_the_content() {
     let raw = fs::read(&img).unwrap();
     assert_eq!(&raw[1024 + 0x68..1024 + 0x78], &[0xab; 16]);
 }
+
+/// A longer soak over more seeds: `EXT2_SEEDS=500 cargo test -p
+/// supermin-ext2 --test random_trees -- --ignored`.
+#[test]
+#[ignore]
+fn many_random_trees() {
+    let n: u64 = std::env::var("EXT2_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    for seed in 1000..1000 + n {
+        check_seed(seed);
+    }
+}
