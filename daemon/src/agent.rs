@@ -400,7 +400,7 @@ impl Agent<'_> {
         }
         while let Some(req) = self
             .decoder
-            .next::<Request>()
+            .next_message::<Request>()
             .map_err(|source| AgentError::Protocol { source })?
         {
             self.dispatch(req)?;
@@ -598,9 +598,9 @@ impl Agent<'_> {
             _ => None,
         };
         if self.config.reap_orphans {
-            while let Ok(Some((pid, status))) =
-                rustix::process::waitpid(None, WaitOptions::NOHANG)
-            {
+            // wait() is waitpid(-1): every child, whatever its process group
+            // (the command leads its own).
+            while let Ok(Some((pid, status))) = rustix::process::wait(WaitOptions::NOHANG) {
                 if let Some(run) = running.as_deref_mut() {
                     if run.pid == pid {
                         run.record(status);
@@ -657,7 +657,9 @@ fn spawn(exec: &ExecRequest, base_env: &[(OsString, OsString)]) -> Result<Runnin
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let mut child = cmd.spawn().map_err(|e| spawn_message(program, exec, base_env, &e))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| spawn_message(program, exec, base_env, &e))?;
     let pid = Pid::from_child(&child);
     let pipes = [
         child.stdout.take().map(OwnedFd::from),
@@ -727,6 +729,9 @@ mod tests {
 
     fn connect() -> Host {
         let (host, guest) = UnixStream::pair().unwrap();
+        // A daemon that stops answering fails the test instead of hanging it.
+        host.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
         let daemon = std::thread::spawn(move || serve(OwnedFd::from(guest), &config()));
         let mut host = Host { conn: host, daemon };
         match host.recv() {
@@ -746,11 +751,17 @@ mod tests {
         }
 
         fn recv(&mut self) -> Reply {
-            read_message(&mut self.conn).unwrap().expect("daemon closed")
+            read_message(&mut self.conn)
+                .unwrap()
+                .expect("daemon closed")
         }
 
         /// Collects stdout, stderr and the final reply of one exec.
-        fn exec_collect(&mut self, argv: &[&str], stdin: Option<&[u8]>) -> (Vec<u8>, Vec<u8>, Reply) {
+        fn exec_collect(
+            &mut self,
+            argv: &[&str],
+            stdin: Option<&[u8]>,
+        ) -> (Vec<u8>, Vec<u8>, Reply) {
             self.send(&Request::Exec(ExecRequest {
                 argv: argv.iter().map(OsString::from).collect(),
                 env: vec![("GREETING".into(), "hi".into())],
@@ -914,7 +925,8 @@ mod tests {
     #[test]
     fn host_disappearing_mid_command_ends_the_loop_and_kills_the_command() {
         let mut host = connect();
-        let marker = std::env::temp_dir().join(format!("supermin-agent-gone-{}", std::process::id()));
+        let marker =
+            std::env::temp_dir().join(format!("supermin-agent-gone-{}", std::process::id()));
         let script = format!("echo started; sleep 3; touch {}", marker.display());
         host.send(&Request::Exec(ExecRequest {
             argv: vec!["sh".into(), "-c".into(), script.into()],
@@ -932,7 +944,10 @@ mod tests {
     fn host_disappearing_before_the_handshake_is_host_gone() {
         let (host, guest) = UnixStream::pair().unwrap();
         drop(host);
-        assert_eq!(serve(OwnedFd::from(guest), &config()).unwrap(), Outcome::HostGone);
+        assert_eq!(
+            serve(OwnedFd::from(guest), &config()).unwrap(),
+            Outcome::HostGone
+        );
     }
 
     #[test]
@@ -960,7 +975,12 @@ mod tests {
         host.write_all(&u32::MAX.to_be_bytes()).unwrap();
         let err = daemon.join().unwrap().unwrap_err();
         assert!(
-            matches!(err, AgentError::Protocol { source: ProtocolError::Oversized { .. } }),
+            matches!(
+                err,
+                AgentError::Protocol {
+                    source: ProtocolError::Oversized { .. }
+                }
+            ),
             "{err}"
         );
     }
@@ -973,6 +993,68 @@ mod tests {
         write_message(&mut host, &Request::Exec(ExecRequest::default())).unwrap();
         let err = daemon.join().unwrap().unwrap_err();
         assert!(matches!(err, AgentError::Unexpected { .. }), "{err}");
+    }
+
+    /// Regression: PID 1 mode reaped with waitpid(0), which only sees the
+    /// daemon's own process group, so a command (which leads its own group)
+    /// was never seen to exit. `waitpid(-1)` would steal other tests'
+    /// children, so this runs in a child copy of the test binary.
+    #[test]
+    fn pid1_mode_sees_the_command_exit_and_reaps_orphans() {
+        const VAR: &str = "SUPERMIN_AGENT_TEST_PID1_MODE";
+        if std::env::var_os(VAR).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "agent::tests::pid1_mode_sees_the_command_exit_and_reaps_orphans",
+                    "--exact",
+                    "--test-threads=1",
+                ])
+                .env(VAR, "1")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        let (host, guest) = UnixStream::pair().unwrap();
+        host.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let daemon = std::thread::spawn(move || {
+            let config = AgentConfig {
+                reap_orphans: true,
+                ..config()
+            };
+            serve(OwnedFd::from(guest), &config)
+        });
+        let mut host = Host { conn: host, daemon };
+        assert!(matches!(host.recv(), Reply::Hello(_)));
+        host.send(&Request::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            info: String::new(),
+        }));
+        // As a subreaper this process inherits orphans the way PID 1 does.
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+        // The background sleeper outlives the shell and becomes our orphan.
+        let (out, _, end) = host.exec_collect(
+            &["sh", "-c", "sleep 0.5 >/dev/null 2>&1 & echo $!; exit 4"],
+            None,
+        );
+        assert_eq!(end, Reply::Exit(ExitStatus::Code(4)));
+        let orphan = String::from_utf8(out).unwrap().trim().to_string();
+        let (_, _, end) = host.exec_collect(&["true"], None);
+        assert_eq!(end, Reply::Exit(ExitStatus::Code(0)));
+        // Reaped, not left a zombie: its /proc entry goes away.
+        let proc_entry = std::path::PathBuf::from(format!("/proc/{orphan}"));
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while proc_entry.exists() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(!proc_entry.exists(), "orphan {orphan} was not reaped");
+        host.shutdown();
     }
 
     #[test]

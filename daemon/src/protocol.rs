@@ -371,7 +371,10 @@ impl Message for Request {
     }
 
     fn decode_body(k: u8, body: &[u8]) -> Result<Self, ProtocolError> {
-        let mut b = Body { kind: k, rest: body };
+        let mut b = Body {
+            kind: k,
+            rest: body,
+        };
         let msg = match k {
             kind::H_HELLO => Request::Hello(b.hello()?),
             kind::H_EXEC => {
@@ -461,7 +464,10 @@ impl Message for Reply {
     }
 
     fn decode_body(k: u8, body: &[u8]) -> Result<Self, ProtocolError> {
-        let mut b = Body { kind: k, rest: body };
+        let mut b = Body {
+            kind: k,
+            rest: body,
+        };
         let msg = match k {
             kind::D_HELLO => Reply::Hello(b.hello()?),
             kind::D_STDOUT => Reply::Stdout(std::mem::take(&mut b.rest).to_vec()),
@@ -530,7 +536,7 @@ impl FrameDecoder {
     /// The next complete message, `None` when more bytes are needed. An
     /// oversized length is rejected as soon as its 4 bytes are in, before
     /// the body is waited for.
-    pub fn next<M: Message>(&mut self) -> Result<Option<M>, ProtocolError> {
+    pub fn next_message<M: Message>(&mut self) -> Result<Option<M>, ProtocolError> {
         let Some(len) = self.frame_len()? else {
             return Ok(None);
         };
@@ -653,7 +659,11 @@ mod tests {
                 info: "supermin 0.1".into(),
             }),
             Request::Exec(ExecRequest {
-                argv: vec!["sh".into(), "-c".into(), OsString::from_vec(vec![0xff, b'x'])],
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    OsString::from_vec(vec![0xff, b'x']),
+                ],
                 env: vec![("A".into(), "b=c".into()), ("EMPTY".into(), "".into())],
                 cwd: Some("/tmp".into()),
                 stdin: true,
@@ -719,7 +729,10 @@ mod tests {
     fn a_reply_frame_is_not_accepted_as_a_request() {
         let bytes = frame(&Reply::Done);
         let err = read_message::<Request, _>(&mut &bytes[..]).unwrap_err();
-        assert!(matches!(err, ProtocolError::UnknownKind { kind: 0x88 }), "{err:?}");
+        assert!(
+            matches!(err, ProtocolError::UnknownKind { kind: 0x88 }),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -733,7 +746,7 @@ mod tests {
         let mut got = Vec::new();
         for b in stream {
             dec.feed(&[b]);
-            while let Some(m) = dec.next::<Request>().unwrap() {
+            while let Some(m) = dec.next_message::<Request>().unwrap() {
                 got.push(m);
             }
         }
@@ -745,7 +758,7 @@ mod tests {
     fn decoder_rejects_an_oversized_length_before_the_body_arrives() {
         let mut dec = FrameDecoder::new();
         dec.feed(&((MAX_FRAME as u32) + 1).to_be_bytes());
-        let err = dec.next::<Request>().unwrap_err();
+        let err = dec.next_message::<Request>().unwrap_err();
         assert!(
             matches!(err, ProtocolError::Oversized { len, .. } if len == MAX_FRAME + 1),
             "{err:?}"
@@ -788,7 +801,7 @@ mod tests {
             );
             let mut dec = FrameDecoder::new();
             dec.feed(&bytes[..cut]);
-            assert!(dec.next::<Request>().unwrap().is_none());
+            assert!(dec.next_message::<Request>().unwrap().is_none());
             assert!(matches!(
                 dec.finish(),
                 Err(ProtocolError::UnexpectedEof { .. })
@@ -811,7 +824,15 @@ mod tests {
         bytes.extend_from_slice(&body);
         let err = read_message::<Request, _>(&mut &bytes[..]).unwrap_err();
         assert!(
-            matches!(err, ProtocolError::Truncated { what: "path", need: 100, have: 6, .. }),
+            matches!(
+                err,
+                ProtocolError::Truncated {
+                    what: "path",
+                    need: 100,
+                    have: 6,
+                    ..
+                }
+            ),
             "{err:?}"
         );
     }
@@ -824,7 +845,13 @@ mod tests {
         bytes.extend_from_slice(&body);
         let err = read_message::<Request, _>(&mut &bytes[..]).unwrap_err();
         assert!(
-            matches!(err, ProtocolError::Truncated { what: "argv count", .. }),
+            matches!(
+                err,
+                ProtocolError::Truncated {
+                    what: "argv count",
+                    ..
+                }
+            ),
             "{err:?}"
         );
     }
@@ -835,7 +862,10 @@ mod tests {
         bytes.push(0);
         bytes[3] += 1;
         let err = read_message::<Request, _>(&mut &bytes[..]).unwrap_err();
-        assert!(matches!(err, ProtocolError::Trailing { extra: 1, .. }), "{err:?}");
+        assert!(
+            matches!(err, ProtocolError::Trailing { extra: 1, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -856,7 +886,14 @@ mod tests {
         bytes[last] = 2;
         let err = read_message::<Request, _>(&mut &bytes[..]).unwrap_err();
         assert!(
-            matches!(err, ProtocolError::BadValue { what: "stdin flag", value: 2, .. }),
+            matches!(
+                err,
+                ProtocolError::BadValue {
+                    what: "stdin flag",
+                    value: 2,
+                    ..
+                }
+            ),
             "{err:?}"
         );
     }

@@ -52,14 +52,18 @@ const MOUNTS: &[MountSpec] = &[
     MountSpec {
         fstype: "proc",
         target: "/proc",
-        flags: MountFlags::NOSUID.union(MountFlags::NODEV).union(MountFlags::NOEXEC),
+        flags: MountFlags::NOSUID
+            .union(MountFlags::NODEV)
+            .union(MountFlags::NOEXEC),
         data: "",
         mode: 0o555,
     },
     MountSpec {
         fstype: "sysfs",
         target: "/sys",
-        flags: MountFlags::NOSUID.union(MountFlags::NODEV).union(MountFlags::NOEXEC),
+        flags: MountFlags::NOSUID
+            .union(MountFlags::NODEV)
+            .union(MountFlags::NOEXEC),
         data: "",
         mode: 0o555,
     },
@@ -220,8 +224,10 @@ fn find_port(class_dir: &Path, name: &str) -> Option<String> {
 /// Whether the kernel command line asks for a verbose appliance.
 pub fn verbose_cmdline(cmdline: &str) -> bool {
     cmdline.split_ascii_whitespace().any(|w| {
-        matches!(w, "supermin.debug" | "supermin.verbose" | "guestfs_verbose=1")
-            || w.starts_with("supermin.debug=1")
+        matches!(
+            w,
+            "supermin.debug" | "supermin.verbose" | "guestfs_verbose=1"
+        ) || w.starts_with("supermin.debug=1")
     })
 }
 
@@ -243,11 +249,17 @@ mod tests {
     fn port_is_found_by_its_name_attribute_not_its_device_name() {
         let dir = std::env::temp_dir().join(format!("supermin-ports-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        for (dev, name) in [("vport0p1", "org.qemu.guest_agent.0"), ("vport1p1", "org.supermin.daemon.0")] {
+        for (dev, name) in [
+            ("vport0p1", "org.qemu.guest_agent.0"),
+            ("vport1p1", "org.supermin.daemon.0"),
+        ] {
             std::fs::create_dir_all(dir.join(dev)).unwrap();
             std::fs::write(dir.join(dev).join("name"), format!("{name}\n")).unwrap();
         }
-        assert_eq!(find_port(&dir, "org.supermin.daemon.0").as_deref(), Some("vport1p1"));
+        assert_eq!(
+            find_port(&dir, "org.supermin.daemon.0").as_deref(),
+            Some("vport1p1")
+        );
         assert_eq!(find_port(&dir, "org.other"), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
