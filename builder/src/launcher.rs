@@ -55,7 +55,9 @@ impl std::str::FromStr for Accel {
             "auto" => Ok(Accel::Auto),
             "kvm" => Ok(Accel::Kvm),
             "tcg" => Ok(Accel::Tcg),
-            other => Err(format!("unknown accelerator {other:?}: use auto, kvm or tcg")),
+            other => Err(format!(
+                "unknown accelerator {other:?}: use auto, kvm or tcg"
+            )),
         }
     }
 }
@@ -102,7 +104,9 @@ pub enum LaunchError {
     NoCommand,
     #[error("--accel kvm: /dev/kvm is not usable ({reason}); use --accel tcg or auto")]
     KvmUnavailable { reason: String },
-    #[error("cannot start {program}: install qemu-system-x86 (Debian) / qemu-system-x86-core (Fedora)")]
+    #[error(
+        "cannot start {program}: install qemu-system-x86 (Debian) / qemu-system-x86-core (Fedora)"
+    )]
     QemuSpawn {
         program: String,
         #[source]
@@ -266,7 +270,10 @@ pub fn run(opts: &RunOptions) -> Result<i32, LaunchError> {
     };
     let log = |what: std::fmt::Arguments<'_>| {
         if opts.verbose {
-            eprintln!("supermin: run: [{:>6.3}s] {what}", start.elapsed().as_secs_f64());
+            eprintln!(
+                "supermin: run: [{:>6.3}s] {what}",
+                start.elapsed().as_secs_f64()
+            );
         }
     };
 
@@ -299,7 +306,9 @@ pub fn run(opts: &RunOptions) -> Result<i32, LaunchError> {
                 false
             }
             Ok(()) if accel::kvm_known_to_hang() => {
-                log(format_args!("KVM guests hung earlier in this host boot: using TCG"));
+                log(format_args!(
+                    "KVM guests hung earlier in this host boot: using TCG"
+                ));
                 false
             }
             Ok(()) => true,
@@ -309,8 +318,16 @@ pub fn run(opts: &RunOptions) -> Result<i32, LaunchError> {
     let mut generation = 0u64;
     let mut vm = None;
     if try_kvm {
-        log(format_args!("booting {} with KVM", appliance.kernel.display()));
-        let mut kvm_vm = Vm::start(&plan(qemu::VmAccel::Kvm), generation, tx.clone(), opts.verbose)?;
+        log(format_args!(
+            "booting {} with KVM",
+            appliance.kernel.display()
+        ));
+        let mut kvm_vm = Vm::start(
+            &plan(qemu::VmAccel::Kvm),
+            generation,
+            tx.clone(),
+            opts.verbose,
+        )?;
         let probe_deadline = match opts.accel {
             Accel::Auto => Some(start + KVM_PROBE_TIMEOUT),
             _ => None,
@@ -318,7 +335,9 @@ pub fn run(opts: &RunOptions) -> Result<i32, LaunchError> {
         let boot_deadline = earliest(deadline, Some(Instant::now() + BOOT_TIMEOUT));
         match kvm_vm.wait_hello(&rx, earliest(boot_deadline, probe_deadline)) {
             Ok(()) => vm = Some(kvm_vm),
-            Err(WaitError::Deadline) if probe_deadline.is_some() && deadline.is_none_or(|d| Instant::now() < d) => {
+            Err(WaitError::Deadline)
+                if probe_deadline.is_some() && deadline.is_none_or(|d| Instant::now() < d) =>
+            {
                 log(format_args!(
                     "the KVM guest did not answer within {KVM_PROBE_TIMEOUT:?}: falling back to TCG"
                 ));
@@ -332,8 +351,16 @@ pub fn run(opts: &RunOptions) -> Result<i32, LaunchError> {
     let mut vm = match vm {
         Some(vm) => vm,
         None => {
-            log(format_args!("booting {} with TCG", appliance.kernel.display()));
-            let mut tcg_vm = Vm::start(&plan(qemu::VmAccel::Tcg), generation, tx.clone(), opts.verbose)?;
+            log(format_args!(
+                "booting {} with TCG",
+                appliance.kernel.display()
+            ));
+            let mut tcg_vm = Vm::start(
+                &plan(qemu::VmAccel::Tcg),
+                generation,
+                tx.clone(),
+                opts.verbose,
+            )?;
             let boot_deadline = earliest(deadline, Some(Instant::now() + BOOT_TIMEOUT));
             if let Err(e) = tcg_vm.wait_hello(&rx, boot_deadline) {
                 return Err(boot_error(e, &mut tcg_vm, opts, timeout_err));
@@ -442,7 +469,9 @@ fn relay(
             }
             Reply::Stdout(_) | Reply::Stderr(_) => {}
             Reply::Exit(status) => return Ok(status),
-            Reply::ExecFailed { message } => return Err(LaunchError::CommandNotStarted { message }),
+            Reply::ExecFailed { message } => {
+                return Err(LaunchError::CommandNotStarted { message })
+            }
             Reply::Error { message } => return Err(LaunchError::Daemon { message }),
             other => {
                 return Err(LaunchError::Unexpected {
@@ -484,7 +513,8 @@ mod tests {
     use super::*;
 
     fn scratch(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("supermin-launcher-{tag}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("supermin-launcher-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d

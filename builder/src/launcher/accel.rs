@@ -29,7 +29,9 @@ pub fn kvm_usable() -> Result<(), String> {
     // and only returns a number.
     let version = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_GET_API_VERSION as _, 0) };
     if version != KVM_API_VERSION {
-        return Err(format!("/dev/kvm answers API version {version}, not {KVM_API_VERSION}"));
+        return Err(format!(
+            "/dev/kvm answers API version {version}, not {KVM_API_VERSION}"
+        ));
     }
     Ok(())
 }
@@ -58,7 +60,10 @@ pub fn kvm_known_to_hang() -> bool {
     // SAFETY: getuid cannot fail and touches no memory.
     let uid = unsafe { libc::getuid() };
     let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.uid() == uid);
-    ours && std::fs::read_to_string(&path).ok().map(|s| s.trim().to_string()) == boot_id()
+    ours && std::fs::read_to_string(&path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        == boot_id()
 }
 
 /// Records that a KVM guest hung in this host boot. Best effort: without the

@@ -10,6 +10,12 @@
 //! - The daemon's channel is a virtio-serial port on a socket passed as an
 //!   inherited fd (`-chardev socket,fd=N`): already connected, never on disk.
 //! - `panic=-1` + `-no-reboot`: a guest that panics makes qemu exit at once.
+//! - `-machine pc` boots slightly faster than `q35` (less PCIe/ACPI setup;
+//!   about 0.05 s of 2.4 s under TCG here). `-cpu max` under TCG costs about
+//!   0.1 s over `qemu64` but runs host binaries built for newer ISA levels
+//!   (x86-64-v2/v3 distributions), so it stays. `acpi=off` would break the
+//!   guest's power-off. What dominates is the kernel's own init and loading
+//!   modules (the SCSI stack alone is 0.3 s).
 
 use std::ffi::OsString;
 use std::io::{self, Read};
@@ -139,8 +145,8 @@ pub fn args(plan: &Plan, channel_fd: i32) -> Vec<OsString> {
         "timestamp=off",
     ]);
     match plan.accel {
-        VmAccel::Kvm => push(&["-machine", "q35,accel=kvm", "-cpu", "host"]),
-        VmAccel::Tcg => push(&["-machine", "q35,accel=tcg", "-cpu", "max"]),
+        VmAccel::Kvm => push(&["-machine", "pc,accel=kvm", "-cpu", "host"]),
+        VmAccel::Tcg => push(&["-machine", "pc,accel=tcg", "-cpu", "max"]),
     }
     let memory = plan.memory_mib.to_string();
     let cpus = plan.cpus.to_string();
@@ -222,11 +228,16 @@ mod tests {
     #[test]
     fn root_is_the_first_disk_with_a_throwaway_overlay_and_added_disks_follow() {
         let s = joined(&plan());
-        let root = s.find("file=/a/root,format=raw,if=none,id=root,snapshot=on").unwrap();
+        let root = s
+            .find("file=/a/root,format=raw,if=none,id=root,snapshot=on")
+            .unwrap();
         let first = s.find("id=disk0").unwrap();
         let second = s.find("id=disk1").unwrap();
         assert!(root < first && first < second, "{s}");
-        assert!(s.contains("format=qcow2,if=none,id=disk1,cache=writeback,readonly=on"), "{s}");
+        assert!(
+            s.contains("format=qcow2,if=none,id=disk1,cache=writeback,readonly=on"),
+            "{s}"
+        );
         assert!(!s.contains("id=disk0,cache=writeback,readonly"), "{s}");
     }
 
@@ -270,9 +281,15 @@ mod tests {
         std::fs::write(dir.join("q"), b"QFI\xfb\0\0\0\x03").unwrap();
         std::fs::write(dir.join("r"), [0u8; 512]).unwrap();
         std::fs::write(dir.join("empty"), b"").unwrap();
-        assert_eq!(DiskFormat::sniff(&dir.join("q")).unwrap(), DiskFormat::Qcow2);
+        assert_eq!(
+            DiskFormat::sniff(&dir.join("q")).unwrap(),
+            DiskFormat::Qcow2
+        );
         assert_eq!(DiskFormat::sniff(&dir.join("r")).unwrap(), DiskFormat::Raw);
-        assert_eq!(DiskFormat::sniff(&dir.join("empty")).unwrap(), DiskFormat::Raw);
+        assert_eq!(
+            DiskFormat::sniff(&dir.join("empty")).unwrap(),
+            DiskFormat::Raw
+        );
         assert!(DiskFormat::sniff(&dir.join("missing")).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

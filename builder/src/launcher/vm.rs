@@ -38,7 +38,10 @@ const CONSOLE_LINES: usize = 40;
 /// Something happened that a wait in the launcher may care about.
 #[derive(Debug)]
 pub enum Event {
-    Reply { generation: u64, reply: Reply },
+    Reply {
+        generation: u64,
+        reply: Reply,
+    },
     /// The channel ended: qemu exited (`None`) or sent garbage.
     Closed {
         generation: u64,
