@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `_IO(KVMIO, 0x00)`; the stable API has answered 12 since Linux 2.6.22.
 const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
@@ -55,31 +55,66 @@ fn boot_id() -> Option<String> {
 
 /// Whether a KVM guest already hung earlier in this host boot.
 pub fn kvm_known_to_hang() -> bool {
-    let path = verdict_file();
-    // Only a file of ours counts: /tmp is shared.
-    // SAFETY: getuid cannot fail and touches no memory.
-    let uid = unsafe { libc::getuid() };
-    let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.uid() == uid);
-    ours && std::fs::read_to_string(&path)
-        .ok()
-        .map(|s| s.trim().to_string())
-        == boot_id()
+    boot_id().is_some_and(|id| recorded_at(&verdict_file(), &id))
 }
 
 /// Records that a KVM guest hung in this host boot. Best effort: without the
 /// file the next run just pays the probe again.
 pub fn remember_kvm_hangs() {
-    let Some(id) = boot_id() else { return };
-    let path = verdict_file();
+    if let Some(id) = boot_id() {
+        record_at(&verdict_file(), &id);
+    }
+}
+
+fn recorded_at(path: &Path, boot_id: &str) -> bool {
+    // Only a file of ours counts: /tmp is shared.
+    // SAFETY: getuid cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    let ours = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.uid() == uid);
+    ours && std::fs::read_to_string(path).is_ok_and(|s| s.trim() == boot_id)
+}
+
+fn record_at(path: &Path, boot_id: &str) {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o644)
         .open(&tmp)
-        .and_then(|mut f| f.write_all(format!("{id}\n").as_bytes()));
-    if written.is_ok() && std::fs::rename(&tmp, &path).is_ok() {
+        .and_then(|mut f| f.write_all(format!("{boot_id}\n").as_bytes()));
+    if written.is_ok() && std::fs::rename(&tmp, path).is_ok() {
         return;
     }
     let _ = std::fs::remove_file(&tmp);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_hang_counts_only_for_the_same_host_boot() {
+        let dir = std::env::temp_dir().join(format!("supermin-kvm-verdict-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("verdict");
+        assert!(!recorded_at(&file, "boot-a"));
+        record_at(&file, "boot-a");
+        assert!(recorded_at(&file, "boot-a"));
+        assert!(!recorded_at(&file, "boot-b"));
+        record_at(&file, "boot-b");
+        assert!(recorded_at(&file, "boot-b"));
+        // No temporary files left behind.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_planted_as_the_verdict_is_ignored() {
+        let dir = std::env::temp_dir().join(format!("supermin-kvm-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("real"), "boot-a\n").unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("verdict")).unwrap();
+        assert!(!recorded_at(&dir.join("verdict"), "boot-a"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -431,6 +431,7 @@ fn make_scratch() -> Result<PathBuf, LaunchError> {
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
         .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    sweep_stale_scratch(&base);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -452,6 +453,34 @@ fn make_scratch() -> Result<PathBuf, LaunchError> {
         dir: base,
         source: last_err.unwrap_or_else(|| io::Error::other("no free name")),
     })
+}
+
+/// Removes scratch directories left by launchers that were SIGKILLed (the
+/// one exit path without cleanup; their qemu died with them through
+/// `PR_SET_PDEATHSIG`). Only directories of ours whose process is gone.
+fn sweep_stale_scratch(base: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    // SAFETY: getuid cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("supermin-run."))
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ours = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if ours && !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -479,6 +508,24 @@ mod tests {
         let lines = c.lines.lock().unwrap();
         assert_eq!(lines.len(), CONSOLE_LINES);
         assert_eq!(lines.front().unwrap(), "line 5");
+    }
+
+    #[test]
+    fn scratch_of_a_dead_launcher_is_swept_and_a_live_ones_kept() {
+        let base = std::env::temp_dir().join(format!("supermin-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        // A pid above pid_max (4194304 at most) cannot be alive.
+        let dead = base.join("supermin-run.4194305.0000abcd");
+        let live = base.join(format!("supermin-run.{}.0000abcd", std::process::id()));
+        let other = base.join("unrelated.4194305");
+        for d in [&dead, &live, &other] {
+            std::fs::create_dir_all(d.join("inner")).unwrap();
+        }
+        sweep_stale_scratch(&base);
+        assert!(!dead.exists());
+        assert!(live.exists());
+        assert!(other.exists());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
