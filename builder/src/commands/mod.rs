@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-// mod run; (enabled when the launcher lands)
+mod run;
 
 use supermin::appliance::{self, BuildRequest, Source};
 use supermin::cli::{BuildArgs, Command, Format, KernelArgs, MkfsArgs, PrepareArgs, UpdateArgs};
@@ -34,7 +34,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Build(args) => build(&args),
         Command::Kernel(args) => kernel(&args),
         Command::UpdateAppliance(args) => update_appliance(&args),
-        Command::Run(_) => anyhow::bail!("supermin run is not available in this build"),
+        Command::Run(args) => run::run(&args),
     }
 }
 
