@@ -102,7 +102,7 @@ fn mkfs_sizes_the_image_from_its_content_when_no_size_is_given() {
     let out = mkfs(&[src.to_str().unwrap(), "-o", img.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let len = fs::metadata(&img).unwrap().len();
-    assert!(len >= 300_000 && len <= 64 << 20, "auto size {len}");
+    assert!((300_000..=64 << 20).contains(&len), "auto size {len}");
     let fsck = Command::new("e2fsck")
         .arg("-fn")
         .arg(&img)

@@ -19,7 +19,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let accel = match args
         .accel
         .clone()
-        .or_else(|| std::env::var("SUPERMIN_ACCEL").ok().filter(|s| !s.is_empty()))
+        .or_else(|| {
+            std::env::var("SUPERMIN_ACCEL")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
         .as_deref()
     {
         None | Some("auto") => Accel::Auto,
@@ -36,8 +40,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             None => (spec.as_str(), false),
         };
         let path = PathBuf::from(path);
-        std::fs::metadata(&path)
-            .with_context(|| format!("cannot use disk {}", path.display()))?;
+        std::fs::metadata(&path).with_context(|| format!("cannot use disk {}", path.display()))?;
         disks.push((path, readonly));
     }
     let timeout = match args.timeout {
