@@ -1,0 +1,486 @@
+//! End-to-end tests of `supermin run` through the real binary: real appliances
+//! built by `supermin --build` from this host (plus the kernel's `vmlinux`,
+//! as `supermin run`'s own default appliance has), booted under qemu TCG
+//! (KVM hangs Debian kernels on these machines), with the daemon as `/init`.
+//!
+//! Each test has its own scratch directory, which is also the launcher's
+//! `$TMPDIR`: the launcher must leave it empty (no scratch directory, no
+//! overlay) however the run ended. Every run is under a watchdog so that a
+//! hung launcher fails the test instead of hanging it.
+//!
+//! The `supermin` binary is found beside the test executable's directory
+//! (`cargo build -p supermin` first); `SUPERMIN_BIN` overrides.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use supermin_kernel_probe::Kernel;
+use supermin_tests::{host_kernel, kernel_by_version_prefix, root_without_init, TempDir};
+
+/// Far above any healthy TCG run here (a few seconds); only a hang reaches it.
+const WATCHDOG: Duration = Duration::from_secs(300);
+
+fn supermin_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SUPERMIN_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary in target/PROFILE/deps")
+        .join("supermin");
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `cargo build -p supermin` first (or set SUPERMIN_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// A test's scratch space: appliances, disks, and the launcher's `$TMPDIR`.
+struct Scratch {
+    dir: TempDir,
+}
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let dir = TempDir::new(&format!("run-{tag}"));
+        std::fs::create_dir(dir.join("tmp")).unwrap();
+        Scratch { dir }
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    /// The default appliance for `kernel` (the host's default when `None`),
+    /// built by `supermin --build`, plus its `vmlinux`.
+    fn appliance(&self, name: &str, kernel: Option<&Kernel>) -> PathBuf {
+        let out = self.dir.join(name);
+        let mut cmd = Command::new(supermin_bin());
+        cmd.args(["--build", "-f", "ext2", "-o"])
+            .arg(&out)
+            .env("TMPDIR", self.tmp())
+            .stdin(Stdio::null());
+        if let Some(k) = kernel {
+            cmd.env("SUPERMIN_KERNEL", &k.path)
+                .env("SUPERMIN_MODULES", &k.modules_dir);
+        }
+        let built = cmd.output().expect("run supermin --build");
+        assert!(
+            built.status.success(),
+            "supermin --build failed: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let kernel_path = match kernel {
+            Some(k) => k.path.clone(),
+            None => host_kernel().path,
+        };
+        supermin_kernel_probe::extract_vmlinux(&kernel_path, &out.join("vmlinux"))
+            .unwrap_or_else(|e| panic!("extracting vmlinux from {}: {e}", kernel_path.display()));
+        out
+    }
+
+    /// Asserts the launcher left nothing in its `$TMPDIR` but the one file
+    /// meant to outlive runs: the memo that KVM guests hang on this host.
+    #[track_caller]
+    fn assert_tmp_clean(&self) {
+        let left: Vec<_> = std::fs::read_dir(self.tmp())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| !n.to_string_lossy().starts_with("supermin-kvm-hangs-"))
+            .collect();
+        assert!(left.is_empty(), "the launcher left {left:?} in its TMPDIR");
+    }
+}
+
+struct RunOutput {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl RunOutput {
+    fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+impl std::fmt::Debug for RunOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "status {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status,
+            self.stdout_text(),
+            self.stderr
+        )
+    }
+}
+
+fn run_command(scratch: &Scratch, args: &[OsString]) -> Command {
+    let mut cmd = Command::new(supermin_bin());
+    cmd.arg("run")
+        .args(args)
+        .env("TMPDIR", scratch.tmp())
+        .env_remove("SUPERMIN_ACCEL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn os(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
+}
+
+/// Waits for `child` under the watchdog; kills it and fails the test on expiry.
+fn wait_watched(child: &mut Child) -> ExitStatus {
+    let until = Instant::now() + WATCHDOG;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("supermin run did not finish within {WATCHDOG:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn collect(mut stream: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stream.read_to_end(&mut buf);
+        let _ = tx.send(buf);
+    });
+    rx
+}
+
+/// `supermin run ARGS` with `stdin` fed to it (or `/dev/null`).
+fn supermin_run(scratch: &Scratch, args: &[OsString], stdin: Option<Vec<u8>>) -> RunOutput {
+    let mut cmd = run_command(scratch, args);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd.spawn().expect("spawn supermin run");
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        });
+    }
+    let out = collect(child.stdout.take().unwrap());
+    let err = collect(child.stderr.take().unwrap());
+    let status = wait_watched(&mut child);
+    RunOutput {
+        status,
+        stdout: out.recv().unwrap(),
+        stderr: String::from_utf8_lossy(&err.recv().unwrap()).into_owned(),
+    }
+}
+
+fn with_appliance(app: &Path, accel: &str, rest: &[&str]) -> Vec<OsString> {
+    let mut args = vec![
+        OsString::from("--appliance"),
+        app.into(),
+        "--accel".into(),
+        accel.into(),
+    ];
+    args.extend(rest.iter().map(OsString::from));
+    args
+}
+
+#[test]
+fn uname_r_in_the_default_appliance_prints_the_kernel_version() {
+    let scratch = Scratch::new("default");
+    // The runtime cache (where the default appliance is built) goes in the scratch too.
+    let cache = scratch.dir.join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let mut cmd = run_command(&scratch, &os(&["--accel", "tcg", "--", "uname", "-r"]));
+    cmd.env("LIBGUESTFS_CACHEDIR", &cache).stdin(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let out = collect(child.stdout.take().unwrap());
+    let err = collect(child.stderr.take().unwrap());
+    let status = wait_watched(&mut child);
+    let (stdout, stderr) = (out.recv().unwrap(), err.recv().unwrap());
+    let stdout = String::from_utf8_lossy(&stdout);
+    assert!(
+        status.success(),
+        "{status}: {}",
+        String::from_utf8_lossy(&stderr)
+    );
+    assert_eq!(stdout, format!("{}\n", host_kernel().version));
+    scratch.assert_tmp_clean();
+}
+
+#[test]
+fn stdout_and_stderr_arrive_separately() {
+    let scratch = Scratch::new("streams");
+    let app = scratch.appliance("app", None);
+    let out = supermin_run(
+        &scratch,
+        &with_appliance(
+            &app,
+            "tcg",
+            &[
+                "--",
+                "sh",
+                "-c",
+                "echo to-stdout; echo to-stderr >&2; echo more-stdout",
+            ],
+        ),
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout_text(), "to-stdout\nmore-stdout\n", "{out:?}");
+    assert!(out.stderr.contains("to-stderr\n"), "{out:?}");
+    assert!(!out.stderr.contains("to-stdout"), "{out:?}");
+    scratch.assert_tmp_clean();
+}
+
+#[test]
+fn exit_statuses_and_signals_map_like_a_shell() {
+    let scratch = Scratch::new("status");
+    let app = scratch.appliance("app", None);
+    let out = supermin_run(
+        &scratch,
+        &with_appliance(&app, "tcg", &["--", "sh", "-c", "exit 42"]),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(42), "{out:?}");
+    let out = supermin_run(
+        &scratch,
+        &with_appliance(&app, "tcg", &["--", "sh", "-c", "kill -KILL $$"]),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(128 + 9), "{out:?}");
+    scratch.assert_tmp_clean();
+}
+
+#[test]
+fn stdin_is_passed_through_whole() {
+    let scratch = Scratch::new("stdin");
+    let app = scratch.appliance("app", None);
+    // Several protocol chunks, and not a multiple of any of them.
+    let input: Vec<u8> = (0..1_000_003u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let out = supermin_run(
+        &scratch,
+        &with_appliance(&app, "tcg", &["--", "cat"]),
+        Some(input.clone()),
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout.len(), input.len());
+    assert!(out.stdout == input, "stdin came back altered");
+    scratch.assert_tmp_clean();
+}
+
+#[test]
+fn added_disks_show_inside_and_writes_reach_the_file_unless_read_only() {
+    let scratch = Scratch::new("disks");
+    let app = scratch.appliance("app", None);
+    let rw = scratch.dir.join("rw.img");
+    let ro = scratch.dir.join("ro.img");
+    for disk in [&rw, &ro] {
+        std::fs::File::create(disk)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+    }
+    let script = "set -e; test -b /dev/vdb; test -b /dev/vdc; \
+                  printf supermin-marker | dd of=/dev/vdb conv=notrunc status=none; \
+                  if printf x | dd of=/dev/vdc conv=notrunc status=none 2>/dev/null; \
+                  then echo ro-disk-was-writable; fi; \
+                  echo checked";
+    let mut args = os(&["--appliance"]);
+    args.push(app.clone().into());
+    args.extend(os(&["--accel", "tcg", "--add"]));
+    args.push(rw.clone().into());
+    args.push("--add".into());
+    let mut ro_spec = OsString::from(&ro);
+    ro_spec.push(":ro");
+    args.push(ro_spec);
+    args.extend(os(&["--", "sh", "-c", script]));
+    let out = supermin_run(&scratch, &args, None);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout_text(), "checked\n", "{out:?}");
+    let data = std::fs::read(&rw).unwrap();
+    assert_eq!(&data[..15], b"supermin-marker");
+    assert!(std::fs::read(&ro).unwrap().iter().all(|&b| b == 0));
+    scratch.assert_tmp_clean();
+}
+
+#[test]
+fn a_missing_command_is_a_clear_error() {
+    let scratch = Scratch::new("missing");
+    let app = scratch.appliance("app", None);
+    let out = supermin_run(
+        &scratch,
+        &with_appliance(&app, "tcg", &["--", "no-such-command-here", "arg"]),
+        None,
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("no-such-command-here"), "{out:?}");
+    assert!(out.stderr.contains("not found"), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    scratch.assert_tmp_clean();
+}
+
+#[test]
+fn kernels_with_plain_and_xz_compressed_modules_boot_the_same_way() {
+    let scratch = Scratch::new("kernels");
+    for (prefix, module_suffix) in [("6.1.", ".ko"), ("6.12.", ".ko.xz")] {
+        let kernel = kernel_by_version_prefix(prefix);
+        let virtio_blk = kernel
+            .modules_dir
+            .join(format!("kernel/drivers/block/virtio_blk{module_suffix}"));
+        assert!(
+            virtio_blk.exists(),
+            "{} should hold {module_suffix} modules",
+            kernel.modules_dir.display()
+        );
+        let app = scratch.appliance(&format!("app-{prefix}"), Some(&kernel));
+        let out = supermin_run(
+            &scratch,
+            &with_appliance(&app, "tcg", &["--", "uname", "-r"]),
+            None,
+        );
+        assert!(out.status.success(), "{prefix}: {out:?}");
+        assert_eq!(out.stdout_text(), format!("{}\n", kernel.version));
+    }
+    scratch.assert_tmp_clean();
+}
+
+#[test]
+fn timeout_kills_the_vm_and_cleans_up() {
+    let scratch = Scratch::new("timeout");
+    let app = scratch.appliance("app", None);
+    let out = supermin_run(
+        &scratch,
+        &with_appliance(&app, "tcg", &["--timeout", "4", "--", "sleep", "600"]),
+        None,
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("timed out"), "{out:?}");
+    scratch.assert_tmp_clean();
+}
+
+/// The pid of `parent`'s child named `comm`, from /proc.
+fn child_named(parent: u32, comm: &str) -> Option<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{parent}/task")).ok()?;
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children.split_whitespace() {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if name.trim_end().starts_with(comm) {
+                return pid.parse().ok();
+            }
+        }
+    }
+    None
+}
+
+/// Running = has a /proc entry that is not a zombie.
+fn is_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        }
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn ctrl_c_kills_the_vm_and_cleans_up() {
+    let scratch = Scratch::new("sigint");
+    let app = scratch.appliance("app", None);
+    let mut cmd = run_command(
+        &scratch,
+        &with_appliance(&app, "tcg", &["-v", "--", "sleep", "600"]),
+    );
+    cmd.stdin(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let _out = collect(child.stdout.take().unwrap());
+    // Wait until the command runs (the launcher says so with -v), then interrupt.
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("appliance ready") {
+                let _ = ready_tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    if ready_rx.recv_timeout(WATCHDOG).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the appliance never became ready:\n{}", log.join().unwrap());
+    }
+    let qemu = child_named(child.id(), "qemu-system").expect("qemu is the launcher's child");
+    assert!(is_running(qemu));
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = wait_watched(&mut child);
+    let log = log.join().unwrap();
+    assert!(!status.success(), "{status}\n{log}");
+    assert!(log.contains("interrupted"), "{log}");
+    assert!(!is_running(qemu), "qemu {qemu} outlived the launcher");
+    scratch.assert_tmp_clean();
+}
+
+#[test]
+fn a_boot_failure_ends_with_the_console_lines() {
+    let scratch = Scratch::new("bootfail");
+    let good = scratch.appliance("good", None);
+    // Same kernel and initrd, but a root without /init: the init says so and powers off.
+    let bad = scratch.dir.join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    for f in ["vmlinux", "initrd"] {
+        std::fs::rename(good.join(f), bad.join(f)).unwrap();
+    }
+    let root = root_without_init(&bad, "5e1f0000-0000-4000-8000-00000000b007");
+    std::fs::rename(root, bad.join("root")).unwrap();
+    let out = supermin_run(
+        &scratch,
+        &with_appliance(&bad, "tcg", &["--", "true"]),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("did not start"), "{out:?}");
+    assert!(out.stderr.contains("console"), "{out:?}");
+    assert!(out.stderr.contains("supermin-init"), "{out:?}");
+    scratch.assert_tmp_clean();
+}
+
+#[test]
+fn accel_auto_runs_the_command_whether_or_not_kvm_works() {
+    let scratch = Scratch::new("auto");
+    let app = scratch.appliance("app", None);
+    let out = supermin_run(
+        &scratch,
+        &with_appliance(&app, "auto", &["--", "echo", "auto-ok"]),
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout_text(), "auto-ok\n");
+    scratch.assert_tmp_clean();
+}
