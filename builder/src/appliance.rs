@@ -186,6 +186,44 @@ pub fn build(req: &BuildRequest) -> Result<Outcome, BuildError> {
     let dir = staging.path().to_path_buf();
     let mut warnings = Vec::new();
 
+    // The initrd needs only the kernel: write it on the other core while the root is
+    // resolved and written (module decompression is CPU work, the image mostly copying).
+    let log_ref = &log;
+    let dir_ref = &dir;
+    std::thread::scope(|scope| -> Result<(), BuildError> {
+        let initrd_job = match (&req.format, &kernel) {
+            (Format::Ext2, Some(k)) => {
+                Some(scope.spawn(move || write_initrd(k, &dir_ref.join("initrd"), log_ref)))
+            }
+            _ => None,
+        };
+        let root = write_root(req, &dir, kernel.as_ref(), &log, &mut warnings);
+        if let Some(job) = initrd_job {
+            match job.join() {
+                Ok(result) => result?,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        root
+    })?;
+    for w in &warnings {
+        eprintln!("supermin: warning: {w}");
+    }
+    log.at(1, || format!("publishing {}", req.output.display()));
+    staging.commit(&fp, env!("CARGO_PKG_VERSION"), req.durability)?;
+    log.at(1, || "done".into());
+    Ok(Outcome::Built { warnings })
+}
+
+/// Resolves the inputs, assembles the tree and writes the root image (or the chroot), the
+/// kernel and the optional extras into `dir`.
+fn write_root(
+    req: &BuildRequest,
+    dir: &Path,
+    kernel: Option<&kprobe::Kernel>,
+    log: &Log,
+    warnings: &mut Vec<String>,
+) -> Result<(), BuildError> {
     // What goes into the root.
     let (inputs, elf_only) = match &req.source {
         Source::Inputs(paths) => (hostfiles::read_inputs(paths)?, false),
@@ -223,7 +261,7 @@ pub fn build(req: &BuildRequest) -> Result<Outcome, BuildError> {
     }
     warnings.extend(set.warnings.iter().cloned());
 
-    let mut asm = Assembler::new(req.time, &dir);
+    let mut asm = Assembler::new(req.time, dir);
     for img in &set.base_images {
         let n = asm.add_base_image(img)?;
         log.at(1, || {
@@ -237,7 +275,7 @@ pub fn build(req: &BuildRequest) -> Result<Outcome, BuildError> {
     if elf_only {
         default_appliance::add_generated(&mut asm)?;
     }
-    if let Some(k) = &kernel {
+    if let Some(k) = kernel {
         let n = asm.add_modules(&k.modules_dir, &k.version)?;
         log.at(1, || format!("kernel modules: {n} entries"));
     }
@@ -245,7 +283,7 @@ pub fn build(req: &BuildRequest) -> Result<Outcome, BuildError> {
     let tree = asm.finish();
     log.at(1, || "tree assembled".into());
 
-    match (&req.format, &kernel) {
+    match (&req.format, kernel) {
         (Format::Ext2, Some(k)) => {
             let root = dir.join("root");
             let opts = ext2::Options {
@@ -262,27 +300,20 @@ pub fn build(req: &BuildRequest) -> Result<Outcome, BuildError> {
                     ext2::format_uuid(&summary.uuid)
                 )
             });
-            write_initrd(k, &dir.join("initrd"), &log)?;
-            write_kernel(k, &dir, req.copy_kernel)?;
+            write_kernel(k, dir, req.copy_kernel)?;
             if req.vmlinux {
-                write_vmlinux(k, &dir, &log, &mut warnings);
+                write_vmlinux(k, dir, log, warnings);
             }
             if req.fixed {
-                write_readme_fixed(&dir, k, req)?;
+                write_readme_fixed(dir, k, req)?;
             }
         }
         _ => {
-            let report = chroot::write_chroot(&tree, &dir)?;
+            let report = chroot::write_chroot(&tree, dir)?;
             warnings.extend(report.warnings);
         }
     }
-    for w in &warnings {
-        eprintln!("supermin: warning: {w}");
-    }
-    log.at(1, || format!("publishing {}", req.output.display()));
-    staging.commit(&fp, env!("CARGO_PKG_VERSION"), req.durability)?;
-    log.at(1, || "done".into());
-    Ok(Outcome::Built { warnings })
+    Ok(())
 }
 
 /// Everything that determines the output, cheaply. See the module docs for what is
