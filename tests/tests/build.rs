@@ -733,3 +733,45 @@ fn walk_find(dir: &Path, name: &str) -> Vec<PathBuf> {
     }
     found
 }
+
+#[test]
+fn kernel_command_reports_the_choice_and_the_initrd_modules() {
+    let text_out = ok(&supermin(&["kernel"]));
+    assert!(text_out.contains("chosen"), "{text_out}");
+    assert!(text_out.contains("ext4"), "{text_out}");
+    let json = ok(&supermin(&["kernel", "--json"]));
+    let trimmed = json.trim();
+    assert!(
+        trimmed.starts_with('{') && trimmed.ends_with('}'),
+        "not a JSON object: {json}"
+    );
+    assert!(json.contains("\"version\""), "{json}");
+    assert!(json.contains("\"candidates\""), "{json}");
+}
+
+#[test]
+fn a_supermin_variable_pointing_at_nothing_is_an_error_not_ignored() {
+    // supermin 5 silently falls back to another kernel here.
+    let out = supermin_env(&["kernel"], &[("SUPERMIN_KERNEL", "/nonexistent/vmlinuz")]);
+    fails_with_one_line(&out, "/nonexistent/vmlinuz");
+    assert!(
+        text(&out.stderr).contains("supermin: hint:"),
+        "{}",
+        text(&out.stderr)
+    );
+    let tmp = TempDir::new("bad-env");
+    let d = small_supermin_d(tmp.path());
+    let out = supermin_env(
+        &[
+            "--build",
+            "-f",
+            "ext2",
+            d.to_str().unwrap(),
+            "-o",
+            tmp.join("o").to_str().unwrap(),
+        ],
+        &[("SUPERMIN_MODULES", "/nonexistent/modules")],
+    );
+    fails_with_one_line(&out, "/nonexistent/modules");
+    assert!(!tmp.join("o").exists(), "nothing published on error");
+}
