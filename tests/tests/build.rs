@@ -213,6 +213,22 @@ fn prepare_then_chroot_build_runs_bash_ls_and_sync() {
         "-o",
         root.to_str().unwrap(),
     ]));
+    // Absolute symlinks are made relative, so the tree is usable where it lies.
+    let mut absolute = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_symlink() {
+                if fs::read_link(e.path()).unwrap().is_absolute() {
+                    absolute.push(e.path());
+                }
+            } else if ft.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    assert!(absolute.is_empty(), "absolute symlinks left: {absolute:?}");
     let out = Command::new("chroot")
         .arg(&root)
         .args([
