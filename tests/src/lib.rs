@@ -180,7 +180,25 @@ fn root_image(dir: &Path, uuid: &str, init: Option<&str>) -> PathBuf {
     };
     supermin_ext2::write_image(&tree, &image, &options)
         .unwrap_or_else(|err| panic!("writing {}: {err}", image.display()));
+    assert_e2fsck_clean(&image);
     image
+}
+
+/// Every image a test writes is checked: `e2fsck -fn` must find nothing to fix.
+#[track_caller]
+pub fn assert_e2fsck_clean(image: &Path) {
+    let out = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(image)
+        .output()
+        .expect("run e2fsck (install e2fsprogs)");
+    assert!(
+        out.status.success(),
+        "e2fsck -fn {} failed:\n{}{}",
+        image.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// How the root disk is attached.

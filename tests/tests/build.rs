@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use supermin_tests::TempDir;
+use supermin_tests::{assert_e2fsck_clean, TempDir};
 
 const LIBGUESTFS_SUPERMIN_D: &str = "/usr/lib/x86_64-linux-gnu/guestfs/supermin.d";
 
@@ -75,22 +75,6 @@ fn fails_with_one_line(out: &Output, needle: &str) {
     assert_eq!(lines.len(), 1, "want one line, got: {err}");
     assert!(lines[0].starts_with("supermin: error: "), "{err}");
     assert!(err.contains(needle), "{err:?} should mention {needle:?}");
-}
-
-#[track_caller]
-fn e2fsck_clean(image: &Path) {
-    let out = Command::new("e2fsck")
-        .args(["-fn"])
-        .arg(image)
-        .output()
-        .expect("run e2fsck");
-    assert!(
-        out.status.success(),
-        "e2fsck -fn {} failed:\n{}{}",
-        image.display(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
 }
 
 fn debugfs(image: &Path, request: &str) -> String {
@@ -272,7 +256,7 @@ fn prepare_then_ext2_build_holds_bash_and_passes_e2fsck() {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let root = out.join("root");
-    e2fsck_clean(&root);
+    assert_e2fsck_clean(&root);
     let stat = debugfs(&root, "stat /usr/bin/bash");
     assert!(stat.contains("Type: regular"), "{stat}");
     let list = debugfs(&root, "cat /packagelist");
@@ -329,7 +313,7 @@ fn if_newer_rebuilds_after_removing_each_output() {
         );
         assert!(out.join(f).exists(), "{f} not rebuilt");
     }
-    e2fsck_clean(&out.join("root"));
+    assert_e2fsck_clean(&out.join("root"));
 }
 
 #[test]
@@ -360,7 +344,7 @@ fn if_newer_rebuilds_after_an_edit_inside_supermin_d() {
     let again = ok(&supermin(&args));
     assert!(!again.contains("does not need rebuilding"), "{again}");
     let root = out.join("root");
-    e2fsck_clean(&root);
+    assert_e2fsck_clean(&root);
     assert!(debugfs(&root, "stat /usr/bin/yes").contains("Type: regular"));
     assert!(!debugfs(&root, "stat /usr/bin/true").contains("Type: regular"));
 }
@@ -432,7 +416,7 @@ fn concurrent_builders_with_a_lock_build_once() {
         .filter(|o| o.contains("does not need rebuilding"))
         .count();
     assert_eq!(skipped, 2, "exactly one of three builders builds");
-    e2fsck_clean(&out.join("root"));
+    assert_e2fsck_clean(&out.join("root"));
 }
 
 #[test]
@@ -466,7 +450,7 @@ fn killed_build_never_publishes_a_torn_appliance() {
                 "{f} missing after kill at {delay_ms} ms"
             );
         }
-        e2fsck_clean(&out.join("root"));
+        assert_e2fsck_clean(&out.join("root"));
     }
     // The next build cleans up whatever the killed ones left beside the output.
     assert!(build("300M").wait().unwrap().success());
@@ -504,7 +488,7 @@ fn same_inputs_and_source_date_epoch_give_identical_outputs() {
             ],
             &env,
         ));
-        e2fsck_clean(&out.join("root"));
+        assert_e2fsck_clean(&out.join("root"));
     }
     for f in ["root", "initrd"] {
         let same = Command::new("cmp")
@@ -572,7 +556,7 @@ fn no_input_builds_the_embedded_default_appliance() {
         out.to_str().unwrap(),
     ]));
     let root = out.join("root");
-    e2fsck_clean(&root);
+    assert_e2fsck_clean(&root);
     let init = debugfs(&root, "stat /init");
     assert!(
         init.contains("Type: regular") && init.contains("Mode:  0755"),
@@ -632,7 +616,7 @@ fn libguestfs_boots_our_fixed_appliance_and_guestfish_uses_a_disk() {
     assert!(!fs::symlink_metadata(app.join("kernel"))
         .unwrap()
         .is_symlink());
-    e2fsck_clean(&app.join("root"));
+    assert_e2fsck_clean(&app.join("root"));
     test_tool_passes(Command::new("libguestfs-test-tool").env("LIBGUESTFS_PATH", &app));
 
     // guestfish: make a filesystem on a scratch disk, write, upload and read back.

@@ -7,7 +7,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use supermin_tests::TempDir;
+use supermin_tests::{assert_e2fsck_clean, TempDir};
 
 fn supermin_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SUPERMIN_BIN") {
@@ -71,12 +71,7 @@ fn mkfs_writes_a_clean_image_with_the_given_label_and_uuid() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(fs::metadata(&img).unwrap().len(), 16 << 20);
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(fsck.status.success(), "{}", text(&fsck.stdout));
+    assert_e2fsck_clean(&img);
 
     let header = tool("dumpe2fs", &["-h"], &img);
     assert!(header.contains("sampleroot"), "{header}");
@@ -103,12 +98,7 @@ fn mkfs_sizes_the_image_from_its_content_when_no_size_is_given() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let len = fs::metadata(&img).unwrap().len();
     assert!((300_000..=64 << 20).contains(&len), "auto size {len}");
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(fsck.status.success(), "{}", text(&fsck.stdout));
+    assert_e2fsck_clean(&img);
 }
 
 #[test]
