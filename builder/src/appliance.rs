@@ -6,6 +6,11 @@
 //! kernel's identity, options, environment, this binary), so an up-to-date `--if-newer` never
 //! resolves packages. Only then is the file set resolved and the output written: the ext2
 //! image, the initrd and the kernel for `-f ext2`, a directory for `-f chroot`.
+//!
+//! What the fingerprint leaves out, on purpose: the host files that packages and hostfiles
+//! globs name are not hashed one by one (that would cost a resolution). Package files are
+//! covered by the package database's identity, which every install, upgrade or removal
+//! changes; a file edited behind the package manager's back is not noticed, as in supermin.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -316,9 +321,8 @@ fn write_root(
     Ok(())
 }
 
-/// Everything that determines the output, cheaply. See the module docs for what is
-/// deliberately left out (the host files named by packages are covered by the package
-/// database's identity, like supermin).
+/// Everything that determines the output, cheaply (see the module docs for what is left
+/// out on purpose).
 pub fn fingerprint(
     req: &BuildRequest,
     kernel: Option<&kprobe::Kernel>,
