@@ -54,6 +54,9 @@ pub struct AgentConfig {
     pub info: String,
     /// Print each request on stderr (the console in the appliance).
     pub verbose: bool,
+    /// Flush every disk's cache before acknowledging a shutdown (the
+    /// appliance; not a test on a host).
+    pub flush_disks: bool,
 }
 
 impl AgentConfig {
@@ -80,6 +83,7 @@ impl AgentConfig {
             base_env: Self::default_env(),
             info,
             verbose,
+            flush_disks: true,
         }
     }
 }
@@ -486,6 +490,9 @@ impl Agent<'_> {
                 }
                 self.log(format_args!("shutdown requested"));
                 rustix::fs::sync();
+                if self.config.flush_disks {
+                    crate::system::flush_block_devices();
+                }
                 self.queue(&Reply::Done);
                 self.shutting_down = true;
                 State::Idle
@@ -724,6 +731,7 @@ mod tests {
             base_env: AgentConfig::default_env(),
             info: "test".into(),
             verbose: false,
+            flush_disks: false,
         }
     }
 

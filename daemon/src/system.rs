@@ -221,6 +221,27 @@ fn find_port(class_dir: &Path, name: &str) -> Option<String> {
     found.into_iter().next()
 }
 
+/// Asks every disk to write its volatile cache (a FLUSH to virtio-blk, which
+/// makes qemu write out qcow2 metadata too). `sync()` writes dirty pages but
+/// only file systems send a FLUSH; a disk written raw (`dd of=/dev/vdb`)
+/// gets none, and the host may stop qemu the moment we say we are done.
+pub fn flush_block_devices() {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // Memory-backed devices have no cache to flush.
+        if ["loop", "ram", "zram"].iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        if let Ok(dev) = std::fs::File::open(Path::new("/dev").join(&*name)) {
+            let _ = dev.sync_all();
+        }
+    }
+}
+
 /// Whether the kernel command line asks for a verbose appliance.
 pub fn verbose_cmdline(cmdline: &str) -> bool {
     cmdline.split_ascii_whitespace().any(|w| {

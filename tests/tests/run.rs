@@ -321,6 +321,52 @@ fn added_disks_show_inside_and_writes_reach_the_file_unless_read_only() {
 }
 
 #[test]
+fn a_qcow2_disk_is_recognised_and_keeps_what_the_guest_wrote() {
+    let scratch = Scratch::new("qcow2");
+    let app = scratch.appliance("app", None);
+    let disk = scratch.dir.join("disk.qcow2");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("16M")
+        .status()
+        .expect("qemu-img (qemu-utils)");
+    assert!(made.success());
+    let mut args = with_appliance(&app, "tcg", &["--add"]);
+    args.push(disk.clone().into());
+    args.extend(os(&[
+        "--",
+        "sh",
+        "-c",
+        "printf qcow2-marker | dd of=/dev/vdb bs=512 seek=2048 conv=notrunc status=none",
+    ]));
+    let out = supermin_run(&scratch, &args, None);
+    assert!(out.status.success(), "{out:?}");
+    // qemu-img check: the image's metadata was written out, not lost with qemu.
+    let check = Command::new("qemu-img")
+        .arg("check")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let raw = scratch.dir.join("disk.raw");
+    let converted = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&disk)
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(converted.success());
+    let data = std::fs::read(&raw).unwrap();
+    assert_eq!(&data[2048 * 512..2048 * 512 + 12], b"qcow2-marker");
+    scratch.assert_tmp_clean();
+}
+
+#[test]
 fn a_missing_command_is_a_clear_error() {
     let scratch = Scratch::new("missing");
     let app = scratch.appliance("app", None);
