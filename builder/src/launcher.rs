@@ -2,10 +2,11 @@
 //! the daemon, stream its output back, power the VM off, and return the
 //! command's exit status.
 //!
-//! Shape: [`run`] resolves the appliance ([`Appliance`]) and the accelerator,
-//! starts a [`vm::Vm`] (qemu with the daemon's channel on a socketpair and a
-//! private scratch directory for the root's throwaway overlay), waits for the
-//! daemon's hello, then drives one exec. Every wait is bounded by a deadline
+//! Shape: [`Session::boot`] resolves the appliance ([`Appliance`]) and the
+//! accelerator, starts a `vm::Vm` (qemu with the daemon's channel on a
+//! socketpair and a private scratch directory for the root's throwaway
+//! overlay) and waits for the daemon's hello; a [`Session`] then runs
+//! commands and copies files; [`run`] is boot, one exec, shutdown. Every wait is bounded by a deadline
 //! and also ends on a signal (Ctrl-C) or on the VM vanishing; every exit path
 //! goes through `Vm`'s `Drop`, which kills qemu and removes the scratch
 //! directory.
@@ -24,7 +25,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use supermin_daemon::protocol::{ExecRequest, ExitStatus, ProtocolError, Reply, Request};
+pub use supermin_daemon::protocol::ExitStatus;
+use supermin_daemon::protocol::{ExecRequest, ProtocolError, Reply, Request, CHUNK};
 
 use vm::{Event, Vm, WaitError};
 
@@ -145,6 +147,12 @@ pub enum LaunchError {
     Timeout { after: Duration },
     #[error("interrupted by signal {signal}: the VM was killed")]
     Interrupted { signal: i32 },
+    #[error("local file {path}")]
+    LocalFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot talk to the VM")]
     Channel {
         #[source]
@@ -247,134 +255,362 @@ fn read_ext2_uuid(path: &Path) -> Result<String, Option<io::Error>> {
 /// Boots the appliance, runs `opts.argv` in it, and returns the command's
 /// exit status (128+N when a signal killed it).
 pub fn run(opts: &RunOptions) -> Result<i32, LaunchError> {
-    let start = Instant::now();
     if opts.argv.is_empty() {
         return Err(LaunchError::NoCommand);
     }
-    let appliance = Appliance::open(&opts.appliance)?;
-    let mut disks = Vec::with_capacity(opts.disks.len());
-    for (path, readonly) in &opts.disks {
-        let format = qemu::DiskFormat::sniff(path).map_err(|source| LaunchError::Disk {
-            path: path.clone(),
+    let mut session = Session::boot(opts)?;
+    let status = session.exec(&opts.argv, opts.stdin)?;
+    session.shutdown();
+    Ok(status.shell_code())
+}
+
+/// A booted appliance whose daemon has answered: run commands, copy files
+/// in and out, then [`Session::shutdown`]. Dropping it instead kills the VM;
+/// either way qemu and its scratch directory are gone afterwards. While it
+/// lives, SIGINT/SIGTERM/SIGHUP end its waits with
+/// [`LaunchError::Interrupted`] instead of killing the process.
+pub struct Session {
+    // Declared first so that it is dropped (qemu killed) first.
+    vm: Vm,
+    rx: mpsc::Receiver<Event>,
+    _signals: signals::Guard,
+    start: Instant,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    verbose: bool,
+}
+
+impl Session {
+    /// Boots `opts.appliance` with `opts`' accelerator, memory, CPUs and
+    /// disks, and waits for the daemon. `opts.timeout` bounds the whole
+    /// session, boot included; `opts.argv` and `opts.stdin` are not used.
+    pub fn boot(opts: &RunOptions) -> Result<Session, LaunchError> {
+        let start = Instant::now();
+        let appliance = Appliance::open(&opts.appliance)?;
+        let mut disks = Vec::with_capacity(opts.disks.len());
+        for (path, readonly) in &opts.disks {
+            let format = qemu::DiskFormat::sniff(path).map_err(|source| LaunchError::Disk {
+                path: path.clone(),
+                source,
+            })?;
+            disks.push(qemu::Disk {
+                path: absolute(path),
+                readonly: *readonly,
+                format,
+            });
+        }
+        let deadline = opts.timeout.map(|t| start + t);
+        let log = |what: std::fmt::Arguments<'_>| {
+            if opts.verbose {
+                eprintln!(
+                    "supermin: run: [{:>6.3}s] {what}",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+        };
+
+        let (tx, rx) = mpsc::channel();
+        let signals = signals::Guard::install(tx.clone()).map_err(|source| LaunchError::Setup {
+            what: "signal handlers",
             source,
         })?;
-        disks.push(qemu::Disk {
-            path: absolute(path),
-            readonly: *readonly,
-            format,
-        });
-    }
-    let deadline = opts.timeout.map(|t| start + t);
-    let timeout_err = || LaunchError::Timeout {
-        after: opts.timeout.unwrap_or_default(),
-    };
-    let log = |what: std::fmt::Arguments<'_>| {
-        if opts.verbose {
-            eprintln!(
-                "supermin: run: [{:>6.3}s] {what}",
-                start.elapsed().as_secs_f64()
-            );
-        }
-    };
 
-    let (tx, rx) = mpsc::channel();
-    let _signals = signals::Guard::install(tx.clone()).map_err(|source| LaunchError::Setup {
-        what: "signal handlers",
-        source,
-    })?;
-
-    let plan = |accel: qemu::VmAccel| qemu::Plan {
-        kernel: appliance.kernel.clone(),
-        initrd: appliance.initrd.clone(),
-        root: appliance.root.clone(),
-        cmdline: qemu::kernel_cmdline(&appliance.root_uuid, opts.verbose),
-        disks: disks.clone(),
-        accel,
-        memory_mib: opts.memory_mib.max(128),
-        cpus: opts.cpus.max(1),
-    };
-
-    let try_kvm = match opts.accel {
-        Accel::Tcg => false,
-        Accel::Kvm => {
-            accel::kvm_usable().map_err(|reason| LaunchError::KvmUnavailable { reason })?;
-            true
-        }
-        Accel::Auto => match accel::kvm_usable() {
-            Err(reason) => {
-                log(format_args!("KVM not usable ({reason}): using TCG"));
-                false
-            }
-            Ok(()) if accel::kvm_known_to_hang() => {
-                log(format_args!(
-                    "KVM guests hung earlier in this host boot: using TCG"
-                ));
-                false
-            }
-            Ok(()) => true,
-        },
-    };
-
-    let mut generation = 0u64;
-    let mut vm = None;
-    if try_kvm {
-        log(format_args!(
-            "booting {} with KVM",
-            appliance.kernel.display()
-        ));
-        let mut kvm_vm = Vm::start(
-            &plan(qemu::VmAccel::Kvm),
-            generation,
-            tx.clone(),
-            opts.verbose,
-        )?;
-        let probe_deadline = match opts.accel {
-            Accel::Auto => Some(start + KVM_PROBE_TIMEOUT),
-            _ => None,
+        let plan = |accel: qemu::VmAccel| qemu::Plan {
+            kernel: appliance.kernel.clone(),
+            initrd: appliance.initrd.clone(),
+            root: appliance.root.clone(),
+            cmdline: qemu::kernel_cmdline(&appliance.root_uuid, opts.verbose),
+            disks: disks.clone(),
+            accel,
+            memory_mib: opts.memory_mib.max(128),
+            cpus: opts.cpus.max(1),
         };
-        let boot_deadline = earliest(deadline, Some(Instant::now() + BOOT_TIMEOUT));
-        match kvm_vm.wait_hello(&rx, earliest(boot_deadline, probe_deadline)) {
-            Ok(()) => vm = Some(kvm_vm),
-            Err(WaitError::Deadline)
-                if probe_deadline.is_some() && deadline.is_none_or(|d| Instant::now() < d) =>
-            {
-                log(format_args!(
-                    "the KVM guest did not answer within {KVM_PROBE_TIMEOUT:?}: falling back to TCG"
-                ));
-                accel::remember_kvm_hangs();
-                drop(kvm_vm);
-                generation += 1;
+
+        let try_kvm = match opts.accel {
+            Accel::Tcg => false,
+            Accel::Kvm => {
+                accel::kvm_usable().map_err(|reason| LaunchError::KvmUnavailable { reason })?;
+                true
             }
-            Err(e) => return Err(boot_error(e, &mut kvm_vm, opts, timeout_err)),
-        }
-    }
-    let mut vm = match vm {
-        Some(vm) => vm,
-        None => {
+            Accel::Auto => match accel::kvm_usable() {
+                Err(reason) => {
+                    log(format_args!("KVM not usable ({reason}): using TCG"));
+                    false
+                }
+                Ok(()) if accel::kvm_known_to_hang() => {
+                    log(format_args!(
+                        "KVM guests hung earlier in this host boot: using TCG"
+                    ));
+                    false
+                }
+                Ok(()) => true,
+            },
+        };
+
+        let mut generation = 0u64;
+        let mut vm = None;
+        if try_kvm {
             log(format_args!(
-                "booting {} with TCG",
+                "booting {} with KVM",
                 appliance.kernel.display()
             ));
-            let mut tcg_vm = Vm::start(
-                &plan(qemu::VmAccel::Tcg),
+            let mut kvm_vm = Vm::start(
+                &plan(qemu::VmAccel::Kvm),
                 generation,
                 tx.clone(),
                 opts.verbose,
             )?;
+            let probe_deadline = match opts.accel {
+                Accel::Auto => Some(start + KVM_PROBE_TIMEOUT),
+                _ => None,
+            };
             let boot_deadline = earliest(deadline, Some(Instant::now() + BOOT_TIMEOUT));
-            if let Err(e) = tcg_vm.wait_hello(&rx, boot_deadline) {
-                return Err(boot_error(e, &mut tcg_vm, opts, timeout_err));
+            match kvm_vm.wait_hello(&rx, earliest(boot_deadline, probe_deadline)) {
+                Ok(()) => vm = Some(kvm_vm),
+                Err(WaitError::Deadline)
+                    if probe_deadline.is_some() && deadline.is_none_or(|d| Instant::now() < d) =>
+                {
+                    log(format_args!(
+                        "the KVM guest did not answer within {KVM_PROBE_TIMEOUT:?}: falling back to TCG"
+                    ));
+                    accel::remember_kvm_hangs();
+                    drop(kvm_vm);
+                    generation += 1;
+                }
+                Err(e) => return Err(boot_error(e, &mut kvm_vm, opts.timeout)),
             }
-            tcg_vm
         }
-    };
-    log(format_args!("appliance ready: {}", vm.daemon_info()));
+        let vm = match vm {
+            Some(vm) => vm,
+            None => {
+                log(format_args!(
+                    "booting {} with TCG",
+                    appliance.kernel.display()
+                ));
+                let mut tcg_vm = Vm::start(
+                    &plan(qemu::VmAccel::Tcg),
+                    generation,
+                    tx.clone(),
+                    opts.verbose,
+                )?;
+                let boot_deadline = earliest(deadline, Some(Instant::now() + BOOT_TIMEOUT));
+                if let Err(e) = tcg_vm.wait_hello(&rx, boot_deadline) {
+                    return Err(boot_error(e, &mut tcg_vm, opts.timeout));
+                }
+                tcg_vm
+            }
+        };
+        let session = Session {
+            vm,
+            rx,
+            _signals: signals,
+            start,
+            deadline,
+            timeout: opts.timeout,
+            verbose: opts.verbose,
+        };
+        session.log(format_args!(
+            "appliance ready: {}",
+            session.vm.daemon_info()
+        ));
+        Ok(session)
+    }
 
-    let status = exec(&mut vm, &rx, opts, deadline, &timeout_err)?;
-    log(format_args!("command ended: {status:?}; shutting down"));
-    vm.shutdown(&rx, Instant::now() + SHUTDOWN_TIMEOUT);
-    log(format_args!("done"));
-    Ok(status.shell_code())
+    fn log(&self, what: std::fmt::Arguments<'_>) {
+        if self.verbose {
+            eprintln!(
+                "supermin: run: [{:>6.3}s] {what}",
+                self.start.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// The daemon's self-description (its version and the guest kernel's).
+    pub fn daemon_info(&self) -> &str {
+        self.vm.daemon_info()
+    }
+
+    /// The next reply, with every other way a wait can end made an error.
+    fn next_reply(&mut self) -> Result<Reply, LaunchError> {
+        match self.vm.next_reply(&self.rx, self.deadline) {
+            Ok(r) => Ok(r),
+            Err(WaitError::Deadline) => Err(LaunchError::Timeout {
+                after: self.timeout.unwrap_or_default(),
+            }),
+            Err(WaitError::Signal(signal)) => Err(LaunchError::Interrupted { signal }),
+            Err(WaitError::Closed(None)) => {
+                self.vm.stop();
+                Err(LaunchError::VmDied {
+                    console: self.vm.console_tail(),
+                })
+            }
+            Err(WaitError::Closed(Some(source))) => Err(LaunchError::Protocol { source }),
+            Err(WaitError::Launch(e)) => Err(e),
+        }
+    }
+
+    /// Runs `argv` in the appliance with our stdout and stderr as its own
+    /// (and our stdin when `stdin`); returns how it ended.
+    pub fn exec(&mut self, argv: &[OsString], stdin: bool) -> Result<ExitStatus, LaunchError> {
+        if argv.is_empty() {
+            return Err(LaunchError::NoCommand);
+        }
+        self.log(format_args!("exec {argv:?}"));
+        self.vm.send(&Request::Exec(ExecRequest {
+            argv: argv.to_vec(),
+            env: Vec::new(),
+            cwd: None,
+            stdin,
+        }))?;
+        let stop_stdin = Arc::new(AtomicBool::new(false));
+        if stdin {
+            pump_stdin(self.vm.writer(), stop_stdin.clone());
+        }
+        let result = self.relay();
+        stop_stdin.store(true, Ordering::SeqCst);
+        if let Ok(status) = &result {
+            self.log(format_args!("command ended: {status:?}"));
+        }
+        result
+    }
+
+    fn relay(&mut self) -> Result<ExitStatus, LaunchError> {
+        let mut stdout_ok = true;
+        let mut stderr_ok = true;
+        loop {
+            match self.next_reply()? {
+                // A reader that went away (`| head`) stops our copying, not the command.
+                Reply::Stdout(data) if stdout_ok => {
+                    let mut out = io::stdout().lock();
+                    stdout_ok = out.write_all(&data).and_then(|()| out.flush()).is_ok();
+                }
+                Reply::Stderr(data) if stderr_ok => {
+                    let mut err = io::stderr().lock();
+                    stderr_ok = err.write_all(&data).and_then(|()| err.flush()).is_ok();
+                }
+                Reply::Stdout(_) | Reply::Stderr(_) => {}
+                Reply::Exit(status) => return Ok(status),
+                Reply::ExecFailed { message } => {
+                    return Err(LaunchError::CommandNotStarted { message })
+                }
+                Reply::Error { message } => return Err(LaunchError::Daemon { message }),
+                other => {
+                    return Err(LaunchError::Unexpected {
+                        got: format!("{other:?}"),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Copies the local file `local` to `remote` in the appliance, created
+    /// (or truncated) with permission bits `mode`.
+    pub fn upload(&mut self, local: &Path, remote: &Path, mode: u32) -> Result<(), LaunchError> {
+        let local_err = |source| LaunchError::LocalFile {
+            path: local.to_path_buf(),
+            source,
+        };
+        let mut file = File::open(local).map_err(local_err)?;
+        self.log(format_args!(
+            "upload {} -> {}",
+            local.display(),
+            remote.display()
+        ));
+        self.vm.send(&Request::Upload {
+            path: remote.as_os_str().to_os_string(),
+            mode,
+        })?;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // End the upload so the daemon stays in step, then report.
+                    self.vm.send(&Request::FileEnd)?;
+                    let _ = self.next_reply();
+                    return Err(local_err(e));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            self.vm.send(&Request::FileData(buf[..n].to_vec()))?;
+        }
+        self.vm.send(&Request::FileEnd)?;
+        match self.next_reply()? {
+            Reply::Done => Ok(()),
+            Reply::Error { message } => Err(LaunchError::Daemon { message }),
+            other => Err(LaunchError::Unexpected {
+                got: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Copies `remote` from the appliance to the local file `local`.
+    pub fn download(&mut self, remote: &Path, local: &Path) -> Result<(), LaunchError> {
+        let local_err = |source| LaunchError::LocalFile {
+            path: local.to_path_buf(),
+            source,
+        };
+        self.log(format_args!(
+            "download {} -> {}",
+            remote.display(),
+            local.display()
+        ));
+        self.vm.send(&Request::Download {
+            path: remote.as_os_str().to_os_string(),
+        })?;
+        let mut file = None;
+        let mut write_error = None;
+        loop {
+            match self.next_reply()? {
+                Reply::FileData(data) => {
+                    if write_error.is_some() {
+                        continue;
+                    }
+                    if file.is_none() {
+                        match File::create(local) {
+                            Ok(f) => file = Some(f),
+                            Err(e) => {
+                                write_error = Some(e);
+                                continue;
+                            }
+                        }
+                    }
+                    if let Some(f) = &mut file {
+                        if let Err(e) = f.write_all(&data) {
+                            write_error = Some(e);
+                        }
+                    }
+                }
+                Reply::FileEnd => break,
+                Reply::Error { message } => return Err(LaunchError::Daemon { message }),
+                other => {
+                    return Err(LaunchError::Unexpected {
+                        got: format!("{other:?}"),
+                    })
+                }
+            }
+        }
+        if let Some(e) = write_error {
+            return Err(local_err(e));
+        }
+        if file.is_none() {
+            // An empty remote file still makes an (empty) local one.
+            File::create(local).map_err(local_err)?;
+        }
+        Ok(())
+    }
+
+    /// Asks the appliance to sync its disks and power off; waits a bounded
+    /// time for qemu to exit, then kills it.
+    pub fn shutdown(mut self) {
+        self.log(format_args!("shutting down"));
+        self.vm
+            .shutdown(&self.rx, Instant::now() + SHUTDOWN_TIMEOUT);
+        self.log(format_args!("done"));
+    }
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
@@ -385,14 +621,11 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-fn boot_error(
-    e: WaitError,
-    vm: &mut Vm,
-    opts: &RunOptions,
-    timeout_err: impl Fn() -> LaunchError,
-) -> LaunchError {
+fn boot_error(e: WaitError, vm: &mut Vm, timeout: Option<Duration>) -> LaunchError {
     match e {
-        WaitError::Deadline if opts.timeout.is_some() => timeout_err(),
+        WaitError::Deadline if timeout.is_some() => LaunchError::Timeout {
+            after: timeout.unwrap_or_default(),
+        },
         WaitError::Deadline => {
             vm.stop();
             LaunchError::BootFailed {
@@ -413,82 +646,13 @@ fn boot_error(
     }
 }
 
-/// Runs the command and relays its output; returns how it ended.
-fn exec(
-    vm: &mut Vm,
-    rx: &mpsc::Receiver<Event>,
-    opts: &RunOptions,
-    deadline: Option<Instant>,
-    timeout_err: &impl Fn() -> LaunchError,
-) -> Result<ExitStatus, LaunchError> {
-    vm.send(&Request::Exec(ExecRequest {
-        argv: opts.argv.clone(),
-        env: Vec::new(),
-        cwd: None,
-        stdin: opts.stdin,
-    }))?;
-    let stop_stdin = Arc::new(AtomicBool::new(false));
-    if opts.stdin {
-        pump_stdin(vm.writer(), stop_stdin.clone());
-    }
-    let result = relay(vm, rx, deadline, timeout_err);
-    stop_stdin.store(true, Ordering::SeqCst);
-    result
-}
-
-fn relay(
-    vm: &mut Vm,
-    rx: &mpsc::Receiver<Event>,
-    deadline: Option<Instant>,
-    timeout_err: &impl Fn() -> LaunchError,
-) -> Result<ExitStatus, LaunchError> {
-    let mut stdout_ok = true;
-    let mut stderr_ok = true;
-    loop {
-        let reply = match vm.next_reply(rx, deadline) {
-            Ok(r) => r,
-            Err(WaitError::Deadline) => return Err(timeout_err()),
-            Err(WaitError::Signal(signal)) => return Err(LaunchError::Interrupted { signal }),
-            Err(WaitError::Closed(None)) => {
-                return Err(LaunchError::VmDied {
-                    console: vm.console_tail(),
-                })
-            }
-            Err(WaitError::Closed(Some(source))) => return Err(LaunchError::Protocol { source }),
-            Err(WaitError::Launch(e)) => return Err(e),
-        };
-        match reply {
-            // A reader that went away (`| head`) stops our copying, not the command.
-            Reply::Stdout(data) if stdout_ok => {
-                let mut out = io::stdout().lock();
-                stdout_ok = out.write_all(&data).and_then(|()| out.flush()).is_ok();
-            }
-            Reply::Stderr(data) if stderr_ok => {
-                let mut err = io::stderr().lock();
-                stderr_ok = err.write_all(&data).and_then(|()| err.flush()).is_ok();
-            }
-            Reply::Stdout(_) | Reply::Stderr(_) => {}
-            Reply::Exit(status) => return Ok(status),
-            Reply::ExecFailed { message } => {
-                return Err(LaunchError::CommandNotStarted { message })
-            }
-            Reply::Error { message } => return Err(LaunchError::Daemon { message }),
-            other => {
-                return Err(LaunchError::Unexpected {
-                    got: format!("{other:?}"),
-                })
-            }
-        }
-    }
-}
-
 /// Copies our stdin to the command from a thread of its own, so that a
 /// command which never reads does not stall its output. The thread may stay
 /// blocked in `read` after the run; it sends nothing once `stop` is set.
 fn pump_stdin(writer: vm::Writer, stop: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let mut stdin = io::stdin().lock();
-        let mut buf = vec![0u8; supermin_daemon::protocol::CHUNK];
+        let mut buf = vec![0u8; CHUNK];
         loop {
             let msg = match stdin.read(&mut buf) {
                 Ok(0) => Request::StdinEof,
