@@ -6,7 +6,7 @@
 //! Nothing here copies file contents: regular files are references (a host path, or a byte
 //! range of a decompressed base image), read once when the output is written.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
@@ -138,18 +138,16 @@ impl Assembler {
     }
 
     /// The path with every symlink among its parent components resolved inside the tree, so
-    /// that `/lib/modules/V` lands in `/usr/lib/modules/V` when `/lib -> usr/lib`.
+    /// that `/lib/modules/V` lands in `/usr/lib/modules/V` when `/lib -> usr/lib`. Walks the
+    /// tree node by node; below a missing component nothing is looked up (the insert creates
+    /// the rest as directories).
     pub fn resolve_parent(&self, path: &[u8]) -> Vec<u8> {
-        let mut comps: Vec<Vec<u8>> = path
-            .split(|&b| b == b'/')
-            .filter(|c| !c.is_empty())
-            .map(|c| c.to_vec())
-            .collect();
-        let Some(last) = comps.pop() else {
+        let mut pending: VecDeque<Vec<u8>> = components(path).map(<[u8]>::to_vec).collect();
+        let Some(last) = pending.pop_back() else {
             return b"/".to_vec();
         };
-        let mut resolved: Vec<Vec<u8>> = Vec::new();
-        let mut pending: std::collections::VecDeque<Vec<u8>> = comps.into();
+        // Each resolved component with its node (`None` once below something missing).
+        let mut resolved: Vec<(Vec<u8>, Option<NodeId>)> = Vec::new();
         let mut hops = 0;
         while let Some(c) = pending.pop_front() {
             match c.as_slice() {
@@ -160,30 +158,34 @@ impl Assembler {
                 }
                 _ => {}
             }
-            resolved.push(c);
-            let here = join(&resolved);
-            if let Some(id) = self.tree.lookup(&here) {
-                if let NodeKind::Symlink(target) = self.tree.kind(id) {
-                    hops += 1;
-                    if hops > 40 {
-                        break; // a loop: leave the path as it is and let insert report it
-                    }
-                    resolved.pop();
+            let dir = resolved
+                .last()
+                .map_or(Some(self.tree.root()), |(_, id)| *id);
+            let child = dir.and_then(|d| self.tree.child(d, &c));
+            if let Some(NodeKind::Symlink(target)) = child.map(|id| self.tree.kind(id)) {
+                // ld.so and the kernel give up after 40 links; a loop is left as it is
+                // for the insert to report.
+                hops += 1;
+                if hops <= 40 {
                     if target.first() == Some(&b'/') {
                         resolved.clear();
                     }
-                    let mut next: Vec<Vec<u8>> = target
-                        .split(|&b| b == b'/')
-                        .filter(|c| !c.is_empty())
-                        .map(|c| c.to_vec())
-                        .collect();
-                    next.extend(pending.drain(..));
-                    pending = next.into();
+                    for t in components(target).collect::<Vec<_>>().into_iter().rev() {
+                        pending.push_front(t.to_vec());
+                    }
+                    continue;
                 }
             }
+            resolved.push((c, child));
         }
-        resolved.push(last);
-        join(&resolved)
+        let mut out = Vec::with_capacity(path.len());
+        for (c, _) in &resolved {
+            out.push(b'/');
+            out.extend_from_slice(c);
+        }
+        out.push(b'/');
+        out.extend_from_slice(&last);
+        out
     }
 
     /// Overlays one base image (a tar archive, maybe compressed) onto the tree.
@@ -467,7 +469,9 @@ impl Assembler {
         modules_dir: &Path,
         version: &str,
     ) -> Result<usize, AssembleError> {
-        let dest_root = format!("/lib/modules/{version}");
+        // Resolve `/lib/modules/VERSION` through the tree's symlinks once; below it the walk
+        // yields every directory before its entries, so each insert finds its parent.
+        let dest_root = self.resolve_parent(format!("/lib/modules/{version}").as_bytes());
         let mut count = 0;
         let walk_err = |e: walkdir::Error| AssembleError::Modules {
             path: e
@@ -478,6 +482,7 @@ impl Assembler {
                 .into_io_error()
                 .unwrap_or_else(|| io::Error::other("filesystem loop")),
         };
+        let mut dest = Vec::with_capacity(256);
         for entry in walkdir::WalkDir::new(modules_dir)
             .follow_links(false)
             .sort_by_file_name()
@@ -487,7 +492,8 @@ impl Assembler {
                 .path()
                 .strip_prefix(modules_dir)
                 .unwrap_or(Path::new(""));
-            let mut dest = dest_root.clone().into_bytes();
+            dest.clear();
+            dest.extend_from_slice(&dest_root);
             if !rel.as_os_str().is_empty() {
                 dest.push(b'/');
                 dest.extend_from_slice(rel.as_os_str().as_bytes());
@@ -497,7 +503,14 @@ impl Assembler {
             let Some(kind) = self.host_kind(&f, entry.path()) else {
                 continue;
             };
-            self.insert(&dest, kind, host_meta(&f))?;
+            if count == 0 {
+                // The top directory: its parents may be missing (no /lib/modules yet).
+                self.insert(&dest, kind, host_meta(&f))?;
+            } else {
+                self.tree
+                    .insert(&dest, kind, host_meta(&f))
+                    .map_err(|e| tree_err(&dest, e))?;
+            }
             count += 1;
         }
         Ok(count)
@@ -522,16 +535,8 @@ fn readable(f: &HostFile, host_path: &Path) -> bool {
     bits != 0 || File::open(host_path).is_ok()
 }
 
-fn join(comps: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for c in comps {
-        out.push(b'/');
-        out.extend_from_slice(c);
-    }
-    if out.is_empty() {
-        out.push(b'/');
-    }
-    out
+fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+    path.split(|&b| b == b'/').filter(|c| !c.is_empty())
 }
 
 fn host_path(root: &Path, path: &Path) -> PathBuf {
@@ -619,6 +624,22 @@ mod tests {
         a.insert(b"/bin", NodeKind::Symlink(b"/usr/bin".to_vec()), m)
             .unwrap();
         assert_eq!(a.resolve_parent(b"/bin/ls"), b"/usr/bin/ls");
+    }
+
+    #[test]
+    fn relative_links_resolve_from_their_own_directory() {
+        let dir = std::env::temp_dir();
+        let mut a = Assembler::new(0, &dir);
+        let m = default_dir_meta(0);
+        a.insert(b"/usr/lib", NodeKind::Dir, m).unwrap();
+        a.insert(b"/usr/lib64", NodeKind::Symlink(b"lib".to_vec()), m)
+            .unwrap();
+        assert_eq!(a.resolve_parent(b"/usr/lib64/ld.so"), b"/usr/lib/ld.so");
+        a.insert(b"/a/b", NodeKind::Symlink(b"../c/./d".to_vec()), m)
+            .unwrap();
+        assert_eq!(a.resolve_parent(b"/a/b/x"), b"/c/d/x");
+        // Below a missing directory nothing is resolved, and nothing panics.
+        assert_eq!(a.resolve_parent(b"/no/such/x"), b"/no/such/x");
     }
 
     #[test]

@@ -277,6 +277,11 @@ impl Tree {
         Ok(())
     }
 
+    /// The entry `name` of directory `dir`, if there is one (nothing for other kinds).
+    pub fn child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
+        self.nodes.get(dir.0)?.children.get(name).copied()
+    }
+
     /// The node at `path`, without following symlinks.
     pub fn lookup(&self, path: &[u8]) -> Option<NodeId> {
         let comps = split_components(path).ok()?;
