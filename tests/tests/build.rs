@@ -775,3 +775,34 @@ fn a_supermin_variable_pointing_at_nothing_is_an_error_not_ignored() {
     fails_with_one_line(&out, "/nonexistent/modules");
     assert!(!tmp.join("o").exists(), "nothing published on error");
 }
+
+#[test]
+fn prepare_without_use_installed_takes_config_files_from_downloaded_packages() {
+    if !Path::new("/var/lib/dpkg/status").exists() || !have("apt-get") {
+        eprintln!("skipped: not a dpkg system");
+        return;
+    }
+    let tmp = TempDir::new("prepare-download");
+    let d = tmp.join("supermin.d");
+    let out = supermin_env(
+        &["--prepare", "bash", "-o", d.to_str().unwrap()],
+        &[("SOURCE_DATE_EPOCH", "1700000000")],
+    );
+    ok(&out);
+    assert_eq!(fs::read_to_string(d.join("packages")).unwrap(), "bash\n");
+    let listing = Command::new("tar")
+        .args(["tzvf"])
+        .arg(d.join("base.tar.gz"))
+        .output()
+        .expect("tar");
+    let listing = text(&listing.stdout);
+    assert!(listing.contains("etc/bash.bashrc"), "{listing}");
+    assert!(
+        listing.lines().all(|l| l.contains("root/root")),
+        "config files are owned by root: {listing}"
+    );
+    assert!(
+        listing.contains("2023-11-14"),
+        "mtime from SOURCE_DATE_EPOCH: {listing}"
+    );
+}
