@@ -124,6 +124,27 @@ pub fn build_initrd(kernel: &Kernel, out: &Path, compression: Compression) {
     .unwrap_or_else(|err| panic!("writing {}: {err}", out.display()));
 }
 
+/// The `supermin` binary under test: `$SUPERMIN_BIN`, or the one cargo built beside this
+/// test executable (`target/PROFILE/supermin`; `.ci/test` builds it first).
+pub fn supermin_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SUPERMIN_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/PROFILE/deps/TEST-HASH -> target/PROFILE/supermin
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary in target/PROFILE/deps")
+        .join("supermin");
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `cargo build -p supermin` first (or set SUPERMIN_BIN)",
+        bin.display()
+    );
+    bin
+}
+
 /// The line the root's `/init` prints when it runs.
 pub const MARKER: &str = "SUPERMIN-TEST-ROOT-INIT";
 

@@ -11,28 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use supermin_tests::{assert_e2fsck_clean, TempDir};
+use supermin_tests::{assert_e2fsck_clean, supermin_bin, TempDir};
 
 const LIBGUESTFS_SUPERMIN_D: &str = "/usr/lib/x86_64-linux-gnu/guestfs/supermin.d";
-
-fn supermin_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("SUPERMIN_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/PROFILE/deps/build-HASH -> target/PROFILE/supermin
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary in target/PROFILE/deps")
-        .join("supermin");
-    assert!(
-        bin.exists(),
-        "{} does not exist: run `cargo build -p supermin` first (or set SUPERMIN_BIN)",
-        bin.display()
-    );
-    bin
-}
 
 fn supermin(args: &[&str]) -> Output {
     supermin_env(args, &[])

@@ -7,21 +7,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use supermin_tests::{assert_e2fsck_clean, TempDir};
-
-fn supermin_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("SUPERMIN_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary in target/PROFILE/deps")
-        .join("supermin");
-    assert!(bin.exists(), "run `cargo build -p supermin` first");
-    bin
-}
+use supermin_tests::{assert_e2fsck_clean, supermin_bin, TempDir};
 
 fn mkfs(args: &[&str]) -> Output {
     Command::new(supermin_bin())
