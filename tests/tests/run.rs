@@ -530,3 +530,57 @@ fn accel_auto_runs_the_command_whether_or_not_kvm_works() {
     assert_eq!(out.stdout_text(), "auto-ok\n");
     scratch.assert_tmp_clean();
 }
+
+#[test]
+fn a_session_uploads_runs_and_downloads_files() {
+    use supermin::launcher::{Accel, ExitStatus, LaunchError, RunOptions, Session};
+    let scratch = Scratch::new("session");
+    let app = scratch.appliance("app", None);
+    let opts = RunOptions {
+        appliance: app,
+        accel: Accel::Tcg,
+        memory_mib: 512,
+        cpus: 1,
+        disks: Vec::new(),
+        timeout: Some(WATCHDOG),
+        verbose: false,
+        argv: Vec::new(),
+        stdin: false,
+    };
+    let mut session = Session::boot(&opts).unwrap_or_else(|e| panic!("boot: {e}"));
+    assert!(session.daemon_info().contains(&host_kernel().version));
+    // Bigger than one protocol chunk and not a multiple of it.
+    let data: Vec<u8> = (0..300_001u32).map(|i| (i % 253) as u8).collect();
+    let local = scratch.dir.join("up");
+    std::fs::write(&local, &data).unwrap();
+    session
+        .upload(&local, Path::new("/tmp/up"), 0o640)
+        .unwrap_or_else(|e| panic!("upload: {e}"));
+    // The guest transforms it, so the download is not just the upload echoed.
+    let status = session
+        .exec(
+            &os(&[
+                "sh",
+                "-c",
+                "test \"$(stat -c %a /tmp/up)\" = 640 && cat /tmp/up /tmp/up >/tmp/down",
+            ]),
+            false,
+        )
+        .unwrap();
+    assert_eq!(status, ExitStatus::Code(0));
+    let back = scratch.dir.join("down");
+    session
+        .download(Path::new("/tmp/down"), &back)
+        .unwrap_or_else(|e| panic!("download: {e}"));
+    let expected = [data.as_slice(), data.as_slice()].concat();
+    assert!(
+        std::fs::read(&back).unwrap() == expected,
+        "downloaded bytes differ"
+    );
+    match session.download(Path::new("/no/such/file"), &scratch.dir.join("x")) {
+        Err(LaunchError::Daemon { message }) => assert!(message.contains("/no/such/file")),
+        other => panic!("{other:?}"),
+    }
+    session.shutdown();
+    scratch.assert_tmp_clean();
+}
