@@ -496,7 +496,7 @@ impl Session {
                 Reply::Error { message } => return Err(LaunchError::Daemon { message }),
                 other => {
                     return Err(LaunchError::Unexpected {
-                        got: format!("{other:?}"),
+                        got: describe(&other),
                     })
                 }
             }
@@ -542,7 +542,7 @@ impl Session {
             Reply::Done => Ok(()),
             Reply::Error { message } => Err(LaunchError::Daemon { message }),
             other => Err(LaunchError::Unexpected {
-                got: format!("{other:?}"),
+                got: describe(&other),
             }),
         }
     }
@@ -588,7 +588,7 @@ impl Session {
                 Reply::Error { message } => return Err(LaunchError::Daemon { message }),
                 other => {
                     return Err(LaunchError::Unexpected {
-                        got: format!("{other:?}"),
+                        got: describe(&other),
                     })
                 }
             }
@@ -610,6 +610,21 @@ impl Session {
         self.vm
             .shutdown(&self.rx, Instant::now() + SHUTDOWN_TIMEOUT);
         self.log(format_args!("done"));
+    }
+}
+
+/// A reply named for an error message: kind and size, never its bytes.
+fn describe(reply: &Reply) -> String {
+    match reply {
+        Reply::Hello(h) => format!("hello (version {})", h.version),
+        Reply::Stdout(d) => format!("stdout chunk ({} bytes)", d.len()),
+        Reply::Stderr(d) => format!("stderr chunk ({} bytes)", d.len()),
+        Reply::Exit(status) => format!("exit status ({status:?})"),
+        Reply::ExecFailed { message } => format!("exec failure ({message})"),
+        Reply::FileData(d) => format!("file data ({} bytes)", d.len()),
+        Reply::FileEnd => "end of file".into(),
+        Reply::Done => "done".into(),
+        Reply::Error { message } => format!("error ({message})"),
     }
 }
 
@@ -742,6 +757,12 @@ mod tests {
         assert_eq!("kvm".parse::<Accel>().unwrap(), Accel::Kvm);
         assert_eq!("tcg".parse::<Accel>().unwrap(), Accel::Tcg);
         assert!("xen".parse::<Accel>().is_err());
+    }
+
+    #[test]
+    fn unexpected_replies_are_described_without_their_bytes() {
+        let text = describe(&Reply::FileData(vec![0xab; 65536]));
+        assert_eq!(text, "file data (65536 bytes)");
     }
 
     #[test]

@@ -22,6 +22,13 @@ fn main() {
         );
         std::process::exit(1);
     }
+    // A panic is a bug; as PID 1 it would otherwise end in a kernel panic
+    // whose message hides ours. Say it and power off like any failure.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("supermin-daemon: internal error (a bug): {info}");
+        eprintln!("supermin-daemon: powering off");
+        system::power_off()
+    }));
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     match run() {
         Ok(()) => {}

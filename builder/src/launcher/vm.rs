@@ -333,7 +333,7 @@ impl Vm {
                 .map_err(WaitError::Launch)
             }
             other => Err(WaitError::Launch(LaunchError::Unexpected {
-                got: format!("{other:?} before the hello"),
+                got: format!("{} before the hello", super::describe(&other)),
             })),
         }
     }
