@@ -1066,6 +1066,36 @@ mod tests {
     }
 
     #[test]
+    fn shutdown_during_a_command_kills_it_and_is_acknowledged() {
+        let mut host = connect();
+        let marker =
+            std::env::temp_dir().join(format!("supermin-agent-shutdown-{}", std::process::id()));
+        let script = format!("echo started; sleep 3; touch {}", marker.display());
+        host.send(&Request::Exec(ExecRequest {
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        }));
+        assert_eq!(host.recv(), Reply::Stdout(b"started\n".to_vec()));
+        host.shutdown();
+        std::thread::sleep(std::time::Duration::from_millis(3500));
+        assert!(!marker.exists(), "the command outlived the shutdown");
+    }
+
+    #[test]
+    fn stdin_arriving_after_the_command_ended_is_dropped_quietly() {
+        let mut host = connect();
+        let (_, _, end) = host.exec_collect(&["true"], None);
+        assert_eq!(end, Reply::Exit(ExitStatus::Code(0)));
+        // A late stdin pump: no reply, no error, and the next command is unaffected.
+        host.send(&Request::Stdin(b"late".to_vec()));
+        host.send(&Request::StdinEof);
+        let (out, _, end) = host.exec_collect(&["echo", "next"], None);
+        assert_eq!(out, b"next\n");
+        assert_eq!(end, Reply::Exit(ExitStatus::Code(0)));
+        host.shutdown();
+    }
+
+    #[test]
     fn missing_working_directory_is_reported() {
         let mut host = connect();
         host.send(&Request::Exec(ExecRequest {
