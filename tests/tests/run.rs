@@ -19,28 +19,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use supermin_kernel_probe::Kernel;
-use supermin_tests::{host_kernel, kernel_by_version_prefix, root_without_init, TempDir};
+use supermin_tests::{
+    host_kernel, kernel_by_version_prefix, root_without_init, supermin_bin, TempDir,
+};
 
 /// Far above any healthy TCG run here (a few seconds); only a hang reaches it.
 const WATCHDOG: Duration = Duration::from_secs(300);
-
-fn supermin_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("SUPERMIN_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary in target/PROFILE/deps")
-        .join("supermin");
-    assert!(
-        bin.exists(),
-        "{} does not exist: run `cargo build -p supermin` first (or set SUPERMIN_BIN)",
-        bin.display()
-    );
-    bin
-}
 
 /// A test's scratch space: appliances, disks, and the launcher's `$TMPDIR`.
 struct Scratch {
@@ -375,7 +359,7 @@ fn a_missing_command_is_a_clear_error() {
         &with_appliance(&app, "tcg", &["--", "no-such-command-here", "arg"]),
         None,
     );
-    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(out.status.code(), Some(127), "like a shell: {out:?}");
     assert!(out.stderr.contains("no-such-command-here"), "{out:?}");
     assert!(out.stderr.contains("not found"), "{out:?}");
     assert!(out.stdout.is_empty(), "{out:?}");
@@ -416,7 +400,7 @@ fn timeout_kills_the_vm_and_cleans_up() {
         &with_appliance(&app, "tcg", &["--timeout", "4", "--", "sleep", "600"]),
         None,
     );
-    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(out.status.code(), Some(124), "like timeout(1): {out:?}");
     assert!(out.stderr.contains("timed out"), "{out:?}");
     scratch.assert_tmp_clean();
 }
@@ -487,7 +471,7 @@ fn ctrl_c_kills_the_vm_and_cleans_up() {
     assert!(sent.success());
     let status = wait_watched(&mut child);
     let log = log.join().unwrap();
-    assert!(!status.success(), "{status}\n{log}");
+    assert_eq!(status.code(), Some(130), "128 + SIGINT: {status}\n{log}");
     assert!(log.contains("interrupted"), "{log}");
     assert!(!is_running(qemu), "qemu {qemu} outlived the launcher");
     scratch.assert_tmp_clean();

@@ -38,6 +38,23 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// One line: what failed and why (the `#[source]` chain, once), then a hint if there is one.
+pub fn report(err: &anyhow::Error) {
+    let mut line = format!("supermin: error: {err}");
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        // Typed errors often repeat their source in their own message; print each cause once.
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    eprintln!("{line}");
+    if let Some(hint) = hint_for(err) {
+        eprintln!("supermin: hint: {hint}");
+    }
+}
+
 /// A hint for errors whose way out is not obvious from the message.
 pub fn hint_for(err: &anyhow::Error) -> Option<String> {
     for cause in err.chain() {

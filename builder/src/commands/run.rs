@@ -63,7 +63,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         argv: args.argv.clone(),
         stdin: true,
     };
-    let status = launcher::run(&opts)?;
+    // The command's own status, or the shell's codes for what kept it from finishing
+    // (127 not started, 124 timed out, 128+N interrupted by signal N), like `timeout(1)`.
+    let status = match launcher::run(&opts) {
+        Ok(status) => status,
+        Err(e) => {
+            let code = e.exit_code();
+            super::report(&anyhow::Error::new(e));
+            code
+        }
+    };
     Ok(ExitCode::from(status.clamp(0, 255) as u8))
 }
 
