@@ -20,7 +20,7 @@ use supermin_ext2 as ext2;
 use supermin_hostfiles as hostfiles;
 use supermin_kernel_probe as kprobe;
 
-use crate::assemble::{AssembleError, Assembler};
+use crate::assemble::{open_base_image, AssembleError, Assembler};
 use crate::chroot::{self, ChrootError};
 use crate::cli::Format;
 use crate::default_appliance;
@@ -250,7 +250,23 @@ fn write_root(
             .unwrap_or_else(|| std::env::consts::ARCH.to_string()),
         ..hostfiles::ResolveOptions::default()
     };
-    let set = hostfiles::resolve(&inputs, &opts)?;
+    // Decompressing the base images needs nothing from the resolution: do both at once.
+    let (set, images) = std::thread::scope(|scope| {
+        let images = scope.spawn(|| {
+            inputs
+                .base_images
+                .iter()
+                .map(|img| open_base_image(img, dir))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let set = hostfiles::resolve(&inputs, &opts);
+        let images = match images.join() {
+            Ok(images) => images,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        (set, images)
+    });
+    let (set, images) = (set?, images?);
     log.at(1, || {
         format!(
             "resolved {} files from {} packages{}",
@@ -266,9 +282,9 @@ fn write_root(
     }
     warnings.extend(set.warnings.iter().cloned());
 
-    let mut asm = Assembler::new(req.time, dir);
-    for img in &set.base_images {
-        let n = asm.add_base_image(img)?;
+    let mut asm = Assembler::new(req.time);
+    for (img, file) in inputs.base_images.iter().zip(images) {
+        let n = asm.add_base_image(img, file)?;
         log.at(1, || {
             format!("base image {}: {n} entries", img.path.display())
         });

@@ -82,8 +82,6 @@ pub fn default_dir_meta(time: i64) -> Meta {
 pub struct Assembler {
     tree: Tree,
     time: i64,
-    /// Scratch files holding decompressed base images must outlive the tree's references.
-    scratch_dir: PathBuf,
     pub warnings: Vec<String>,
 }
 
@@ -106,14 +104,11 @@ fn split_dev(rdev: u64) -> (u32, u32) {
 }
 
 impl Assembler {
-    /// `time` stamps directories that no input describes; `scratch_dir` receives (already
-    /// unlinked) scratch files for compressed base images, so it should be on the output's
-    /// filesystem.
-    pub fn new(time: i64, scratch_dir: &Path) -> Assembler {
+    /// `time` stamps directories that no input describes.
+    pub fn new(time: i64) -> Assembler {
         Assembler {
             tree: Tree::new(default_dir_meta(time)),
             time,
-            scratch_dir: scratch_dir.to_path_buf(),
             warnings: Vec::new(),
         }
     }
@@ -189,8 +184,8 @@ impl Assembler {
     }
 
     /// Overlays one base image (a tar archive, maybe compressed) onto the tree.
-    pub fn add_base_image(&mut self, img: &BaseImage) -> Result<usize, AssembleError> {
-        let file = self.decompressed(img)?;
+    /// Overlays `img`, given as the seekable view [`open_base_image`] made of it.
+    pub fn add_base_image(&mut self, img: &BaseImage, file: File) -> Result<usize, AssembleError> {
         let file = Arc::new(file);
         let mut archive = tar::Archive::new(&*file);
         let mut guard = supermin_hostfiles::BaseImageGuard::new(std::iter::empty::<&Path>());
@@ -299,31 +294,6 @@ impl Assembler {
             count += 1;
         }
         Ok(count)
-    }
-
-    /// A seekable, uncompressed view of a base image: the file itself, or an unlinked
-    /// scratch copy of its decompressed bytes (never a directory of extracted files).
-    fn decompressed(&self, img: &BaseImage) -> Result<File, AssembleError> {
-        let io_err = |source| AssembleError::BaseImage {
-            path: img.path.clone(),
-            source,
-        };
-        if img.compression == supermin_hostfiles::Compression::None {
-            return File::open(&img.path).map_err(io_err);
-        }
-        let mut reader =
-            supermin_hostfiles::open_base_image(img).map_err(|e| AssembleError::BaseImage {
-                path: img.path.clone(),
-                source: io::Error::other(e),
-            })?;
-        let mut scratch =
-            scratch_file(&self.scratch_dir).map_err(|source| AssembleError::Scratch {
-                dir: self.scratch_dir.clone(),
-                source,
-            })?;
-        io::copy(&mut reader, &mut scratch).map_err(io_err)?;
-        scratch.seek(SeekFrom::Start(0)).map_err(io_err)?;
-        Ok(scratch)
     }
 
     /// Adds the resolved host files. Hard-linked host files stay one inode; unreadable files
@@ -535,6 +505,31 @@ fn readable(f: &HostFile, host_path: &Path) -> bool {
     bits != 0 || File::open(host_path).is_ok()
 }
 
+/// A seekable, uncompressed view of a base image: the file itself, or an unlinked
+/// scratch copy in `scratch_dir` of its decompressed bytes (never a directory of extracted
+/// files). Needs no assembler, so it can run while the file set is being resolved.
+pub fn open_base_image(img: &BaseImage, scratch_dir: &Path) -> Result<File, AssembleError> {
+    let io_err = |source| AssembleError::BaseImage {
+        path: img.path.clone(),
+        source,
+    };
+    if img.compression == supermin_hostfiles::Compression::None {
+        return File::open(&img.path).map_err(io_err);
+    }
+    let mut reader =
+        supermin_hostfiles::open_base_image(img).map_err(|e| AssembleError::BaseImage {
+            path: img.path.clone(),
+            source: io::Error::other(e),
+        })?;
+    let mut scratch = scratch_file(scratch_dir).map_err(|source| AssembleError::Scratch {
+        dir: scratch_dir.to_path_buf(),
+        source,
+    })?;
+    io::copy(&mut reader, &mut scratch).map_err(io_err)?;
+    scratch.seek(SeekFrom::Start(0)).map_err(io_err)?;
+    Ok(scratch)
+}
+
 fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
     path.split(|&b| b == b'/').filter(|c| !c.is_empty())
 }
@@ -607,8 +602,7 @@ mod tests {
 
     #[test]
     fn parents_resolve_through_tree_symlinks() {
-        let dir = std::env::temp_dir();
-        let mut a = Assembler::new(0, &dir);
+        let mut a = Assembler::new(0);
         let m = default_dir_meta(0);
         a.insert(b"/usr", NodeKind::Dir, m).unwrap();
         a.insert(b"/usr/lib", NodeKind::Dir, m).unwrap();
@@ -628,8 +622,7 @@ mod tests {
 
     #[test]
     fn relative_links_resolve_from_their_own_directory() {
-        let dir = std::env::temp_dir();
-        let mut a = Assembler::new(0, &dir);
+        let mut a = Assembler::new(0);
         let m = default_dir_meta(0);
         a.insert(b"/usr/lib", NodeKind::Dir, m).unwrap();
         a.insert(b"/usr/lib64", NodeKind::Symlink(b"lib".to_vec()), m)
@@ -644,8 +637,7 @@ mod tests {
 
     #[test]
     fn symlink_loops_do_not_hang() {
-        let dir = std::env::temp_dir();
-        let mut a = Assembler::new(0, &dir);
+        let mut a = Assembler::new(0);
         let m = default_dir_meta(0);
         a.insert(b"/a", NodeKind::Symlink(b"b".to_vec()), m)
             .unwrap();
