@@ -94,6 +94,18 @@ pub enum BuildError {
     },
     #[error("input {0} does not exist")]
     MissingInput(PathBuf),
+    #[error("output {0} exists and is not a directory; remove it or choose another -o")]
+    OutputNotDir(PathBuf),
+    #[error(
+        "output {output} is inside input {input} (or the other way round): the next build would \
+         read its own output; choose an -o outside the inputs"
+    )]
+    OutputInsideInput { output: PathBuf, input: PathBuf },
+    #[error(
+        "the appliance needs {needed} bytes but --size gives {size}; give a larger --size \
+         (the default is 4G)"
+    )]
+    SizeTooSmall { size: u64, needed: u64 },
 }
 
 impl BuildError {
@@ -135,13 +147,7 @@ pub fn build(req: &BuildRequest) -> Result<Outcome, BuildError> {
     log.at(1, || {
         format!("version: supermin-rs {}", env!("CARGO_PKG_VERSION"))
     });
-    if let Source::Inputs(inputs) = &req.source {
-        for i in inputs {
-            if std::fs::symlink_metadata(i).is_err() {
-                return Err(BuildError::MissingInput(i.clone()));
-            }
-        }
-    }
+    check_output(req)?;
     let kernel = match req.format {
         Format::Ext2 => {
             let env = kprobe::ProbeEnv::from_env(req.host_cpu.as_deref());
@@ -220,6 +226,43 @@ pub fn build(req: &BuildRequest) -> Result<Outcome, BuildError> {
     Ok(Outcome::Built { warnings })
 }
 
+/// The inputs exist, and the output can be replaced without harm: it is a directory (or
+/// nothing yet) and it neither holds nor lies inside an input.
+fn check_output(req: &BuildRequest) -> Result<(), BuildError> {
+    match std::fs::symlink_metadata(&req.output) {
+        Ok(m) if !m.is_dir() => return Err(BuildError::OutputNotDir(req.output.clone())),
+        _ => {}
+    }
+    let Source::Inputs(inputs) = &req.source else {
+        return Ok(());
+    };
+    // The output may not exist yet: compare through its (existing) parent.
+    let output = match (req.output.parent(), req.output.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            std::fs::canonicalize(parent)
+                .map(|p| p.join(name))
+                .unwrap_or_else(|_| req.output.clone())
+        }
+        _ => req.output.clone(),
+    };
+    for input in inputs {
+        let canonical =
+            std::fs::canonicalize(input).map_err(|_| BuildError::MissingInput(input.clone()))?;
+        if output.starts_with(&canonical) || canonical.starts_with(&output) {
+            return Err(BuildError::OutputInsideInput {
+                output: req.output.clone(),
+                input: input.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Resolves the inputs, assembles the tree and writes the root image (or the chroot), the
 /// kernel and the optional extras into `dir`.
 fn write_root(
@@ -284,7 +327,7 @@ fn write_root(
 
     let mut asm = Assembler::new(req.time);
     for (img, file) in inputs.base_images.iter().zip(images) {
-        let n = asm.add_base_image(img, file)?;
+        let n = asm.add_base_image(img, file, dir)?;
         log.at(1, || {
             format!("base image {}: {n} entries", img.path.display())
         });
@@ -312,7 +355,13 @@ fn write_root(
                 creation_time: req.time,
                 ..ext2::Options::default()
             };
-            let summary = ext2::write_image(&tree, &root, &opts)?;
+            let summary = ext2::write_image(&tree, &root, &opts).map_err(|e| match e {
+                // The writer's advice ("or none") is for `mkfs`; here no --size means 4G.
+                ext2::Ext2Error::ImageTooSmall { size, needed } => {
+                    BuildError::SizeTooSmall { size, needed }
+                }
+                e => BuildError::Ext2(e),
+            })?;
             log.at(1, || {
                 format!(
                     "ext2: {} blocks, {} inodes, UUID {}",
@@ -431,7 +480,9 @@ fn write_kernel(k: &kprobe::Kernel, dir: &Path, copy: bool) -> Result<(), BuildE
     if copy {
         std::fs::copy(&k.path, &dest).map_err(io_err("copy the kernel to", &dest))?;
     } else {
-        std::os::unix::fs::symlink(&k.path, &dest).map_err(io_err("symlink", &dest))?;
+        // A relative SUPERMIN_KERNEL is relative to where we run, not to the output.
+        let target = std::path::absolute(&k.path).map_err(io_err("resolve", &k.path))?;
+        std::os::unix::fs::symlink(&target, &dest).map_err(io_err("symlink", &dest))?;
     }
     Ok(())
 }
@@ -489,7 +540,9 @@ fn write_readme_fixed(
         version = env!("CARGO_PKG_VERSION"),
         kernel = k.path.display(),
         kversion = k.version,
-        dir = req.output.display(),
+        dir = std::path::absolute(&req.output)
+            .unwrap_or_else(|_| req.output.clone())
+            .display(),
     );
     std::fs::write(&dest, text).map_err(io_err("write", &dest))
 }

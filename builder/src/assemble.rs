@@ -38,6 +38,10 @@ pub enum AssembleError {
         source: supermin_hostfiles::HostfilesError,
     },
     #[error(
+        "base image {image} is truncated: member {member} runs past its end; rebuild or re-download it"
+    )]
+    Truncated { image: PathBuf, member: String },
+    #[error(
         "base image {image}: hard link {path} points at {target}, which is not in the archive"
     )]
     DanglingHardLink {
@@ -183,9 +187,22 @@ impl Assembler {
         out
     }
 
-    /// Overlays one base image (a tar archive, maybe compressed) onto the tree.
-    /// Overlays `img`, given as the seekable view [`open_base_image`] made of it.
-    pub fn add_base_image(&mut self, img: &BaseImage, file: File) -> Result<usize, AssembleError> {
+    /// Overlays one base image (a tar archive), given as the seekable view
+    /// [`open_base_image`] made of it. Members are referenced where they lie in that view;
+    /// a GNU sparse member is expanded into its own scratch file in `scratch_dir`.
+    pub fn add_base_image(
+        &mut self,
+        img: &BaseImage,
+        file: File,
+        scratch_dir: &Path,
+    ) -> Result<usize, AssembleError> {
+        let archive_len = file
+            .metadata()
+            .map_err(|source| AssembleError::BaseImage {
+                path: img.path.clone(),
+                source,
+            })?
+            .len();
         let file = Arc::new(file);
         let mut archive = tar::Archive::new(&*file);
         let mut guard = supermin_hostfiles::BaseImageGuard::new(std::iter::empty::<&Path>());
@@ -223,23 +240,42 @@ impl Assembler {
             };
             let kind = match etype {
                 tar::EntryType::Directory => NodeKind::Dir,
-                tar::EntryType::Regular
-                | tar::EntryType::Continuous
-                | tar::EntryType::GNUSparse => {
-                    if etype == tar::EntryType::GNUSparse {
-                        self.warnings.push(format!(
-                            "base image {}: sparse member {} is stored with its holes filled",
-                            img.path.display(),
-                            abs.display()
-                        ));
+                tar::EntryType::GNUSparse => {
+                    // The archive holds only the data regions; the tar reader expands them.
+                    let mut entry = entry;
+                    let mut scratch =
+                        scratch_file(scratch_dir).map_err(|source| AssembleError::Scratch {
+                            dir: scratch_dir.to_path_buf(),
+                            source,
+                        })?;
+                    let len = io::copy(&mut entry, &mut scratch).map_err(format_err)?;
+                    self.warnings.push(format!(
+                        "base image {}: sparse member {} is stored with its holes filled",
+                        img.path.display(),
+                        abs.display()
+                    ));
+                    NodeKind::File(FileData::Range {
+                        file: Arc::new(scratch),
+                        offset: 0,
+                        len,
+                    })
+                }
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    let (offset, len) = (entry.raw_file_position(), entry.size());
+                    // Members are read later, in place: a cut archive must fail now, not
+                    // leave zeros where its bytes should be.
+                    if offset.saturating_add(len) > archive_len {
+                        return Err(AssembleError::Truncated {
+                            image: img.path.clone(),
+                            member: abs.display().to_string(),
+                        });
                     }
-                    let len = entry.size();
                     if len == 0 {
                         NodeKind::File(FileData::Empty)
                     } else {
                         NodeKind::File(FileData::Range {
                             file: Arc::clone(&file),
-                            offset: entry.raw_file_position(),
+                            offset,
                             len,
                         })
                     }
@@ -257,12 +293,14 @@ impl Assembler {
                         .map_err(format_err)?
                         .map(|t| t.into_owned())
                         .unwrap_or_default();
-                    let target_rel = guard.check(&target, false).map_err(|source| {
-                        AssembleError::UnsafeEntry {
-                            image: img.path.clone(),
-                            source,
-                        }
-                    })?;
+                    // Only a lookup: the target's own entry already passed the guard.
+                    let target_rel =
+                        supermin_hostfiles::safe_tar_path(&target).map_err(|source| {
+                            AssembleError::UnsafeEntry {
+                                image: img.path.clone(),
+                                source,
+                            }
+                        })?;
                     let Some(&id) = by_name.get(&target_rel) else {
                         return Err(AssembleError::DanglingHardLink {
                             image: img.path.clone(),

@@ -50,7 +50,10 @@ fn create_err(path: &Path) -> impl FnOnce(io::Error) -> ChrootError + '_ {
 pub fn write_chroot(tree: &Tree, dest: &Path) -> Result<ChrootReport, ChrootError> {
     let mut report = ChrootReport::default();
     let is_root = rustix::process::geteuid().is_root();
+    // The first name written of each node, for its hard links; nodes that could not be
+    // created (device nodes as non-root, sockets) have all their names skipped.
     let mut first_name: HashMap<NodeId, PathBuf> = HashMap::new();
+    let mut skipped: std::collections::HashSet<NodeId> = std::collections::HashSet::new();
     let mut dirs: Vec<(PathBuf, Meta)> = Vec::new();
     for entry in tree.walk() {
         let rel = entry.path.strip_prefix(b"/").unwrap_or(&entry.path);
@@ -61,12 +64,18 @@ pub fn write_chroot(tree: &Tree, dest: &Path) -> Result<ChrootReport, ChrootErro
             dirs.push((path, meta));
             continue;
         }
+        let shown = String::from_utf8_lossy(&entry.path);
         if !kind.is_dir() {
+            if skipped.contains(&entry.id) {
+                report
+                    .warnings
+                    .push(format!("{shown}: another name of a skipped node; skipped"));
+                continue;
+            }
             if let Some(first) = first_name.get(&entry.id) {
                 fs::hard_link(first, &path).map_err(create_err(&path))?;
                 continue;
             }
-            first_name.insert(entry.id, path.clone());
         }
         match kind {
             NodeKind::Dir => {
@@ -93,9 +102,9 @@ pub fn write_chroot(tree: &Tree, dest: &Path) -> Result<ChrootReport, ChrootErro
                 if let Err(e) = rustix::fs::mknodat(CWD, &path, ft, Mode::from_raw_mode(0o600), dev)
                 {
                     report.warnings.push(format!(
-                        "cannot create device node {} ({major}:{minor}): {e}; skipped",
-                        path.display()
+                        "cannot create device node {shown} ({major}:{minor}): {e}; skipped"
                     ));
+                    skipped.insert(entry.id);
                     continue;
                 }
             }
@@ -108,13 +117,13 @@ pub fn write_chroot(tree: &Tree, dest: &Path) -> Result<ChrootReport, ChrootErro
             }
             NodeKind::Socket => {
                 // A socket file is only a name; nothing listens on it in a copy.
-                report
-                    .warnings
-                    .push(format!("socket {} not copied", path.display()));
+                report.warnings.push(format!("socket {shown} not copied"));
+                skipped.insert(entry.id);
                 continue;
             }
         }
         apply_meta(&path, &meta, !matches!(kind, NodeKind::Symlink(_)), is_root)?;
+        first_name.insert(entry.id, path);
     }
     for (path, meta) in dirs.iter().rev() {
         apply_meta(path, meta, true, is_root)?;

@@ -73,7 +73,7 @@ pub enum UsageError {
     BadFormat(String),
     #[error("output directory (-o option) must be supplied")]
     NoOutput,
-    #[error("invalid --size {value:?}: {reason}; use a number with a unit, e.g. 4G or 512M")]
+    #[error("invalid --size: {reason}")]
     BadSize { value: String, reason: String },
     #[error("{option} is only meaningful with --build")]
     BuildOnly { option: &'static str },

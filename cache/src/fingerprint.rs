@@ -119,6 +119,7 @@ const TAG_IDENTITY: u8 = b'I';
 const TAG_CONTENTS: u8 = b'C';
 const TAG_TREE: u8 = b'T';
 const TAG_TREE_END: u8 = b't';
+const TAG_LOOP: u8 = b'L';
 // Entry kinds, inside identity and tree records.
 const KIND_MISSING: u8 = b'-';
 const KIND_FILE: u8 = b'f';
@@ -204,9 +205,8 @@ impl FingerprintBuilder {
 
     /// A directory input: its entries in byte order of their names,
     /// recursively, each by contents or identity as `mode` says. Symlinks are
-    /// not followed into directories (no loops, no escaping the tree), but a
-    /// symlink to a regular file is recorded with that file, since readers of
-    /// the input see through it. A missing path is recorded as missing; a
+    /// followed, into directories too (each directory once per path, so loops
+    /// end), since readers of the input see through them. A missing path is recorded as missing; a
     /// path that is a file is recorded as that one file.
     pub fn tree(&mut self, path: &Path, mode: HashMode) -> Result<(), CacheError> {
         self.tag(TAG_TREE);
@@ -233,7 +233,7 @@ impl FingerprintBuilder {
         if meta.is_dir() {
             self.tag(KIND_DIR);
             self.u64(u64::from(meta.mode()));
-            self.walk(path, mode)?;
+            self.walk(path, mode, &mut vec![(meta.dev(), meta.ino())])?;
         } else {
             self.entry(path, mode, true)?;
         }
@@ -245,7 +245,14 @@ impl FingerprintBuilder {
         Fingerprint(self.hasher.finalize().into())
     }
 
-    fn walk(&mut self, dir: &Path, mode: HashMode) -> Result<(), CacheError> {
+    /// `ancestors` are the (dev, ino) of the directories being walked, to enter a
+    /// directory reached again through a symlink loop only once.
+    fn walk(
+        &mut self,
+        dir: &Path,
+        mode: HashMode,
+        ancestors: &mut Vec<(u64, u64)>,
+    ) -> Result<(), CacheError> {
         let mut names = Vec::new();
         let rd = match fs::read_dir(dir) {
             Ok(rd) => rd,
@@ -267,9 +274,27 @@ impl FingerprintBuilder {
             let child = dir.join(&name);
             self.field(name.as_bytes());
             let is_dir = self.entry(&child, mode, false)?;
-            if is_dir {
-                self.walk(&child, mode)?;
+            // supermin (and our reader) follow symlinks to directories inside an input, so
+            // what lies behind them determines the output too.
+            let descend =
+                is_dir || fs::symlink_metadata(&child).is_ok_and(|m| m.file_type().is_symlink());
+            if !descend {
+                continue;
             }
+            let Ok(target) = fs::metadata(&child) else {
+                continue;
+            };
+            if !target.is_dir() {
+                continue;
+            }
+            let key = (target.dev(), target.ino());
+            if ancestors.contains(&key) {
+                self.tag(TAG_LOOP);
+                continue;
+            }
+            ancestors.push(key);
+            self.walk(&child, mode, ancestors)?;
+            ancestors.pop();
         }
         Ok(())
     }

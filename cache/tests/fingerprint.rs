@@ -214,3 +214,20 @@ fn the_installed_libguestfs_supermin_d_fingerprints_stably_if_present() {
     assert_eq!(a, build_fp(real, HashMode::Contents, "4G"));
     assert_eq!(b, build_fp(real, HashMode::Identity, "4G"));
 }
+
+// Regression: a symlink to a directory inside supermin.d is read by the builder (as by
+// supermin), so an edit behind it must change the fingerprint; it once did not.
+#[test]
+fn an_edit_behind_a_symlinked_subdirectory_changes_it() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("supermin.d");
+    let other = d.path().join("other");
+    supermin_d(&input);
+    fs::create_dir(&other).unwrap();
+    fs::write(other.join("hostfiles2"), "/bin/ls\n").unwrap();
+    std::os::unix::fs::symlink("../other", input.join("linked")).unwrap();
+    let before = build_fp(&input, HashMode::ContentsUpTo(1 << 20), "4G");
+    fs::write(other.join("hostfiles2"), "/bin/ls\n/bin/cat\n").unwrap();
+    let after = build_fp(&input, HashMode::ContentsUpTo(1 << 20), "4G");
+    assert_ne!(before, after);
+}

@@ -787,3 +787,138 @@ fn prepare_without_use_installed_takes_config_files_from_downloaded_packages() {
         "mtime from SOURCE_DATE_EPOCH: {listing}"
     );
 }
+
+/// `tar` of `files` (relative names under `dir`) into `out`, with extra tar flags.
+fn tar_create(dir: &Path, out: &Path, flags: &[&str], files: &[&str]) {
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .args(flags)
+        .arg("-cf")
+        .arg(out)
+        .args(files)
+        .status()
+        .expect("tar");
+    assert!(status.success());
+}
+
+#[test]
+fn a_sparse_base_image_member_keeps_its_contents() {
+    // Regression: the packed data of a GNU sparse member was once copied as if it were
+    // the whole file.
+    let tmp = TempDir::new("sparse-member");
+    let src = tmp.join("src");
+    fs::create_dir(&src).unwrap();
+    let f = fs::File::create(src.join("sparse")).unwrap();
+    f.set_len(10 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(b"XYZ", 5_000_000).unwrap();
+    let d = tmp.join("supermin.d");
+    fs::create_dir(&d).unwrap();
+    tar_create(
+        &src,
+        &d.join("base.tar"),
+        &["--sparse", "--format=gnu"],
+        &["sparse"],
+    );
+    let out = tmp.join("out");
+    ok(&supermin(&[
+        "--build",
+        "-f",
+        "chroot",
+        d.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    let same = Command::new("cmp")
+        .arg(src.join("sparse"))
+        .arg(out.join("sparse"))
+        .status()
+        .unwrap();
+    assert!(same.success(), "sparse member contents differ");
+}
+
+#[test]
+fn a_truncated_base_image_is_an_error_not_zeros() {
+    let tmp = TempDir::new("truncated");
+    let src = tmp.join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("big"), vec![0x5au8; 100_000]).unwrap();
+    let d = tmp.join("supermin.d");
+    fs::create_dir(&d).unwrap();
+    let tar = d.join("base.tar");
+    tar_create(&src, &tar, &[], &["big"]);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&tar)
+        .unwrap()
+        .set_len(20_000)
+        .unwrap();
+    let out = tmp.join("out");
+    let o = supermin(&[
+        "--build",
+        "-f",
+        "chroot",
+        d.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    fails_with_one_line(&o, "truncated");
+    assert!(!out.exists());
+}
+
+#[test]
+fn an_output_inside_an_input_or_over_a_file_is_refused() {
+    let tmp = TempDir::new("bad-output");
+    let d = small_supermin_d(tmp.path());
+    let inside = d.join("out");
+    fails_with_one_line(
+        &supermin(&[
+            "--build",
+            "-f",
+            "chroot",
+            d.to_str().unwrap(),
+            "-o",
+            inside.to_str().unwrap(),
+        ]),
+        "inside input",
+    );
+    let file = tmp.join("a-file");
+    fs::write(&file, "keep me").unwrap();
+    fails_with_one_line(
+        &supermin(&[
+            "--build",
+            "-f",
+            "chroot",
+            d.to_str().unwrap(),
+            "-o",
+            file.to_str().unwrap(),
+        ]),
+        "not a directory",
+    );
+    assert_eq!(fs::read_to_string(&file).unwrap(), "keep me");
+}
+
+#[test]
+fn a_relative_supermin_kernel_still_gives_a_working_kernel_link() {
+    let tmp = TempDir::new("relative-kernel");
+    let d = small_supermin_d(tmp.path());
+    let chosen = supermin_tests::host_kernel();
+    let dir = chosen.path.parent().unwrap();
+    let name = chosen.path.file_name().unwrap().to_str().unwrap();
+    let out = tmp.join("out");
+    let o = Command::new(supermin_bin())
+        .current_dir(dir)
+        .env("SUPERMIN_KERNEL", name)
+        .env("SUPERMIN_MODULES", &chosen.modules_dir)
+        .args(["--build", "-f", "ext2"])
+        .arg(&d)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    ok(&o);
+    let link = fs::read_link(out.join("kernel")).unwrap();
+    assert!(link.is_absolute(), "{}", link.display());
+    assert!(out.join("kernel").exists());
+}

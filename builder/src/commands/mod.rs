@@ -184,7 +184,8 @@ fn update_appliance(args: &UpdateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     run_build(&req)?;
-    println!("export LIBGUESTFS_PATH={}", args.dir.display());
+    let dir = std::path::absolute(&args.dir).unwrap_or_else(|_| args.dir.clone());
+    println!("export LIBGUESTFS_PATH={}", dir.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -214,7 +215,7 @@ fn mkfs(args: &MkfsArgs) -> anyhow::Result<ExitCode> {
     let size = args
         .size
         .as_deref()
-        .map(|s| ext2::parse_size(s).with_context(|| format!("invalid --size {s:?}")))
+        .map(|s| ext2::parse_size(s).context("invalid --size"))
         .transpose()?;
     let uuid = args
         .uuid
