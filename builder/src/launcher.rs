@@ -30,6 +30,9 @@ use supermin_daemon::protocol::{ExecRequest, ProtocolError, Reply, Request, CHUN
 
 use vm::{Event, Vm, WaitError};
 
+/// The signal a writer to a closed pipe gets (Linux, every architecture we boot).
+const SIGPIPE: i32 = 13;
+
 /// How long a TCG boot may take before we call it hung (without `--timeout`).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long `--accel auto` gives a KVM guest to answer before it falls back
@@ -475,20 +478,22 @@ impl Session {
     }
 
     fn relay(&mut self) -> Result<ExitStatus, LaunchError> {
-        let mut stdout_ok = true;
-        let mut stderr_ok = true;
         loop {
             match self.next_reply()? {
-                // A reader that went away (`| head`) stops our copying, not the command.
-                Reply::Stdout(data) if stdout_ok => {
+                // A reader that went away (`yes | head -1`) ends the command as a local
+                // pipeline would: by SIGPIPE (the caller then shuts the VM down).
+                Reply::Stdout(data) => {
                     let mut out = io::stdout().lock();
-                    stdout_ok = out.write_all(&data).and_then(|()| out.flush()).is_ok();
+                    if out.write_all(&data).and_then(|()| out.flush()).is_err() {
+                        return Ok(ExitStatus::Signal(SIGPIPE));
+                    }
                 }
-                Reply::Stderr(data) if stderr_ok => {
+                Reply::Stderr(data) => {
                     let mut err = io::stderr().lock();
-                    stderr_ok = err.write_all(&data).and_then(|()| err.flush()).is_ok();
+                    if err.write_all(&data).and_then(|()| err.flush()).is_err() {
+                        return Ok(ExitStatus::Signal(SIGPIPE));
+                    }
                 }
-                Reply::Stdout(_) | Reply::Stderr(_) => {}
                 Reply::Exit(status) => return Ok(status),
                 Reply::ExecFailed { message } => {
                     return Err(LaunchError::CommandNotStarted { message })

@@ -40,6 +40,11 @@ const STDIN_HIGH: usize = 4 * CHUNK;
 /// and how often it checks a command whose pidfd could not be opened.
 const REAP_TICK_MS: i64 = 2000;
 const NO_PIDFD_TICK_MS: i64 = 50;
+/// After the command has exited, how long its output may stay quiet before the daemon
+/// stops waiting for the pipes to close. A background job that keeps them open
+/// (`sh -c 'sleep 100 & echo hi'`) would otherwise hold the run until it ends, though the
+/// VM is thrown away after the command; output that keeps flowing is still relayed.
+const DRAIN_QUIET_MS: u64 = 200;
 
 /// How the daemon behaves; [`AgentConfig::pid1`] is the appliance setting.
 #[derive(Debug, Clone)]
@@ -201,6 +206,8 @@ struct Running {
     stdin_buf: Vec<u8>,
     stdin_eof: bool,
     status: Option<ExitStatus>,
+    /// When the command exited or its output last moved, whichever is later.
+    last_activity: std::time::Instant,
 }
 
 impl Running {
@@ -212,10 +219,18 @@ impl Running {
     }
 
     fn finished(&self) -> bool {
-        self.status.is_some() && self.stdout.is_none() && self.stderr.is_none()
+        self.status.is_some()
+            && ((self.stdout.is_none() && self.stderr.is_none()) || self.drain_over())
+    }
+
+    /// The command has exited and its output has been quiet for [`DRAIN_QUIET_MS`].
+    fn drain_over(&self) -> bool {
+        self.status.is_some()
+            && self.last_activity.elapsed() >= std::time::Duration::from_millis(DRAIN_QUIET_MS)
     }
 
     fn record(&mut self, status: rustix::process::WaitStatus) {
+        self.last_activity = std::time::Instant::now();
         if let Some(code) = status.exit_status() {
             self.status = Some(ExitStatus::Code(code));
         } else if let Some(sig) = status.terminating_signal() {
@@ -311,6 +326,12 @@ impl Agent<'_> {
                 if let (Some(fd), false) = (&run.stdin, run.stdin_buf.is_empty()) {
                     slots.push(Slot::Stdin);
                     fds.push(PollFd::from_borrowed_fd(fd.as_fd(), PollFlags::OUT));
+                }
+                if run.status.is_some() && (run.stdout.is_some() || run.stderr.is_some()) {
+                    // Wake up to end the drain even if the pipes stay silent.
+                    let left = DRAIN_QUIET_MS
+                        .saturating_sub(run.last_activity.elapsed().as_millis() as u64);
+                    timeout_ms = Some(timeout_ms.map_or(left as i64, |t| t.min(left as i64)));
                 }
                 if run.status.is_none() {
                     match &run.pidfd {
@@ -535,6 +556,7 @@ impl Agent<'_> {
             }
             Ok(n) => {
                 buf.truncate(n);
+                run.last_activity = std::time::Instant::now();
                 match slot {
                     Slot::Stdout => Reply::Stdout(buf),
                     _ => Reply::Stderr(buf),
@@ -689,6 +711,7 @@ fn spawn(exec: &ExecRequest, base_env: &[(OsString, OsString)]) -> Result<Runnin
         stdin_buf: Vec::new(),
         stdin_eof: false,
         status: None,
+        last_activity: std::time::Instant::now(),
     })
 }
 
@@ -821,6 +844,37 @@ mod tests {
         assert_eq!(out, b"out-hi\n");
         assert_eq!(err, b"err\n");
         assert_eq!(end, Reply::Exit(ExitStatus::Code(3)));
+        host.shutdown();
+    }
+
+    #[test]
+    fn a_background_job_holding_the_pipes_does_not_hold_the_exit() {
+        // Regression: `sh -c 'sleep 100 & echo hi'` kept the run open for the sleep.
+        let mut host = connect();
+        let start = std::time::Instant::now();
+        let (out, _, end) = host.exec_collect(&["sh", "-c", "sleep 30 & echo hi"], None);
+        assert_eq!(out, b"hi\n");
+        assert_eq!(end, Reply::Exit(ExitStatus::Code(0)));
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the exit waited for the background job"
+        );
+        host.shutdown();
+    }
+
+    #[test]
+    fn output_that_keeps_flowing_after_the_exit_is_still_relayed() {
+        let mut host = connect();
+        let (out, _, end) = host.exec_collect(
+            &[
+                "sh",
+                "-c",
+                "(for i in 1 2 3 4 5; do echo $i; sleep 0.05; done) & exit 0",
+            ],
+            None,
+        );
+        assert_eq!(out, b"1\n2\n3\n4\n5\n");
+        assert_eq!(end, Reply::Exit(ExitStatus::Code(0)));
         host.shutdown();
     }
 

@@ -568,3 +568,40 @@ fn a_session_uploads_runs_and_downloads_files() {
     session.shutdown();
     scratch.assert_tmp_clean();
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_like_a_local_pipe() {
+    // Regression: `supermin run -- yes | head -1` once ran until killed.
+    let scratch = Scratch::new("epipe");
+    let app = scratch.appliance("app", None);
+    let mut cmd = run_command(&scratch, &with_appliance(&app, "tcg", &["--", "yes"]));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn supermin run");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 2];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"y\n");
+    drop(stdout); // like `head -1` exiting
+    let status = wait_watched(&mut child);
+    assert_eq!(status.code(), Some(141), "128 + SIGPIPE: {status}");
+    scratch.assert_tmp_clean();
+}
+
+#[test]
+fn a_background_job_does_not_keep_the_run_open() {
+    let scratch = Scratch::new("bgjob");
+    let app = scratch.appliance("app", None);
+    let out = supermin_run(
+        &scratch,
+        &with_appliance(
+            &app,
+            "tcg",
+            &["--timeout", "120", "--", "sh", "-c", "sleep 600 & echo hi"],
+        ),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(out.stdout, b"hi\n", "{out:?}");
+}
