@@ -58,6 +58,9 @@ pub struct BuildRequest {
     pub verbose: u8,
     /// `SOURCE_DATE_EPOCH`, or the build time.
     pub time: i64,
+    /// `SOURCE_DATE_EPOCH` when set: the root's times are clamped to it, so that the same
+    /// inputs give a bit-identical image.
+    pub clamp_times: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -344,7 +347,10 @@ fn write_root(
         log.at(1, || format!("kernel modules: {n} entries"));
     }
     warnings.append(&mut asm.warnings);
-    let tree = asm.finish();
+    let mut tree = asm.finish();
+    if let Some(epoch) = req.clamp_times {
+        tree.clamp_times(epoch);
+    }
     log.at(1, || "tree assembled".into());
 
     match (&req.format, kernel) {

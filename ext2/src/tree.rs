@@ -277,6 +277,21 @@ impl Tree {
         Ok(())
     }
 
+    /// Makes the tree's times reproducible (the `SOURCE_DATE_EPOCH` convention): every
+    /// modification time later than `epoch` becomes `epoch`, and access and change times
+    /// become the modification time (they record when the host last read or touched a
+    /// file, which a build itself changes).
+    pub fn clamp_times(&mut self, epoch: i64) {
+        for node in &mut self.nodes {
+            let m = &mut node.meta;
+            if m.mtime.secs >= epoch {
+                m.mtime = Timestamp::new(epoch, 0);
+            }
+            m.atime = m.mtime;
+            m.ctime = m.mtime;
+        }
+    }
+
     /// The entry `name` of directory `dir`, if there is one (nothing for other kinds).
     pub fn child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
         self.nodes.get(dir.0)?.children.get(name).copied()
@@ -520,6 +535,32 @@ mod tests {
 
     fn file(bytes: &[u8]) -> NodeKind {
         NodeKind::File(FileData::Bytes(bytes.into()))
+    }
+
+    #[test]
+    fn clamp_times_caps_mtime_and_aligns_atime_and_ctime() {
+        let mut t = Tree::new(m(0o755));
+        let at = |secs| Timestamp::new(secs, 7);
+        let old = Meta {
+            atime: at(9_999),
+            mtime: at(100),
+            ctime: at(5_000),
+            ..m(0o644)
+        };
+        let new = Meta {
+            mtime: at(2_000_000_000),
+            ..old
+        };
+        let a = t.insert(b"/old", file(b"a"), old).unwrap();
+        let b = t.insert(b"/new", file(b"b"), new).unwrap();
+        t.clamp_times(1_700_000_000);
+        assert_eq!(t.meta(a).mtime, at(100), "older times are kept");
+        assert_eq!(t.meta(a).atime, at(100));
+        assert_eq!(t.meta(a).ctime, at(100));
+        let clamped = Timestamp::new(1_700_000_000, 0);
+        assert_eq!(t.meta(b).mtime, clamped);
+        assert_eq!(t.meta(b).atime, clamped);
+        assert_eq!(t.meta(t.root()).mtime, Timestamp::new(0, 0));
     }
 
     #[test]

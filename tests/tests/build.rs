@@ -451,11 +451,32 @@ fn killed_build_never_publishes_a_torn_appliance() {
 
 #[test]
 fn same_inputs_and_source_date_epoch_give_identical_outputs() {
+    // Regression: the UUID and some inodes once differed between two builds into the same
+    // -o, because host access times (which a build's own reads move) and a /tmp-like
+    // directory's mtime went into the image.
     let tmp = TempDir::new("repro");
     let d = small_supermin_d(tmp.path());
+    let data = tmp.join("data");
+    fs::create_dir(&data).unwrap();
+    fs::write(data.join("read-me"), "contents\n").unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    fs::File::open(data.join("read-me"))
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_accessed(old).set_modified(old))
+        .unwrap();
+    fs::write(
+        d.join("hostfiles"),
+        format!("/usr/bin/ls\n{}/read-me\n", data.display()),
+    )
+    .unwrap();
     let env = [("SOURCE_DATE_EPOCH", "1700000000")];
-    for name in ["a", "b"] {
-        let out = tmp.join(name);
+    let out = tmp.join("out");
+    let mut copies = Vec::new();
+    for round in 0..2 {
+        if round == 1 {
+            // Something new in a directory of the tree: its mtime moves past the epoch.
+            fs::write(data.join("not-in-the-image"), "x").unwrap();
+        }
         ok(&supermin_env(
             &[
                 "--build",
@@ -470,14 +491,23 @@ fn same_inputs_and_source_date_epoch_give_identical_outputs() {
             &env,
         ));
         assert_e2fsck_clean(&out.join("root"));
+        for f in ["root", "initrd"] {
+            let copy = tmp.join(&format!("{f}.{round}"));
+            fs::copy(out.join(f), &copy).unwrap();
+            copies.push(copy);
+        }
     }
-    for f in ["root", "initrd"] {
+    for (first, second) in [(&copies[0], &copies[2]), (&copies[1], &copies[3])] {
         let same = Command::new("cmp")
-            .arg(tmp.join("a").join(f))
-            .arg(tmp.join("b").join(f))
+            .arg(first)
+            .arg(second)
             .status()
             .expect("cmp");
-        assert!(same.success(), "{f} differs between two identical builds");
+        assert!(
+            same.success(),
+            "{} differs between two identical builds",
+            first.display()
+        );
     }
 }
 

@@ -114,6 +114,7 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
         },
         verbose: args.verbose,
         time: now_or_epoch()?,
+        clamp_times: source_date_epoch()?,
     };
     run_build(&req)
 }
@@ -176,6 +177,7 @@ fn update_appliance(args: &UpdateArgs) -> anyhow::Result<ExitCode> {
         durability: Durability::Synced,
         verbose: args.verbose,
         time: now_or_epoch()?,
+        clamp_times: source_date_epoch()?,
     };
     if let Some(parent) = args.dir.parent() {
         if !parent.as_os_str().is_empty() {
@@ -189,7 +191,7 @@ fn update_appliance(args: &UpdateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn source_date_epoch() -> anyhow::Result<Option<i64>> {
+pub(crate) fn source_date_epoch() -> anyhow::Result<Option<i64>> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => v
             .trim()
@@ -227,8 +229,11 @@ fn mkfs(args: &MkfsArgs) -> anyhow::Result<ExitCode> {
     if !meta.is_dir() {
         anyhow::bail!("{} is not a directory", args.source.display());
     }
-    let tree = ext2::Tree::from_dir(&args.source)
+    let mut tree = ext2::Tree::from_dir(&args.source)
         .with_context(|| format!("cannot read the tree {}", args.source.display()))?;
+    if let Some(epoch) = source_date_epoch()? {
+        tree.clamp_times(epoch);
+    }
     let opts = ext2::Options {
         size,
         uuid,

@@ -95,6 +95,7 @@ fn default_appliance(verbose: u8) -> anyhow::Result<PathBuf> {
         durability: Durability::Unsynced,
         verbose: verbose.saturating_sub(1),
         time: super::now_or_epoch()?,
+        clamp_times: super::source_date_epoch()?,
     };
     appliance::build(&req)
         .with_context(|| format!("cannot build the default appliance in {}", out.display()))?;
