@@ -128,7 +128,7 @@ impl Staging {
     /// Writes the stamp into the staged tree, syncs it if asked, and swaps it
     /// into place as the output.
     pub fn commit(
-        mut self,
+        self,
         fp: &Fingerprint,
         tool_version: &str,
         durability: Durability,
@@ -141,6 +141,18 @@ impl Staging {
             tool_version: tool_version.to_string(),
         };
         write_stamp(&self.tmp.join(STAMP_NAME), &stamp.to_text(), synced)?;
+        self.publish(durability)
+    }
+
+    /// Swaps the staged tree into place as it is, with no stamp: for outputs that are
+    /// read as a whole by something else (a `--prepare`d supermin.d, where a stamp would
+    /// be taken for an input). Atomic like [`Staging::commit`].
+    pub fn commit_without_stamp(self, durability: Durability) -> Result<Published, CacheError> {
+        self.publish(durability)
+    }
+
+    fn publish(mut self, durability: Durability) -> Result<Published, CacheError> {
+        let synced = durability == Durability::Synced;
         if synced {
             sync_tree(&self.tmp)?;
         }

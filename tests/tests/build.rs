@@ -157,6 +157,9 @@ fn prepare_then_chroot_build_runs_bash_ls_and_sync() {
     let tmp = TempDir::new("prepare-chroot");
     let d = tmp.join("supermin.d");
     let ds = d.to_str().unwrap();
+    // -o is replaced as a whole, as by supermin: a stale input left there must not survive.
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("hostfiles"), "/stale\n").unwrap();
     ok(&supermin(&[
         "--prepare",
         "--use-installed",
@@ -165,6 +168,7 @@ fn prepare_then_chroot_build_runs_bash_ls_and_sync() {
         "-o",
         ds,
     ]));
+    assert!(!d.join("hostfiles").exists(), "stale file kept in -o");
     let packages = fs::read_to_string(d.join("packages")).unwrap();
     assert_eq!(packages, "bash\ncoreutils\n");
     assert!(d.join("base.tar.gz").exists());

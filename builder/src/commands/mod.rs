@@ -73,16 +73,29 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
 }
 
 fn prepare(args: &PrepareArgs) -> anyhow::Result<ExitCode> {
+    // Like supermin, -o DIR is replaced as a whole (a stale list or base image left in it
+    // would go into the next build), and atomically.
+    let context = || format!("cannot prepare {}", args.output.display());
+    if std::fs::symlink_metadata(&args.output).is_ok_and(|m| !m.is_dir()) {
+        anyhow::bail!(
+            "output {} exists and is not a directory; remove it or choose another -o",
+            args.output.display()
+        );
+    }
+    let _ = supermin_cache::clean_debris(&args.output);
+    let staging = supermin_cache::Staging::new(&args.output).with_context(context)?;
     let opts = supermin_hostfiles::PrepareOptions {
         packages: args.packages.clone(),
         use_installed: args.use_installed,
         packager_config: args.packager_config.clone(),
-        out_dir: args.output.clone(),
+        out_dir: staging.path().to_path_buf(),
         source_date_epoch: source_date_epoch()?,
         root: std::path::PathBuf::from("/"),
     };
-    supermin_hostfiles::prepare(&opts)
-        .with_context(|| format!("cannot prepare {}", args.output.display()))?;
+    supermin_hostfiles::prepare(&opts).with_context(context)?;
+    staging
+        .commit_without_stamp(Durability::Unsynced)
+        .with_context(context)?;
     if args.verbose > 0 {
         println!("supermin: prepared {}", args.output.display());
     }
