@@ -275,29 +275,43 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed, UsageError> {
                 Sub::Kernel(a) => Command::Kernel(a),
                 Sub::UpdateAppliance(a) => Command::UpdateAppliance(a),
             })),
-            Err(e) => clap_outcome(e),
+            Err(e) => {
+                let unknown = e.kind() == clap::error::ErrorKind::UnknownArgument;
+                let hint = if first == "run" && unknown {
+                    "supermin run [OPTIONS] -- CMD [ARG...]: the command goes after `--`; see `supermin run --help`".to_string()
+                } else {
+                    format!("see `supermin {first} --help`")
+                };
+                clap_outcome(e, &hint)
+            }
         };
     }
     match Legacy::try_parse_from(argv) {
         Ok(l) => legacy_command(l).map(Parsed::Command),
-        Err(e) => clap_outcome(e),
+        Err(e) => clap_outcome(e, "see `supermin --help`"),
     }
 }
 
-fn clap_outcome(e: clap::Error) -> Result<Parsed, UsageError> {
+fn clap_outcome(e: clap::Error, help: &str) -> Result<Parsed, UsageError> {
     use clap::error::ErrorKind;
     match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Ok(Parsed::Help(e.to_string())),
         _ => {
-            // clap's rendering is several lines (usage, tip); keep the first, which says what.
+            // clap's rendering is several lines (what, the arguments concerned, a tip,
+            // usage); everything before the usage says what is wrong: keep it on one line.
             let text = e.to_string();
-            let line = text
+            let what: Vec<&str> = text
                 .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ")
-                .to_string();
-            Err(UsageError::Clap(format!("{line} (see `supermin --help`)")))
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(|l| l.trim().trim_start_matches("error: "))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let what = if what.is_empty() {
+                "invalid arguments".to_string()
+            } else {
+                what.join(" ")
+            };
+            Err(UsageError::Clap(format!("{what} ({help})")))
         }
     }
 }
@@ -525,6 +539,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_missing_subcommand_argument_is_named_on_one_line() {
+        let e = parse_str(&["run"]).unwrap_err().to_string();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("<CMD>"), "{e}");
+        assert!(e.contains("supermin run --help"), "{e}");
+        let e = parse_str(&["run", "uname"]).unwrap_err().to_string();
+        assert!(e.contains("'uname'") && e.contains("after `--`"), "{e}");
     }
 
     #[test]
