@@ -235,22 +235,26 @@ pub struct UpdateArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Appliance directory (kernel, initrd, root); default: the embedded default appliance
+    /// Appliance directory (kernel, initrd, root) whose /init is supermin's daemon, as built by
+    /// `supermin --build -f ext2 -o DIR` with no input; default: that appliance, built and
+    /// cached on demand
     #[arg(long, value_name = "DIR")]
     pub appliance: Option<PathBuf>,
     /// Accelerator: auto, kvm or tcg (default: $SUPERMIN_ACCEL or auto)
     #[arg(long, value_name = "ACCEL")]
     pub accel: Option<String>,
-    /// Guest memory in MiB
-    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    /// Guest memory in MiB (at least 128)
+    #[arg(long, value_name = "MIB", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(128..))]
     pub memory: u32,
     /// Guest CPUs
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=255))]
     pub cpus: u32,
     /// Add a disk image (append :ro for read-only); repeatable
     #[arg(long = "add", value_name = "DISK[:ro]")]
     pub add: Vec<String>,
-    /// Kill the VM after this many seconds
+    /// Kill the VM after this many seconds, boot (2-3 s under TCG) included
     #[arg(long, value_name = "S")]
     pub timeout: Option<f64>,
     /// Show the console and what is done
@@ -304,7 +308,7 @@ fn clap_outcome(e: clap::Error, help: &str) -> Result<Parsed, UsageError> {
                 .lines()
                 .take_while(|l| !l.starts_with("Usage:"))
                 .map(|l| l.trim().trim_start_matches("error: "))
-                .filter(|l| !l.is_empty())
+                .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
                 .collect();
             let what = if what.is_empty() {
                 "invalid arguments".to_string()

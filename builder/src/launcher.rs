@@ -90,7 +90,9 @@ pub struct RunOptions {
 /// exit status [`run`] returns).
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("appliance {dir} has no usable {file}: build one with `supermin --build -f ext2 -o {dir}` or pass --appliance")]
+    #[error(
+        "appliance {dir} has no usable {file}: build one with `supermin --build -f ext2 -o {dir}`"
+    )]
     ApplianceIncomplete {
         dir: PathBuf,
         file: &'static str,

@@ -204,6 +204,37 @@ fn uname_r_in_the_default_appliance_prints_the_kernel_version() {
     );
     assert_eq!(stdout, format!("{}\n", host_kernel().version));
     scratch.assert_tmp_clean();
+
+    // A cached root damaged behind the stamp's back (truncated) is rebuilt, not a dead end.
+    let uid_dir = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(".guestfs-"))
+        .expect("the runtime cache directory .guestfs-UID");
+    let root = uid_dir.path().join("supermin-rs-default.d").join("root");
+    assert!(root.exists(), "{} missing", root.display());
+    {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&root)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let mut cmd = run_command(&scratch, &os(&["--accel", "tcg", "--", "echo", "again"]));
+        cmd.env("LIBGUESTFS_CACHEDIR", &cache).stdin(Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        let out = collect(child.stdout.take().unwrap());
+        let err = collect(child.stderr.take().unwrap());
+        let status = wait_watched(&mut child);
+        let (stdout, stderr) = (out.recv().unwrap(), err.recv().unwrap());
+        let stderr = String::from_utf8_lossy(&stderr);
+        assert!(status.success(), "{status}: {stderr}");
+        assert_eq!(String::from_utf8_lossy(&stdout), "again\n");
+        assert!(
+            stderr.contains("rebuilding the default appliance"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]

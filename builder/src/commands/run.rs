@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use supermin::appliance::{self, BuildRequest, Source};
 use supermin::cli::{Format, RunArgs};
-use supermin::launcher::{self, Accel, RunOptions};
+use supermin::launcher::{self, Accel, LaunchError, RunOptions};
 use supermin_cache::Durability;
 
 /// The default appliance's directory inside the runtime cache (beside libguestfs's own
@@ -40,7 +40,22 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             None => (spec.as_str(), false),
         };
         let path = PathBuf::from(path);
-        std::fs::metadata(&path).with_context(|| format!("cannot use disk {}", path.display()))?;
+        // Checked here, where the message can say what to do; qemu would only fail the boot.
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(!readonly)
+            .open(&path)
+            .with_context(|| {
+                if readonly {
+                    format!("cannot read disk {}", path.display())
+                } else {
+                    format!(
+                        "cannot open disk {} for writing (add it as {}:ro to attach it read-only)",
+                        path.display(),
+                        path.display()
+                    )
+                }
+            })?;
         disks.push((path, readonly));
     }
     let timeout = match args.timeout {
@@ -50,9 +65,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     };
     let appliance = match &args.appliance {
         Some(dir) => dir.clone(),
-        None => default_appliance(args.verbose)?,
+        None => default_appliance(args.verbose, false)?,
     };
-    let opts = RunOptions {
+    let mut opts = RunOptions {
         appliance,
         accel,
         memory_mib: args.memory,
@@ -65,7 +80,20 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     };
     // The command's own status, or the shell's codes for what kept it from finishing
     // (127 not started, 124 timed out, 128+N interrupted by signal N), like `timeout(1)`.
-    let status = match launcher::run(&opts) {
+    let mut result = launcher::run(&opts);
+    if args.appliance.is_none() {
+        if let Err(
+            e @ (LaunchError::ApplianceIncomplete { .. } | LaunchError::RootNotExt2 { .. }),
+        ) = &result
+        {
+            // The cached default appliance is damaged in a way its stamp cannot see (say,
+            // a truncated root): nothing has run yet, so rebuild it once and try again.
+            eprintln!("supermin: warning: {e}; rebuilding the default appliance");
+            opts.appliance = default_appliance(args.verbose, true)?;
+            result = launcher::run(&opts);
+        }
+    }
+    let status = match result {
         Ok(status) => status,
         Err(e) => {
             let code = e.exit_code();
@@ -76,8 +104,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(status.clamp(0, 255) as u8))
 }
 
-/// Builds (or finds fresh) the embedded default appliance in the runtime cache.
-fn default_appliance(verbose: u8) -> anyhow::Result<PathBuf> {
+/// Builds (or finds fresh, unless `force`) the embedded default appliance in the runtime
+/// cache.
+fn default_appliance(verbose: u8, force: bool) -> anyhow::Result<PathBuf> {
     let cache = supermin_cache::runtime_cache_dir()?;
     let out = cache.join(DEFAULT_DIR);
     let req = BuildRequest {
@@ -89,7 +118,7 @@ fn default_appliance(verbose: u8) -> anyhow::Result<PathBuf> {
         copy_kernel: false,
         fixed: false,
         include_packagelist: false,
-        if_newer: true,
+        if_newer: !force,
         lock: Some(cache.join("supermin-rs-default.lock")),
         vmlinux: true,
         durability: Durability::Unsynced,
