@@ -87,6 +87,18 @@ fn small_supermin_d(dir: &Path) -> PathBuf {
     d
 }
 
+/// `--build -f chroot D -o OUT`: the quickest build, for tests of the inputs' handling.
+fn build_chroot(d: &Path, out: &Path) -> Output {
+    Command::new(supermin_bin())
+        .args(["--build", "-f", "chroot"])
+        .arg(d)
+        .arg("-o")
+        .arg(out)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run supermin")
+}
+
 /// `--build -v --if-newer -f ext2 D -o OUT`, the call the `--if-newer` tests repeat.
 fn if_newer_args(d: &Path, out: &Path) -> Vec<String> {
     ["--build", "-v", "--if-newer", "-f", "ext2"]
@@ -856,14 +868,7 @@ fn a_sparse_base_image_member_keeps_its_contents() {
         &["sparse"],
     );
     let out = tmp.join("out");
-    ok(&supermin(&[
-        "--build",
-        "-f",
-        "chroot",
-        d.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]));
+    ok(&build_chroot(&d, &out));
     let same = Command::new("cmp")
         .arg(src.join("sparse"))
         .arg(out.join("sparse"))
@@ -889,14 +894,7 @@ fn a_truncated_base_image_is_an_error_not_zeros() {
         .set_len(20_000)
         .unwrap();
     let out = tmp.join("out");
-    let o = supermin(&[
-        "--build",
-        "-f",
-        "chroot",
-        d.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = build_chroot(&d, &out);
     fails_with_one_line(&o, "truncated");
     assert!(!out.exists());
 }
@@ -906,30 +904,10 @@ fn an_output_inside_an_input_or_over_a_file_is_refused() {
     let tmp = TempDir::new("bad-output");
     let d = small_supermin_d(tmp.path());
     let inside = d.join("out");
-    fails_with_one_line(
-        &supermin(&[
-            "--build",
-            "-f",
-            "chroot",
-            d.to_str().unwrap(),
-            "-o",
-            inside.to_str().unwrap(),
-        ]),
-        "inside input",
-    );
+    fails_with_one_line(&build_chroot(&d, &inside), "inside input");
     let file = tmp.join("a-file");
     fs::write(&file, "keep me").unwrap();
-    fails_with_one_line(
-        &supermin(&[
-            "--build",
-            "-f",
-            "chroot",
-            d.to_str().unwrap(),
-            "-o",
-            file.to_str().unwrap(),
-        ]),
-        "not a directory",
-    );
+    fails_with_one_line(&build_chroot(&d, &file), "not a directory");
     assert_eq!(fs::read_to_string(&file).unwrap(), "keep me");
 }
 
