@@ -22,8 +22,8 @@ pub use choose::{
 };
 pub use error::ProbeError;
 pub use modules::{
-    initrd_modules, module_name_of, module_set, normalize, read_module, Module, ModuleIndex,
-    ModuleSet, NotLoaded, BOOT_MODULES,
+    initrd_modules, module_name_of, module_set, module_set_for, normalize, read_module, Module,
+    ModuleIndex, ModuleSet, NotLoaded, BOOT_MODULES, VIRTIO_BLK_BOOT_MODULES,
 };
 pub use report::{report_json, report_json_set, report_text, report_text_set};
 pub use version::{compare_versions, version_from_file_name};

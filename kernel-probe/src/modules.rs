@@ -339,8 +339,22 @@ struct Walk {
 /// listed as not loaded (the root may still mount, e.g. with ext2 built in);
 /// an `extra` module that does not exist is an error.
 pub fn module_set(kernel: &Kernel, extra: &[String]) -> Result<ModuleSet, ProbeError> {
+    module_set_for(kernel, BOOT_MODULES, extra)
+}
+
+/// The boot modules of an appliance whose root is always on virtio-blk (supermin's own
+/// launcher): [`BOOT_MODULES`] without the SCSI path, which only costs boot time there.
+pub const VIRTIO_BLK_BOOT_MODULES: &[&str] =
+    &["virtio_pci", "virtio_blk", "ext4", "virtio_console"];
+
+/// [`module_set`] with another list of boot modules.
+pub fn module_set_for(
+    kernel: &Kernel,
+    boot: &[&str],
+    extra: &[String],
+) -> Result<ModuleSet, ProbeError> {
     let mut idx = ModuleIndex::load(&kernel.modules_dir, kernel.config.clone())?;
-    let mut wanted: Vec<(String, String)> = BOOT_MODULES
+    let mut wanted: Vec<(String, String)> = boot
         .iter()
         .map(|m| (m.to_string(), "boot".to_string()))
         .collect();
