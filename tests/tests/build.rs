@@ -132,7 +132,8 @@ fn list_drivers_names_each_handler_and_detects_dpkg() {
         assert!(out.contains(h), "{out}");
     }
     if Path::new("/var/lib/dpkg/status").exists() {
-        assert!(out.contains("debian/dpkg (detected: yes)"), "{out}");
+        assert!(out.contains("debian/dpkg\tdetected\n"), "{out}");
+        assert!(out.contains("arch/pacman\tnot-detected\n"), "{out}");
     }
 }
 

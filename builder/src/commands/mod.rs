@@ -24,9 +24,10 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Mkfs(args) => mkfs(&args),
         Command::ListDrivers => {
+            // supermin 5's format: the handler, a tab, `detected` or `not-detected`.
             for (name, detected) in supermin_hostfiles::list_drivers() {
-                let mark = if detected { "yes" } else { "no" };
-                println!("{name} (detected: {mark})");
+                let mark = if detected { "detected" } else { "not-detected" };
+                println!("{name}\t{mark}");
             }
             Ok(ExitCode::SUCCESS)
         }
