@@ -44,7 +44,7 @@ const NO_PIDFD_TICK_MS: i64 = 50;
 /// stops waiting for the pipes to close. A background job that keeps them open
 /// (`sh -c 'sleep 100 & echo hi'`) would otherwise hold the run until it ends, though the
 /// VM is thrown away after the command; output that keeps flowing is still relayed.
-const DRAIN_QUIET_MS: u64 = 200;
+const DRAIN_QUIET_MS: u64 = 500;
 
 /// How the daemon behaves; [`AgentConfig::pid1`] is the appliance setting.
 #[derive(Debug, Clone)]
@@ -869,7 +869,7 @@ mod tests {
             &[
                 "sh",
                 "-c",
-                "(for i in 1 2 3 4 5; do echo $i; sleep 0.05; done) & exit 0",
+                "(for i in 1 2 3 4 5; do echo $i; sleep 0.02; done) & exit 0",
             ],
             None,
         );
