@@ -162,6 +162,74 @@ fn run() -> Result<(), String> {
             .map_err(|err| format!("cannot write {}: {err}", dest.display()))?;
     }
     println!("cargo:rustc-env=SUPERMIN_STATIC_TARGET_USED={target}");
+    println!(
+        "cargo:rustc-env=SUPERMIN_SOURCE_ID={:016x}-{target}",
+        source_id(&workspace)?
+    );
+    Ok(())
+}
+
+/// The crates whose code decides what a build writes. Their sources, hashed, identify
+/// this tool in cache fingerprints: a debug and a release build of the same sources (which
+/// write the same appliance) share the cached appliance instead of rebuilding it against
+/// each other, and any change to the code rebuilds it.
+const SOURCE_DIRS: &[&str] = &[
+    "builder",
+    "ext2",
+    "hostfiles",
+    "kernel-probe",
+    "cache",
+    "init",
+    "daemon",
+];
+
+fn source_id(workspace: &std::path::Path) -> Result<u64, String> {
+    use std::hash::{Hash, Hasher};
+    let mut files = Vec::new();
+    for dir in SOURCE_DIRS {
+        let root = workspace.join(dir);
+        println!("cargo:rerun-if-changed={}", root.display());
+        collect_sources(&root, &mut files)?;
+    }
+    files.push(workspace.join("Cargo.lock"));
+    files.sort();
+    // DefaultHasher::new() is deterministic for a given toolchain, which is all an id of
+    // one build's sources needs.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in &files {
+        let rel = f.strip_prefix(workspace).unwrap_or(f);
+        rel.hash(&mut h);
+        fs::read(f)
+            .map_err(|err| format!("cannot read {}: {err}", f.display()))?
+            .hash(&mut h);
+    }
+    Ok(h.finish())
+}
+
+fn collect_sources(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+    let entries =
+        fs::read_dir(dir).map_err(|err| format!("cannot list {}: {err}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|err| format!("cannot list {}: {err}", dir.display()))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // Tests, benches and examples do not change what a build writes.
+        if matches!(
+            name.as_ref(),
+            "tests" | "benches" | "bench" | "examples" | "testdata"
+        ) {
+            continue;
+        }
+        let ft = entry
+            .file_type()
+            .map_err(|err| format!("cannot stat {}: {err}", path.display()))?;
+        if ft.is_dir() {
+            collect_sources(&path, out)?;
+        } else if ft.is_file() {
+            out.push(path);
+        }
+    }
     Ok(())
 }
 

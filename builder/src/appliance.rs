@@ -3,8 +3,8 @@
 //!
 //! The order matters for speed and correctness. The fingerprint is computed from things that
 //! cost milliseconds (input bytes or identities, the package database's identity, the chosen
-//! kernel's identity, options, environment, this binary), so an up-to-date `--if-newer` never
-//! resolves packages. Only then is the file set resolved and the output written: the ext2
+//! kernel's identity, options, environment, this tool's sources), so an up-to-date
+//! `--if-newer` never resolves packages. Only then is the file set resolved and the output written: the ext2
 //! image, the initrd and the kernel for `-f ext2`, a directory for `-f chroot`.
 //!
 //! What the fingerprint leaves out, on purpose: the host files that packages and hostfiles
@@ -399,10 +399,10 @@ pub fn fingerprint(
     kernel: Option<&kprobe::Kernel>,
 ) -> Result<Fingerprint, BuildError> {
     let mut fb = FingerprintBuilder::new(env!("CARGO_PKG_VERSION"));
-    // This binary carries the init, the daemon and the default appliance's definition.
-    if let Ok(exe) = std::env::current_exe() {
-        fb.file_identity(&exe)?;
-    }
+    // This tool's code (the init, the daemon, the default appliance's definition and the
+    // writers), identified by a hash of its sources made at compile time: two builds of the
+    // same sources share a cached appliance, any change to them rebuilds it.
+    fb.str("source", env!("SUPERMIN_SOURCE_ID"));
     fb.str("format", &format!("{:?}", req.format));
     fb.str("size", &format!("{:?}", req.size));
     fb.str(
