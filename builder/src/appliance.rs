@@ -4,8 +4,9 @@
 //! The order matters for speed and correctness. The fingerprint is computed from things that
 //! cost milliseconds (input bytes or identities, the package database's identity, the chosen
 //! kernel's identity, options, environment, this tool's sources), so an up-to-date
-//! `--if-newer` never resolves packages. Only then is the file set resolved and the output written: the ext2
-//! image, the initrd and the kernel for `-f ext2`, a directory for `-f chroot`.
+//! `--if-newer` never resolves packages. Only then is the file set resolved and the output
+//! written: the ext2 image, the initrd and the kernel for `-f ext2`, a directory for
+//! `-f chroot`.
 //!
 //! What the fingerprint leaves out, on purpose: the host files that packages and hostfiles
 //! globs name are not hashed one by one (that would cost a resolution). Package files are
