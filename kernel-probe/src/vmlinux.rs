@@ -372,53 +372,27 @@ pub fn pvh_entry_of(path: &Path) -> Result<Option<u64>, ProbeError> {
     let mut regions = Vec::new();
     let ph_table =
         read_at(&mut file, phoff, u64::from(phentsize) * u64::from(phnum)).map_err(io_err)?;
-    for i in 0..usize::from(phnum) {
-        let ph = Elf {
-            head: ph_table.get(i * usize::from(phentsize)..).unwrap_or(&[]),
-            is64,
-        };
-        if ph.u32(0) != Some(PT_NOTE) {
-            continue;
-        }
-        let (off, size, align) = if is64 {
-            (ph.u64(0x08), ph.u64(0x20), ph.u64(0x30))
-        } else {
-            (
-                ph.u32(0x04).map(u64::from),
-                ph.u32(0x10).map(u64::from),
-                ph.u32(0x1c).map(u64::from),
-            )
-        };
-        if let (Some(off), Some(size)) = (off, size) {
-            regions.push((off, size, align.unwrap_or(4)));
-        }
-    }
+    note_regions(
+        &ph_table,
+        phentsize,
+        phnum,
+        is64,
+        &PROGRAM_HEADERS,
+        &mut regions,
+    );
     let sh_table = if shoff != 0 && shnum != 0 {
         read_at(&mut file, shoff, u64::from(shentsize) * u64::from(shnum)).map_err(io_err)?
     } else {
         Vec::new()
     };
-    for i in 0..usize::from(shnum) {
-        let sh = Elf {
-            head: sh_table.get(i * usize::from(shentsize)..).unwrap_or(&[]),
-            is64,
-        };
-        if sh.u32(4) != Some(SHT_NOTE) {
-            continue;
-        }
-        let (off, size, align) = if is64 {
-            (sh.u64(0x18), sh.u64(0x20), sh.u64(0x30))
-        } else {
-            (
-                sh.u32(0x10).map(u64::from),
-                sh.u32(0x14).map(u64::from),
-                sh.u32(0x20).map(u64::from),
-            )
-        };
-        if let (Some(off), Some(size)) = (off, size) {
-            regions.push((off, size, align.unwrap_or(4)));
-        }
-    }
+    note_regions(
+        &sh_table,
+        shentsize,
+        shnum,
+        is64,
+        &SECTION_HEADERS,
+        &mut regions,
+    );
     for (off, size, align) in regions {
         let notes = read_at(&mut file, off, size.min(MAX_NOTE_BYTES)).map_err(io_err)?;
         if let Some(entry) = find_pvh_note(&notes, if align == 8 { 8 } else { 4 }) {
@@ -426,6 +400,62 @@ pub fn pvh_entry_of(path: &Path) -> Result<Option<u64>, ProbeError> {
         }
     }
     Ok(None)
+}
+
+/// Where an ELF header table keeps what a note search needs, as (64-bit, 32-bit) offsets
+/// within one entry: program headers and section headers differ only in these.
+struct TableLayout {
+    type_at: usize,
+    note_type: u32,
+    offset: (usize, usize),
+    size: (usize, usize),
+    align: (usize, usize),
+}
+
+const PROGRAM_HEADERS: TableLayout = TableLayout {
+    type_at: 0,
+    note_type: PT_NOTE,
+    offset: (0x08, 0x04),
+    size: (0x20, 0x10),
+    align: (0x30, 0x1c),
+};
+
+const SECTION_HEADERS: TableLayout = TableLayout {
+    type_at: 4,
+    note_type: SHT_NOTE,
+    offset: (0x18, 0x10),
+    size: (0x20, 0x14),
+    align: (0x30, 0x20),
+};
+
+/// Appends the (offset, size, alignment) of every note entry of `table`.
+fn note_regions(
+    table: &[u8],
+    entsize: u16,
+    count: u16,
+    is64: bool,
+    layout: &TableLayout,
+    out: &mut Vec<(u64, u64, u64)>,
+) {
+    for i in 0..usize::from(count) {
+        let entry = Elf {
+            head: table.get(i * usize::from(entsize)..).unwrap_or(&[]),
+            is64,
+        };
+        if entry.u32(layout.type_at) != Some(layout.note_type) {
+            continue;
+        }
+        let field = |(at64, at32): (usize, usize)| {
+            if is64 {
+                entry.u64(at64)
+            } else {
+                entry.u32(at32).map(u64::from)
+            }
+        };
+        if let (Some(off), Some(size)) = (field(layout.offset), field(layout.size)) {
+            out.push((off, size, field(layout.align).unwrap_or(4)));
+        }
+    }
 }
 
 /// Reads up to `len` bytes at `off` (fewer at end of file).
