@@ -240,9 +240,19 @@ pub struct RunArgs {
     /// cached on demand
     #[arg(long, value_name = "DIR")]
     pub appliance: Option<PathBuf>,
-    /// Accelerator: auto, kvm or tcg (default: $SUPERMIN_ACCEL or auto)
+    /// Accelerator: auto, kvm or tcg (default: $SUPERMIN_ACCEL or auto). auto tries KVM and
+    /// falls back to TCG on any failure before the appliance answers, saying so once; the
+    /// verdict is kept until the host reboots or qemu changes
     #[arg(long, value_name = "ACCEL")]
     pub accel: Option<String>,
+    /// Forget that KVM failed on this host and try it again (with --accel auto)
+    #[arg(long)]
+    pub recheck_kvm: bool,
+    /// When run as root, the user qemu switches to after opening its files (default:
+    /// $SUPERMIN_QEMU_USER or nobody; `root` keeps root, which a hostile guest that escapes
+    /// qemu would then have)
+    #[arg(long, value_name = "USER")]
+    pub qemu_user: Option<String>,
     /// Guest memory in MiB (at least 128)
     #[arg(long, value_name = "MIB", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(128..))]

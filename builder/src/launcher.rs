@@ -35,11 +35,11 @@ const SIGPIPE: i32 = 13;
 
 /// How long a TCG boot may take before we call it hung (without `--timeout`).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long `--accel auto` gives a KVM guest to answer before it falls back
-/// to TCG. A working KVM boots the appliance in about a second; on hosts
-/// where KVM guests hang this is the price of finding out, paid once per
-/// host boot (the verdict is remembered).
-const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a KVM guest may stay silent on its console, without its daemon
+/// answering, before it counts as hung. A working KVM boots the appliance in
+/// about a second; on hosts where KVM guests hang this is the price of
+/// finding out, paid once per host boot and qemu (the verdict is remembered).
+const KVM_SILENCE: Duration = Duration::from_secs(5);
 /// After the command: time for the daemon to acknowledge the shutdown and
 /// for qemu to exit before it is killed.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,9 +67,63 @@ impl std::str::FromStr for Accel {
     }
 }
 
+/// What the launcher tells its user on the way (the binary prints it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// `--accel auto` found KVM broken and boots with TCG instead.
+    KvmFallback { reason: String },
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notice::KvmFallback { reason } => write!(
+                f,
+                "KVM failed ({reason}): using TCG, which is much slower; runs keep using TCG until the host reboots or qemu changes (`supermin run --recheck-kvm` tries KVM again)"
+            ),
+        }
+    }
+}
+
+/// The process environment a launch depends on, read once (by the binary).
+#[derive(Debug, Clone)]
+pub struct LaunchEnv {
+    /// `$PATH`, where qemu is looked up.
+    pub path: Option<OsString>,
+    /// `$XDG_RUNTIME_DIR`, where the KVM verdict is kept when it exists.
+    pub runtime_dir: Option<PathBuf>,
+    /// `$TMPDIR` when absolute, else `/var/tmp`: qemu's scratch directory (the
+    /// root's overlay grows with what the guest writes, which a tmpfs `/tmp`
+    /// may not hold), and the KVM verdict without `$XDG_RUNTIME_DIR`.
+    pub tmp_dir: PathBuf,
+}
+
+impl LaunchEnv {
+    /// Reads the variables above from this process's environment.
+    pub fn from_process() -> LaunchEnv {
+        LaunchEnv {
+            path: std::env::var_os("PATH"),
+            runtime_dir: std::env::var_os("XDG_RUNTIME_DIR")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute()),
+            tmp_dir: std::env::var_os("TMPDIR")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .unwrap_or_else(|| PathBuf::from("/var/tmp")),
+        }
+    }
+}
+
 /// Everything one `supermin run` needs, resolved by the CLI.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
+    pub env: LaunchEnv,
+    /// Forget a recorded KVM failure and try KVM again (`--accel auto`).
+    pub recheck_kvm: bool,
+    /// The user qemu runs as once it has opened its files; `None` keeps ours.
+    pub qemu_user: Option<String>,
+    /// Called with what the user should hear even without `-v`.
+    pub on_notice: fn(&Notice),
     /// Directory with `kernel`, `initrd`, `root` and maybe `vmlinux`.
     pub appliance: PathBuf,
     pub accel: Accel,
@@ -111,6 +165,8 @@ pub enum LaunchError {
     NoCommand,
     #[error("--accel kvm: /dev/kvm is not usable ({reason}); use --accel tcg or auto")]
     KvmUnavailable { reason: String },
+    #[error("--accel kvm: KVM failed on this host ({reason}); use --accel tcg, or --accel auto to fall back by itself")]
+    KvmFailed { reason: String },
     #[error(
         "cannot start {program}: install qemu-system-x86 (Debian) / qemu-system-x86-core (Fedora)"
     )]
@@ -320,7 +376,16 @@ impl Session {
             source,
         })?;
 
+        let qemu = qemu::QemuBinary::find(opts.env.path.as_deref()).map_err(|source| {
+            LaunchError::QemuSpawn {
+                program: qemu::QEMU.to_string(),
+                source,
+            }
+        })?;
+        log(format_args!("{} ({})", qemu.path.display(), qemu.version));
         let plan = |accel: qemu::VmAccel| qemu::Plan {
+            qemu: qemu.clone(),
+            run_as: opts.qemu_user.clone(),
             kernel: appliance.kernel.clone(),
             initrd: appliance.initrd.clone(),
             root: appliance.root.clone(),
@@ -331,6 +396,17 @@ impl Session {
             cpus: opts.cpus.max(1),
         };
 
+        let verdict_file = accel::verdict_file(opts.env.runtime_dir.as_deref(), &opts.env.tmp_dir);
+        let verdict_key = accel::boot_id().map(|boot_id| accel::VerdictKey {
+            boot_id,
+            qemu: qemu.identity.clone(),
+        });
+        if opts.recheck_kvm {
+            accel::forget(&verdict_file).map_err(|source| LaunchError::Setup {
+                what: "forgetting the KVM verdict",
+                source,
+            })?;
+        }
         let try_kvm = match opts.accel {
             Accel::Tcg => false,
             Accel::Kvm => {
@@ -342,13 +418,19 @@ impl Session {
                     log(format_args!("KVM not usable ({reason}): using TCG"));
                     false
                 }
-                Ok(()) if accel::kvm_known_to_hang() => {
-                    log(format_args!(
-                        "KVM guests hung earlier in this host boot: using TCG"
-                    ));
-                    false
-                }
-                Ok(()) => true,
+                Ok(()) => match verdict_key
+                    .as_ref()
+                    .and_then(|k| accel::recorded_failure(&verdict_file, k))
+                {
+                    Some(reason) => {
+                        log(format_args!(
+                            "KVM failed earlier in this host boot with this qemu ({reason}): using TCG ({} --recheck-kvm tries again)",
+                            "supermin run"
+                        ));
+                        false
+                    }
+                    None => true,
+                },
             },
         };
 
@@ -361,28 +443,25 @@ impl Session {
             ));
             let mut kvm_vm = Vm::start(
                 &plan(qemu::VmAccel::Kvm),
+                &opts.env.tmp_dir,
                 generation,
                 tx.clone(),
                 opts.verbose,
             )?;
-            let probe_deadline = match opts.accel {
-                Accel::Auto => Some(start + KVM_PROBE_TIMEOUT),
-                _ => None,
-            };
             let boot_deadline = earliest(deadline, Some(Instant::now() + BOOT_TIMEOUT));
-            match kvm_vm.wait_hello(&rx, earliest(boot_deadline, probe_deadline)) {
-                Ok(()) => vm = Some(kvm_vm),
-                Err(WaitError::Deadline)
-                    if probe_deadline.is_some() && deadline.is_none_or(|d| Instant::now() < d) =>
-                {
-                    log(format_args!(
-                        "the KVM guest did not answer within {KVM_PROBE_TIMEOUT:?}: falling back to TCG"
-                    ));
-                    accel::remember_kvm_hangs();
+            match probe_kvm(&mut kvm_vm, &rx, boot_deadline, opts.timeout)? {
+                None => vm = Some(kvm_vm),
+                Some(reason) if opts.accel == Accel::Auto => {
                     drop(kvm_vm);
+                    (opts.on_notice)(&Notice::KvmFallback {
+                        reason: reason.clone(),
+                    });
+                    if let Some(key) = &verdict_key {
+                        accel::record_failure(&verdict_file, key, &reason);
+                    }
                     generation += 1;
                 }
-                Err(e) => return Err(boot_error(e, &mut kvm_vm, opts.timeout)),
+                Some(reason) => return Err(LaunchError::KvmFailed { reason }),
             }
         }
         let vm = match vm {
@@ -394,6 +473,7 @@ impl Session {
                 ));
                 let mut tcg_vm = Vm::start(
                     &plan(qemu::VmAccel::Tcg),
+                    &opts.env.tmp_dir,
                     generation,
                     tx.clone(),
                     opts.verbose,
@@ -643,6 +723,64 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
+/// Waits for a KVM guest's hello. `Ok(None)`: it answered. `Ok(Some(why))`:
+/// KVM failed before the daemon answered (qemu exited or was killed, qemu
+/// reported a KVM error, or the guest printed nothing for
+/// [`KVM_SILENCE`]); the caller falls back to TCG or reports `why`. A guest
+/// that keeps printing is booting, not hung, and gets until `boot_deadline`.
+/// The user's `--timeout`, signals and protocol errors end the run as usual.
+fn probe_kvm(
+    vm: &mut Vm,
+    rx: &mpsc::Receiver<Event>,
+    boot_deadline: Option<Instant>,
+    timeout: Option<Duration>,
+) -> Result<Option<String>, LaunchError> {
+    let mut printed = vm.guest_console_bytes();
+    let mut quiet_since = Instant::now();
+    loop {
+        let tick = Instant::now() + Duration::from_millis(100);
+        match vm.wait_hello(rx, earliest(boot_deadline, Some(tick))) {
+            Ok(()) => return Ok(None),
+            Err(WaitError::Deadline) => {
+                let now = Instant::now();
+                if boot_deadline.is_some_and(|d| now >= d) {
+                    if timeout.is_some() {
+                        return Err(LaunchError::Timeout {
+                            after: timeout.unwrap_or_default(),
+                        });
+                    }
+                    return Ok(Some(format!(
+                        "the guest did not answer within {BOOT_TIMEOUT:?}"
+                    )));
+                }
+                if let Some(line) = vm.kvm_failure() {
+                    return Ok(Some(format!("qemu reported: {line}")));
+                }
+                let now_printed = vm.guest_console_bytes();
+                if now_printed != printed {
+                    printed = now_printed;
+                    quiet_since = now;
+                } else if now.duration_since(quiet_since) >= KVM_SILENCE {
+                    return Ok(Some(if printed == 0 {
+                        format!("the guest printed nothing within {KVM_SILENCE:?} (it hangs)")
+                    } else {
+                        format!("the guest stopped printing for {KVM_SILENCE:?} before its daemon answered (it hangs)")
+                    }));
+                }
+            }
+            Err(WaitError::Closed(None)) => {
+                let how = vm.exit_description();
+                let said = vm.first_qemu_line().or_else(|| vm.kvm_failure());
+                return Ok(Some(match said {
+                    Some(line) => format!("{how}: {line}"),
+                    None => how,
+                }));
+            }
+            Err(e) => return Err(boot_error(e, vm, timeout)),
+        }
+    }
+}
+
 fn boot_error(e: WaitError, vm: &mut Vm, timeout: Option<Duration>) -> LaunchError {
     match e {
         WaitError::Deadline if timeout.is_some() => LaunchError::Timeout {
@@ -795,6 +933,10 @@ mod tests {
     #[test]
     fn missing_command_is_refused_before_anything_boots() {
         let opts = RunOptions {
+            env: LaunchEnv::from_process(),
+            recheck_kvm: false,
+            qemu_user: None,
+            on_notice: |_| {},
             appliance: "/nonexistent".into(),
             accel: Accel::Tcg,
             memory_mib: 512,

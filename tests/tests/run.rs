@@ -77,7 +77,7 @@ impl Scratch {
         let left: Vec<_> = std::fs::read_dir(self.tmp())
             .unwrap()
             .map(|e| e.unwrap().file_name())
-            .filter(|n| !n.to_string_lossy().starts_with("supermin-kvm-hangs-"))
+            .filter(|n| !n.to_string_lossy().starts_with("supermin-kvm-verdict-"))
             .collect();
         assert!(left.is_empty(), "the launcher left {left:?} in its TMPDIR");
     }
@@ -109,10 +109,13 @@ impl std::fmt::Debug for RunOutput {
 
 fn run_command(scratch: &Scratch, args: &[OsString]) -> Command {
     let mut cmd = Command::new(supermin_bin());
+    // The KVM verdict goes to TMPDIR (the scratch) without XDG_RUNTIME_DIR.
     cmd.arg("run")
         .args(args)
         .env("TMPDIR", scratch.tmp())
+        .env_remove("XDG_RUNTIME_DIR")
         .env_remove("SUPERMIN_ACCEL")
+        .env_remove("SUPERMIN_QEMU_USER")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
@@ -546,12 +549,179 @@ fn accel_auto_runs_the_command_whether_or_not_kvm_works() {
     scratch.assert_tmp_clean();
 }
 
+/// The real qemu, found in `PATH` as the launcher would.
+fn real_qemu() -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("qemu-system-x86_64"))
+        .find(|p| p.is_file())
+        .expect("qemu-system-x86_64 in PATH (bash .ci/setup installs it)")
+}
+
+/// A directory holding a `qemu-system-x86_64` wrapper that runs `on_kvm`
+/// (shell) when asked for KVM, appending a line to `kvm.log` each time, and
+/// the real qemu otherwise. Returns the `PATH` to run with.
+fn fake_kvm_qemu(scratch: &Scratch, on_kvm: &str) -> OsString {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "this test needs /dev/kvm (present on the project's machines) to reach the KVM attempt"
+    );
+    let bin = scratch.dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = scratch.dir.join("kvm.log");
+    let script = format!(
+        "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in *accel=kvm*) echo kvm >>'{}'; {on_kvm};; esac; done\nexec '{}' \"$@\"\n",
+        log.display(),
+        real_qemu().display()
+    );
+    let wrapper = bin.join("qemu-system-x86_64");
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut path = OsString::from(&bin);
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    path
+}
+
+fn kvm_attempts(scratch: &Scratch) -> usize {
+    std::fs::read_to_string(scratch.dir.join("kvm.log"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+fn run_with_path(scratch: &Scratch, path: &OsString, args: &[OsString]) -> RunOutput {
+    let mut cmd = run_command(scratch, args);
+    cmd.env("PATH", path).stdin(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn supermin run");
+    let out = collect(child.stdout.take().unwrap());
+    let err = collect(child.stderr.take().unwrap());
+    let status = wait_watched(&mut child);
+    RunOutput {
+        status,
+        stdout: out.recv().unwrap(),
+        stderr: String::from_utf8_lossy(&err.recv().unwrap()).into_owned(),
+    }
+}
+
+fn fallback_lines(out: &RunOutput) -> Vec<&str> {
+    out.stderr
+        .lines()
+        .filter(|l| l.contains("KVM failed"))
+        .collect()
+}
+
+// Regression: on hosts where qemu aborts under KVM (kvm_pvm: "failed to set
+// MSR ... kvm_buf_set_msrs: Assertion"), --accel auto failed every run.
+#[test]
+fn auto_falls_back_once_when_qemu_aborts_under_kvm_and_remembers_it() {
+    let scratch = Scratch::new("kvm-abort");
+    let app = scratch.appliance("app", None);
+    let path = fake_kvm_qemu(
+        &scratch,
+        "echo 'qemu-system-x86_64: error: failed to set MSR 0x10a to 0xc000069' >&2; kill -ABRT $$",
+    );
+    let args = with_appliance(&app, "auto", &["--", "echo", "auto-ok"]);
+
+    let first = run_with_path(&scratch, &path, &args);
+    assert!(first.status.success(), "{first:?}");
+    assert_eq!(first.stdout_text(), "auto-ok\n");
+    let said = fallback_lines(&first);
+    assert_eq!(said.len(), 1, "one line about the fallback: {first:?}");
+    assert!(said[0].contains("failed to set MSR"), "{first:?}");
+    assert!(said[0].contains("using TCG"), "{first:?}");
+    assert!(said[0].contains("--recheck-kvm"), "{first:?}");
+    assert_eq!(kvm_attempts(&scratch), 1);
+
+    // The verdict holds: straight to TCG, silently.
+    let second = run_with_path(&scratch, &path, &args);
+    assert!(second.status.success(), "{second:?}");
+    assert!(fallback_lines(&second).is_empty(), "{second:?}");
+    assert_eq!(kvm_attempts(&scratch), 1, "KVM tried again: {second:?}");
+
+    // --recheck-kvm forgets it.
+    let mut recheck = with_appliance(&app, "auto", &["--recheck-kvm"]);
+    recheck.extend(os(&["--", "echo", "auto-ok"]));
+    let third = run_with_path(&scratch, &path, &recheck);
+    assert!(third.status.success(), "{third:?}");
+    assert_eq!(fallback_lines(&third).len(), 1, "{third:?}");
+    assert_eq!(kvm_attempts(&scratch), 2);
+
+    // Another qemu binary (an upgrade) tries KVM again.
+    let wrapper = scratch.dir.join("bin").join("qemu-system-x86_64");
+    let mut body = std::fs::read(&wrapper).unwrap();
+    body.extend_from_slice(b"# upgraded\n");
+    std::fs::write(&wrapper, body).unwrap();
+    let fourth = run_with_path(&scratch, &path, &args);
+    assert!(fourth.status.success(), "{fourth:?}");
+    assert_eq!(kvm_attempts(&scratch), 3, "{fourth:?}");
+    scratch.assert_tmp_clean();
+}
+
+#[test]
+fn auto_falls_back_when_the_kvm_guest_hangs_silently() {
+    let scratch = Scratch::new("kvm-hang");
+    let app = scratch.appliance("app", None);
+    // A "guest" that prints nothing and never answers.
+    let path = fake_kvm_qemu(&scratch, "exec sleep 600");
+    let out = run_with_path(
+        &scratch,
+        &path,
+        &with_appliance(&app, "auto", &["--", "echo", "auto-ok"]),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout_text(), "auto-ok\n");
+    let said = fallback_lines(&out);
+    assert_eq!(said.len(), 1, "{out:?}");
+    assert!(said[0].contains("printed nothing"), "{out:?}");
+    assert!(
+        child_named(std::process::id(), "sleep").is_none(),
+        "the hung KVM qemu outlived its run"
+    );
+    scratch.assert_tmp_clean();
+}
+
+#[test]
+fn accel_kvm_on_a_host_where_kvm_fails_is_one_line_with_the_way_out() {
+    let scratch = Scratch::new("kvm-only");
+    let app = scratch.appliance("app", None);
+    let path = fake_kvm_qemu(
+        &scratch,
+        "echo 'qemu-system-x86_64: error: failed to set MSR 0x10a to 0xc000069' >&2; kill -ABRT $$",
+    );
+    let out = run_with_path(
+        &scratch,
+        &path,
+        &with_appliance(&app, "kvm", &["--", "echo", "never"]),
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {out:?}");
+    assert!(lines[0].contains("failed to set MSR"), "{out:?}");
+    assert!(lines[0].contains("--accel tcg"), "{out:?}");
+    // --accel kvm records nothing: auto still tries for itself.
+    assert!(std::fs::read_dir(scratch.tmp())
+        .unwrap()
+        .flatten()
+        .all(|e| !e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("supermin-kvm-verdict-")));
+    scratch.assert_tmp_clean();
+}
+
 #[test]
 fn a_session_uploads_runs_and_downloads_files() {
-    use supermin::launcher::{Accel, ExitStatus, LaunchError, RunOptions, Session};
+    use supermin::launcher::{Accel, ExitStatus, LaunchEnv, LaunchError, RunOptions, Session};
     let scratch = Scratch::new("session");
     let app = scratch.appliance("app", None);
+    let mut env = LaunchEnv::from_process();
+    env.tmp_dir = scratch.tmp();
     let opts = RunOptions {
+        env,
+        recheck_kvm: false,
+        qemu_user: None,
+        on_notice: |n| panic!("no notice expected under TCG: {n}"),
         appliance: app,
         accel: Accel::Tcg,
         memory_mib: 512,

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use supermin::appliance::{self, BuildRequest, Source};
 use supermin::cli::{Format, RunArgs};
-use supermin::launcher::{self, Accel, LaunchError, RunOptions};
+use supermin::launcher::{self, Accel, LaunchEnv, LaunchError, Notice, RunOptions};
 use supermin_cache::Durability;
 
 /// The default appliance's directory inside the runtime cache (beside libguestfs's own
@@ -67,7 +67,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         Some(dir) => dir.clone(),
         None => default_appliance(args.verbose, false)?,
     };
+    let qemu_user = qemu_user(args.qemu_user.as_deref())?;
     let mut opts = RunOptions {
+        env: LaunchEnv::from_process(),
+        recheck_kvm: args.recheck_kvm,
+        qemu_user,
+        on_notice: print_notice,
         appliance,
         accel,
         memory_mib: args.memory,
@@ -102,6 +107,38 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     Ok(ExitCode::from(status.clamp(0, 255) as u8))
+}
+
+fn print_notice(notice: &Notice) {
+    eprintln!("supermin: {notice}");
+}
+
+/// The user qemu switches to: only when we are root (qemu can drop privileges, not gain
+/// them), `nobody` unless `--qemu-user` or `$SUPERMIN_QEMU_USER` says otherwise, and none
+/// for `root`.
+fn qemu_user(flag: Option<&str>) -> anyhow::Result<Option<String>> {
+    let env = std::env::var("SUPERMIN_QEMU_USER")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let named = flag.map(str::to_string).or(env);
+    if !rustix::process::geteuid().is_root() {
+        if let Some(user) = named.filter(|u| u != "root") {
+            anyhow::bail!(
+                "--qemu-user/SUPERMIN_QEMU_USER {user:?}: qemu can switch users only when supermin runs as root; it already runs as you"
+            );
+        }
+        return Ok(None);
+    }
+    let user = named.unwrap_or_else(|| "nobody".to_string());
+    let valid = !user.is_empty()
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-:".contains(&b))
+        && !user.starts_with('-');
+    if !valid {
+        anyhow::bail!("--qemu-user {user:?} is not a user name (or UID:GID)");
+    }
+    Ok((user != "root").then_some(user))
 }
 
 /// Builds (or finds fresh, unless `force`) the embedded default appliance in the runtime

@@ -1,11 +1,14 @@
-//! Whether KVM can be used, and the memory of hosts where it hangs.
+//! Whether KVM can be used, and the memory of hosts where it fails.
 //!
 //! `/dev/kvm` opening and answering `KVM_GET_API_VERSION` says KVM exists,
-//! not that a guest makes progress: on nested or paravirtualised hosts a
-//! Debian kernel can hang in early boot under KVM while tiny guests run. So
-//! `--accel auto` boots with KVM under a short deadline and falls back to
-//! TCG; the verdict is written to a small per-user file keyed by the host's
-//! boot id, so later runs in the same host boot go straight to TCG.
+//! not that a guest makes progress: on nested or paravirtualised hosts
+//! (`kvm_pvm`) a Debian kernel either hangs in early boot under KVM or makes
+//! qemu abort (`failed to set MSR ...`), while tiny guests run. So
+//! `--accel auto` boots with KVM and falls back to TCG on any failure before
+//! the daemon answers; the verdict, with its reason, is written to a small
+//! per-user file keyed by the host's boot id and the qemu binary's identity,
+//! so later runs in the same host boot with the same qemu go straight to TCG,
+//! and a reboot (new host kernel) or a qemu upgrade tries KVM again.
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -15,6 +18,13 @@ use std::path::{Path, PathBuf};
 /// `_IO(KVMIO, 0x00)`; the stable API has answered 12 since Linux 2.6.22.
 const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
 const KVM_API_VERSION: libc::c_int = 12;
+
+/// The verdict file's name, per user, in `$XDG_RUNTIME_DIR` or the temporary
+/// directory (both are emptied at reboot, which also ends a verdict).
+pub const VERDICT_PREFIX: &str = "supermin-kvm-verdict-";
+
+/// A reason is one console line at most; keep the file small whatever qemu printed.
+const MAX_REASON: usize = 512;
 
 /// `Ok` when `/dev/kvm` opens read-write and speaks the stable API;
 /// otherwise why not, for the user.
@@ -36,85 +46,173 @@ pub fn kvm_usable() -> Result<(), String> {
     Ok(())
 }
 
-fn verdict_file() -> PathBuf {
-    // SAFETY: getuid cannot fail and touches no memory.
-    let uid = unsafe { libc::getuid() };
-    let dir = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
+/// Where this user's verdict lives: `runtime_dir` (`$XDG_RUNTIME_DIR`) when
+/// it is a directory, else `tmp_dir`.
+pub fn verdict_file(runtime_dir: Option<&Path>, tmp_dir: &Path) -> PathBuf {
+    let uid = rustix::process::getuid().as_raw();
+    let dir = runtime_dir
         .filter(|d| d.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    dir.join(format!("supermin-kvm-hangs-{uid}"))
+        .unwrap_or(tmp_dir)
+        .to_path_buf();
+    dir.join(format!("{VERDICT_PREFIX}{uid}"))
 }
 
-fn boot_id() -> Option<String> {
+/// This host boot's id; `None` where `/proc` does not say.
+pub fn boot_id() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
 }
 
-/// Whether a KVM guest already hung earlier in this host boot.
-pub fn kvm_known_to_hang() -> bool {
-    boot_id().is_some_and(|id| recorded_at(&verdict_file(), &id))
+/// What a verdict is valid for: one host boot, one qemu binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerdictKey {
+    pub boot_id: String,
+    /// [`super::qemu::QemuBinary::identity`].
+    pub qemu: String,
 }
 
-/// Records that a KVM guest hung in this host boot. Best effort: without the
-/// file the next run just pays the probe again.
-pub fn remember_kvm_hangs() {
-    if let Some(id) = boot_id() {
-        record_at(&verdict_file(), &id);
+/// The reason KVM failed, when a verdict of ours for `key` is recorded at `path`.
+pub fn recorded_failure(path: &Path, key: &VerdictKey) -> Option<String> {
+    // Only a file of ours counts: the temporary directory is shared.
+    let uid = rustix::process::getuid().as_raw();
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() || meta.uid() != uid || meta.len() > 4096 {
+        return None;
     }
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut boot = None;
+    let mut qemu = None;
+    let mut reason = None;
+    for line in text.lines() {
+        match line.split_once('=') {
+            Some(("boot_id", v)) => boot = Some(v),
+            Some(("qemu", v)) => qemu = Some(v),
+            Some(("reason", v)) => reason = Some(v),
+            _ => {}
+        }
+    }
+    (boot? == key.boot_id && qemu? == key.qemu).then(|| reason.unwrap_or("").to_string())
 }
 
-fn recorded_at(path: &Path, boot_id: &str) -> bool {
-    // Only a file of ours counts: /tmp is shared.
-    // SAFETY: getuid cannot fail and touches no memory.
-    let uid = unsafe { libc::getuid() };
-    let ours = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.uid() == uid);
-    ours && std::fs::read_to_string(path).is_ok_and(|s| s.trim() == boot_id)
-}
-
-fn record_at(path: &Path, boot_id: &str) {
+/// Records that KVM failed for `key`, and why. Best effort: without the file
+/// the next run just pays the probe again.
+pub fn record_failure(path: &Path, key: &VerdictKey, reason: &str) {
+    let mut reason: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if reason.len() > MAX_REASON {
+        let mut end = MAX_REASON;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    let text = format!(
+        "boot_id={}\nqemu={}\nreason={reason}\n",
+        key.boot_id, key.qemu
+    );
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o644)
         .open(&tmp)
-        .and_then(|mut f| f.write_all(format!("{boot_id}\n").as_bytes()));
+        .and_then(|mut f| f.write_all(text.as_bytes()));
     if written.is_ok() && std::fs::rename(&tmp, path).is_ok() {
         return;
     }
     let _ = std::fs::remove_file(&tmp);
 }
 
+/// Forgets the verdict (`--recheck-kvm`): the next `--accel auto` run tries KVM again.
+pub fn forget(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a line qemu printed on its stderr says that KVM itself failed
+/// (an ioctl error, an internal error, an assertion in its KVM code), as
+/// opposed to a warning about some device.
+pub fn is_kvm_failure_line(line: &str) -> bool {
+    let lower = line.to_ascii_lowercase();
+    lower.contains("kvm")
+        && ["error", "failed", "assertion", "abort", "suberror"]
+            .iter()
+            .any(|w| lower.contains(w))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn key(boot: &str, qemu: &str) -> VerdictKey {
+        VerdictKey {
+            boot_id: boot.into(),
+            qemu: qemu.into(),
+        }
+    }
+
     #[test]
-    fn a_recorded_hang_counts_only_for_the_same_host_boot() {
-        let dir = std::env::temp_dir().join(format!("supermin-kvm-verdict-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("verdict");
-        assert!(!recorded_at(&file, "boot-a"));
-        record_at(&file, "boot-a");
-        assert!(recorded_at(&file, "boot-a"));
-        assert!(!recorded_at(&file, "boot-b"));
-        record_at(&file, "boot-b");
-        assert!(recorded_at(&file, "boot-b"));
+    fn a_recorded_failure_counts_only_for_the_same_host_boot_and_qemu() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("verdict");
+        assert_eq!(recorded_failure(&file, &key("boot-a", "q1")), None);
+        record_failure(&file, &key("boot-a", "q1"), "qemu was killed (SIGABRT)");
+        assert_eq!(
+            recorded_failure(&file, &key("boot-a", "q1")).as_deref(),
+            Some("qemu was killed (SIGABRT)")
+        );
+        // A reboot, or a qemu upgrade, tries KVM again.
+        assert_eq!(recorded_failure(&file, &key("boot-b", "q1")), None);
+        assert_eq!(recorded_failure(&file, &key("boot-a", "q2")), None);
+        record_failure(&file, &key("boot-b", "q1"), "hung");
+        assert!(recorded_failure(&file, &key("boot-b", "q1")).is_some());
         // No temporary files left behind.
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        forget(&file).unwrap();
+        assert_eq!(recorded_failure(&file, &key("boot-b", "q1")), None);
+        // Forgetting twice is fine.
+        forget(&file).unwrap();
+    }
+
+    #[test]
+    fn a_reason_is_kept_to_one_bounded_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("verdict");
+        let k = key("b", "q");
+        let long = format!("first\nboot_id=evil\n{}", "x".repeat(10_000));
+        record_failure(&file, &k, &long);
+        let reason = recorded_failure(&file, &k).unwrap();
+        assert!(reason.starts_with("first boot_id=evil"), "{reason}");
+        assert!(reason.len() <= MAX_REASON);
     }
 
     #[test]
     fn a_symlink_planted_as_the_verdict_is_ignored() {
-        let dir = std::env::temp_dir().join(format!("supermin-kvm-link-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("real"), "boot-a\n").unwrap();
-        std::os::unix::fs::symlink(dir.join("real"), dir.join("verdict")).unwrap();
-        assert!(!recorded_at(&dir.join("verdict"), "boot-a"));
-        std::fs::remove_dir_all(&dir).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("real"), "boot_id=b\nqemu=q\nreason=r\n").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("verdict")).unwrap();
+        assert_eq!(
+            recorded_failure(&dir.path().join("verdict"), &key("b", "q")),
+            None
+        );
+    }
+
+    #[test]
+    fn kvm_failures_are_told_from_other_qemu_messages() {
+        assert!(is_kvm_failure_line(
+            "qemu-system-x86_64: target/i386/kvm/kvm.c:3849: kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed."
+        ));
+        assert!(is_kvm_failure_line("KVM internal error. Suberror: 1"));
+        assert!(is_kvm_failure_line("error: kvm run failed Bad address"));
+        assert!(!is_kvm_failure_line(
+            "qemu-system-x86_64: warning: host doesn't support requested feature"
+        ));
+        assert!(!is_kvm_failure_line("[    0.000000] Linux version 6.1.0"));
     }
 }

@@ -17,11 +17,68 @@
 //!   guest's power-off. What dominates is the kernel's own init and loading
 //!   modules (the SCSI stack alone is 0.3 s).
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use supermin_daemon::protocol::PORT_NAME;
+
+/// The program name looked up in `PATH`.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// The qemu binary a run uses, found once, and what it supports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuBinary {
+    pub path: PathBuf,
+    /// The first line of `-help` (`QEMU emulator version ...`).
+    pub version: String,
+    /// Changes whenever the binary is replaced (an upgrade, another build):
+    /// its path, device, inode, size and modification time.
+    pub identity: String,
+    /// `-sandbox` (seccomp) is available.
+    pub sandbox: bool,
+    /// `-run-with user=` is available (qemu >= 9.1; older ones have `-runas`).
+    pub run_with: bool,
+}
+
+impl QemuBinary {
+    /// Finds `qemu-system-x86_64` in `path_var` (`$PATH`) and asks it what it
+    /// supports (one `-help`, about 20 ms).
+    pub fn find(path_var: Option<&OsStr>) -> io::Result<QemuBinary> {
+        let path = std::env::split_paths(path_var.unwrap_or(OsStr::new("/usr/bin:/bin")))
+            .filter(|dir| dir.is_absolute())
+            .map(|dir| dir.join(QEMU))
+            .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not found in PATH"))?;
+        let meta = std::fs::metadata(&path)?;
+        let identity = format!(
+            "{}:{}:{}:{}:{}.{}",
+            path.display(),
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec()
+        );
+        let out = Command::new(&path)
+            .arg("-help")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()?;
+        let help = String::from_utf8_lossy(&out.stdout);
+        let version = help.lines().next().unwrap_or("").trim().to_string();
+        let has = |opt: &str| help.lines().any(|l| l.starts_with(opt));
+        Ok(QemuBinary {
+            path,
+            version,
+            identity,
+            sandbox: has("-sandbox "),
+            run_with: has("-run-with "),
+        })
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmAccel {
@@ -74,6 +131,9 @@ pub struct Disk {
 /// One VM to start.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    pub qemu: QemuBinary,
+    /// The user qemu switches to once it has opened its files (when we run as root).
+    pub run_as: Option<String>,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub root: PathBuf,
@@ -144,6 +204,27 @@ pub fn args(plan: &Plan, channel_fd: i32) -> Vec<OsString> {
         "-msg",
         "timestamp=off",
     ]);
+    if plan.qemu.sandbox {
+        // seccomp: no obsolete system calls, no spawning, no resource control.
+        // Changing uid stays allowed only when qemu itself must drop root
+        // (`-run-with user=` calls setuid after installing the filter); it
+        // cannot regain root once it has.
+        let elevate = if plan.run_as.is_some() {
+            "allow"
+        } else {
+            "deny"
+        };
+        let sandbox =
+            format!("on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny");
+        push(&["-sandbox", &sandbox]);
+    }
+    if let Some(user) = &plan.run_as {
+        if plan.qemu.run_with {
+            push(&["-run-with", &format!("user={user}")]);
+        } else {
+            push(&["-runas", user]);
+        }
+    }
     match plan.accel {
         VmAccel::Kvm => push(&["-machine", "pc,accel=kvm", "-cpu", "host"]),
         VmAccel::Tcg => push(&["-machine", "pc,accel=tcg", "-cpu", "max"]),
@@ -193,8 +274,20 @@ pub fn args(plan: &Plan, channel_fd: i32) -> Vec<OsString> {
 mod tests {
     use super::*;
 
+    fn qemu() -> QemuBinary {
+        QemuBinary {
+            path: "/usr/bin/qemu-system-x86_64".into(),
+            version: "QEMU emulator version 10.0.2".into(),
+            identity: "x".into(),
+            sandbox: true,
+            run_with: true,
+        }
+    }
+
     fn plan() -> Plan {
         Plan {
+            qemu: qemu(),
+            run_as: None,
             kernel: "/a/vmlinux".into(),
             initrd: "/a/initrd".into(),
             root: "/a/root".into(),

@@ -12,13 +12,14 @@
 //! `PR_SET_PDEATHSIG` so that it dies with us even if we are SIGKILLed.
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -29,11 +30,12 @@ use supermin_daemon::protocol::{
 };
 
 use super::qemu::{self, Plan};
-use super::LaunchError;
+use super::{accel, LaunchError};
 
-const QEMU: &str = "qemu-system-x86_64";
 /// Console lines kept for error reports.
 const CONSOLE_LINES: usize = 40;
+/// Longest console line kept; the rest of a longer one is dropped.
+const MAX_LINE: usize = 1024;
 
 /// Something happened that a wait in the launcher may care about.
 #[derive(Debug)]
@@ -72,13 +74,31 @@ impl Writer {
     }
 }
 
-/// The last lines of the console and of qemu's own stderr.
+/// The last lines of the console and of qemu's own stderr, and what the
+/// accelerator probe needs to know of them.
 struct Console {
     lines: Mutex<VecDeque<String>>,
     verbose: bool,
+    /// Bytes the guest has printed on its console so far: a guest that
+    /// prints is booting, not hung.
+    guest_bytes: AtomicU64,
+    /// qemu's first message on its stderr, and its first one that reads as
+    /// KVM itself failing.
+    first_qemu_line: Mutex<Option<String>>,
+    kvm_failure: Mutex<Option<String>>,
 }
 
 impl Console {
+    fn new(verbose: bool) -> Console {
+        Console {
+            lines: Mutex::new(VecDeque::new()),
+            verbose,
+            guest_bytes: AtomicU64::new(0),
+            first_qemu_line: Mutex::new(None),
+            kvm_failure: Mutex::new(None),
+        }
+    }
+
     fn push(&self, line: String) {
         let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
         if lines.len() == CONSOLE_LINES {
@@ -87,24 +107,80 @@ impl Console {
         lines.push_back(line);
     }
 
+    /// One line from the guest's console (`qemu == false`) or qemu's stderr.
+    fn take_line(&self, raw: &[u8], qemu: bool) {
+        let text = printable(raw);
+        let prefix = if qemu { "qemu: " } else { "" };
+        if self.verbose {
+            eprintln!("{prefix}{text}");
+        }
+        if text.trim().is_empty() {
+            return;
+        }
+        if qemu {
+            let remember = |slot: &Mutex<Option<String>>| {
+                let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert_with(|| text.clone());
+            };
+            remember(&self.first_qemu_line);
+            if accel::is_kvm_failure_line(&text) {
+                remember(&self.kvm_failure);
+            }
+        }
+        self.push(format!("{prefix}{text}"));
+    }
+
     fn spawn_reader(
         self: &Arc<Self>,
         stream: impl Read + Send + 'static,
-        prefix: &'static str,
+        qemu: bool,
     ) -> JoinHandle<()> {
         let console = Arc::clone(self);
         std::thread::spawn(move || {
-            for line in BufReader::new(stream).split(b'\n') {
-                let Ok(line) = line else { return };
-                let text = printable(&line);
-                if console.verbose {
-                    eprintln!("{prefix}{text}");
+            let counter = (!qemu).then_some(&console.guest_bytes);
+            read_lines(stream, counter, |line| console.take_line(line, qemu));
+        })
+    }
+}
+
+/// Calls `each` with every line of `stream` (without its newline), each cut
+/// to [`MAX_LINE`] bytes: a guest that prints without newlines cannot grow a
+/// buffer of ours. Counts the bytes read in `counter`.
+fn read_lines(mut stream: impl Read, counter: Option<&AtomicU64>, mut each: impl FnMut(&[u8])) {
+    let mut buf = [0u8; 4096];
+    let mut line: Vec<u8> = Vec::with_capacity(256);
+    // Past MAX_LINE the rest of the line is dropped, up to its newline.
+    let mut dropping = false;
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        if let Some(c) = counter {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                if !dropping {
+                    each(&line);
                 }
-                if !text.trim().is_empty() {
-                    console.push(format!("{prefix}{text}"));
+                line.clear();
+                dropping = false;
+            } else if !dropping {
+                line.push(b);
+                if line.len() == MAX_LINE {
+                    line.extend_from_slice(" [...]".as_bytes());
+                    each(&line);
+                    line.clear();
+                    dropping = true;
                 }
             }
-        })
+        }
+    }
+    if !line.is_empty() {
+        each(&line);
     }
 }
 
@@ -151,11 +227,12 @@ impl Vm {
     /// Starts qemu for `plan`; replies and the channel's end go to `events`.
     pub fn start(
         plan: &Plan,
+        tmp_dir: &std::path::Path,
         generation: u64,
         events: Sender<Event>,
         verbose: bool,
     ) -> Result<Vm, LaunchError> {
-        let scratch = make_scratch()?;
+        let scratch = make_scratch(tmp_dir)?;
         match Self::spawn(plan, generation, events, verbose, &scratch) {
             Ok(vm) => Ok(vm),
             Err(e) => {
@@ -178,9 +255,13 @@ impl Vm {
         let args = qemu::args(plan, theirs_fd);
         if verbose {
             let line: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
-            eprintln!("supermin: run: {QEMU} {}", line.join(" "));
+            eprintln!(
+                "supermin: run: {} {}",
+                plan.qemu.path.display(),
+                line.join(" ")
+            );
         }
-        let mut cmd = Command::new(QEMU);
+        let mut cmd = Command::new(&plan.qemu.path);
         cmd.args(&args)
             // qemu puts the snapshot=on overlay in $TMPDIR.
             .env("TMPDIR", scratch)
@@ -205,21 +286,18 @@ impl Vm {
             });
         }
         let mut child = cmd.spawn().map_err(|source| LaunchError::QemuSpawn {
-            program: QEMU.to_string(),
+            program: plan.qemu.path.display().to_string(),
             source,
         })?;
         drop(theirs);
 
-        let console = Arc::new(Console {
-            lines: Mutex::new(VecDeque::new()),
-            verbose,
-        });
+        let console = Arc::new(Console::new(verbose));
         let mut console_threads = Vec::new();
         if let Some(out) = child.stdout.take() {
-            console_threads.push(console.spawn_reader(out, ""));
+            console_threads.push(console.spawn_reader(out, false));
         }
         if let Some(err) = child.stderr.take() {
-            console_threads.push(console.spawn_reader(err, "qemu: "));
+            console_threads.push(console.spawn_reader(err, true));
         }
 
         let mut reader = match ours.try_clone() {
@@ -376,6 +454,23 @@ impl Vm {
         }
     }
 
+    /// Bytes the guest has printed on its console so far.
+    pub fn guest_console_bytes(&self) -> u64 {
+        self.console.guest_bytes.load(Ordering::Relaxed)
+    }
+
+    /// qemu's first message that reads as KVM failing, if any.
+    pub fn kvm_failure(&self) -> Option<String> {
+        let slot = self.console.kvm_failure.lock();
+        slot.unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// qemu's first message on its stderr, if any.
+    pub fn first_qemu_line(&self) -> Option<String> {
+        let slot = self.console.first_qemu_line.lock();
+        slot.unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// How qemu ended, after the channel closed before the hello.
     pub fn exit_description(&mut self) -> String {
         // qemu closes the channel as it exits; give it a moment to finish.
@@ -423,14 +518,10 @@ impl Drop for Vm {
     }
 }
 
-/// A fresh private directory for qemu's temporary files. `$TMPDIR` if set,
-/// else `/var/tmp` like qemu itself (the root overlay grows with what the
-/// guest writes, which tmpfs-backed /tmp may not hold).
-fn make_scratch() -> Result<PathBuf, LaunchError> {
-    let base = std::env::var_os("TMPDIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+/// A fresh private directory for qemu's temporary files in `base`
+/// ([`super::LaunchEnv::tmp_dir`]).
+fn make_scratch(base: &std::path::Path) -> Result<PathBuf, LaunchError> {
+    let base = base.to_path_buf();
     sweep_stale_scratch(&base);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -463,8 +554,7 @@ fn sweep_stale_scratch(base: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
-    // SAFETY: getuid cannot fail and touches no memory.
-    let uid = unsafe { libc::getuid() };
+    let uid = rustix::process::getuid().as_raw();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
@@ -498,16 +588,62 @@ mod tests {
 
     #[test]
     fn console_keeps_only_the_last_lines() {
-        let c = Console {
-            lines: Mutex::new(VecDeque::new()),
-            verbose: false,
-        };
+        let c = Console::new(false);
         for i in 0..CONSOLE_LINES + 5 {
             c.push(format!("line {i}"));
         }
         let lines = c.lines.lock().unwrap();
         assert_eq!(lines.len(), CONSOLE_LINES);
         assert_eq!(lines.front().unwrap(), "line 5");
+    }
+
+    #[test]
+    fn console_lines_are_cut_and_a_newline_free_flood_stays_bounded() {
+        // 64 MiB without a newline, then a short line: the reader keeps
+        // MAX_LINE bytes of the first and all of the second.
+        struct Flood(usize);
+        impl Read for Flood {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Ok(0);
+                }
+                let n = buf.len().min(self.0);
+                buf[..n].fill(b'A');
+                self.0 -= n;
+                Ok(n)
+            }
+        }
+        let stream = Flood(64 << 20).chain(&b"\nnext line\ntail"[..]);
+        let counter = AtomicU64::new(0);
+        let mut lines = Vec::new();
+        read_lines(stream, Some(&counter), |l| lines.push(l.to_vec()));
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0].len(), MAX_LINE + " [...]".len());
+        assert_eq!(lines[1], b"next line");
+        assert_eq!(lines[2], b"tail");
+        assert_eq!(counter.load(Ordering::Relaxed), (64 << 20) + 15);
+    }
+
+    #[test]
+    fn qemu_messages_about_kvm_failing_are_remembered() {
+        let c = Console::new(false);
+        c.take_line(b"qemu-system-x86_64: error: failed to set MSR 0x10a", true);
+        c.take_line(
+            b"qemu-system-x86_64: target/i386/kvm/kvm.c:3849: kvm_buf_set_msrs: Assertion failed.",
+            true,
+        );
+        c.take_line(b"KVM guest console line with error", false);
+        assert_eq!(
+            c.first_qemu_line.lock().unwrap().as_deref(),
+            Some("qemu-system-x86_64: error: failed to set MSR 0x10a")
+        );
+        assert!(c
+            .kvm_failure
+            .lock()
+            .unwrap()
+            .as_deref()
+            .unwrap()
+            .contains("kvm_buf_set_msrs"));
     }
 
     #[test]
@@ -531,8 +667,9 @@ mod tests {
     #[test]
     fn scratch_directories_are_private_and_distinct() {
         use std::os::unix::fs::PermissionsExt;
-        let a = make_scratch().unwrap();
-        let b = make_scratch().unwrap();
+        let base = tempfile::tempdir().unwrap();
+        let a = make_scratch(base.path()).unwrap();
+        let b = make_scratch(base.path()).unwrap();
         assert_ne!(a, b);
         let mode = std::fs::metadata(&a).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
