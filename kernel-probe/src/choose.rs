@@ -1257,27 +1257,57 @@ mod tests {
         assert_eq!(env.kernel, None);
     }
 
+    /// On this machine, with no `SUPERMIN_*` variables, the probe picks the
+    /// newest installed kernel (by the version its header carries), with the
+    /// modules directory and config installed for it.
     #[test]
-    fn the_host_kernel_choice_is_the_newest_debian_kernel() {
-        let want = Path::new("/boot/vmlinuz-6.12.117+deb12-amd64");
-        if !want.exists() || !Path::new("/lib/modules/6.12.117+deb12-amd64/modules.dep").exists() {
-            eprintln!("skipping: Debian 6.12 backports kernel not installed here");
-            return;
-        }
-        let env = ProbeEnv {
-            kernel: None,
-            kernel_version: None,
-            modules: None,
-            host_cpu: "x86_64".into(),
-            root: "/".into(),
+    fn the_host_kernel_choice_is_the_newest_installed_kernel() {
+        let lib_modules_kernels: Vec<PathBuf> = fs::read_dir("/lib/modules")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("vmlinuz"))
+            .filter(|p| p.is_file())
+            .collect();
+        // Fedora and Arch put the kernel beside its modules, and that copy
+        // takes precedence; Debian and Ubuntu have only /boot.
+        let installed: Vec<(String, PathBuf)> = if lib_modules_kernels.is_empty() {
+            crate::testhost::host_kernels()
+                .into_iter()
+                .map(|k| (k.version, k.path))
+                .collect()
+        } else {
+            lib_modules_kernels
+                .into_iter()
+                .map(|p| {
+                    (
+                        p.parent()
+                            .unwrap()
+                            .file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .into(),
+                        p,
+                    )
+                })
+                .collect()
         };
-        let k = probe(&env).unwrap();
-        assert_eq!(k.path, want);
-        assert_eq!(k.version, "6.12.117+deb12-amd64");
+        let (version, path) = installed
+            .iter()
+            .max_by(|a, b| compare_versions(&a.0, &b.0))
+            .unwrap();
+        let k = probe(&ProbeEnv::from_vars(|_| None, None)).unwrap();
+        assert_eq!(&k.path, path, "{:#?}", k.candidates);
+        assert_eq!(&k.version, version);
         assert_eq!(k.version_source, VersionSource::Header);
-        assert_eq!(
-            k.config.as_deref(),
-            Some(Path::new("/boot/config-6.12.117+deb12-amd64"))
-        );
+        let modules_dir = Path::new("/lib/modules").join(version);
+        assert_eq!(k.modules_dir, modules_dir);
+        let config = [
+            PathBuf::from(format!("/boot/config-{version}")),
+            modules_dir.join("config"),
+        ]
+        .into_iter()
+        .find(|p| p.is_file());
+        assert_eq!(k.config, config);
     }
 }
