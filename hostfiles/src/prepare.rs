@@ -78,7 +78,12 @@ pub fn prepare(opts: &PrepareOptions) -> Result<()> {
                 ),
             });
         }
-        scratch = TempDir::new(&opts.out_dir)?;
+        // Beside the output, and named uniquely: two prepares into one
+        // directory, from one process or two, never share it.
+        scratch = tempfile::Builder::new()
+            .prefix(".prepare-")
+            .tempdir_in(&opts.out_dir)
+            .map_err(write_err(&opts.out_dir))?;
         download_dpkg(
             &with_config,
             opts.packager_config.as_deref(),
@@ -258,26 +263,6 @@ fn run(mut cmd: Command, what: &str) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// A scratch directory beside the output, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(near: &Path) -> Result<TempDir> {
-        let p = near.join(format!(".prepare-{}", std::process::id()));
-        fs::create_dir_all(&p).map_err(write_err(&p))?;
-        Ok(TempDir(p))
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 #[cfg(test)]

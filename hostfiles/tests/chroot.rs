@@ -1,6 +1,6 @@
 //! End-to-end: resolve real host inputs, copy the file set into a directory with a tiny
 //! test-only copier (the real chroot writer is the builder's), and run programs there with
-//! chroot(8). Needs root for chroot; skipped with a message otherwise.
+//! chroot(8). Needs root for chroot (CI runs as root) and gcc; fails saying so otherwise.
 
 use std::fs;
 use std::io::Read;
@@ -13,15 +13,18 @@ use supermin_hostfiles::{
     PrepareOptions, ResolveOptions,
 };
 
-fn can_chroot() -> bool {
-    let ok = Command::new("chroot")
+/// Panics, saying why, unless chroot(8) works here.
+fn require_chroot() {
+    let out = Command::new("chroot")
         .args(["/", "/bin/true"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipping: chroot(8) is not permitted here (needs root)");
-    }
-    ok
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run chroot(8): {e}"));
+    assert!(
+        out.status.success(),
+        "chroot(8) is not permitted here ({}); these tests need root:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Materialize a file set (and its base images) under `dir`.
@@ -92,9 +95,7 @@ fn run_in_env(dir: &Path, cmd: &[&str], env: &[(&str, &str)]) -> String {
 
 #[test]
 fn prepared_bash_and_coreutils_run_in_a_chroot() {
-    if !can_chroot() {
-        return;
-    }
+    require_chroot();
     let sd = tempfile::tempdir().unwrap();
     prepare(&PrepareOptions {
         packages: vec!["bash".into(), "coreutils".into()],
@@ -129,9 +130,7 @@ fn prepared_bash_and_coreutils_run_in_a_chroot() {
 
 #[test]
 fn hostfiles_only_binaries_and_an_origin_runpath_program_run_in_a_chroot() {
-    if !can_chroot() {
-        return;
-    }
+    require_chroot();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     fs::create_dir_all(w.join("app/bin")).unwrap();
@@ -139,20 +138,27 @@ fn hostfiles_only_binaries_and_an_origin_runpath_program_run_in_a_chroot() {
     fs::write(w.join("foo.c"), "int foo(void){return 42;}").unwrap();
     fs::write(w.join("main.c"), "#include <stdio.h>\nint foo(void);\nint main(void){printf(\"foo=%d\\n\", foo());return 0;}").unwrap();
     let gcc = |args: &[&str]| {
-        Command::new("gcc")
+        let out = Command::new("gcc")
             .current_dir(w)
             .args(args)
-            .status()
-            .is_ok_and(|s| s.success())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run gcc: {e}; install gcc"));
+        assert!(
+            out.status.success(),
+            "gcc {args:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    let have_gcc = gcc(&[
+    gcc(&[
         "-shared",
         "-fPIC",
         "-Wl,-soname,libfoo.so.1",
         "-o",
         "app/lib/libfoo.so.1",
         "foo.c",
-    ]) && gcc(&[
+    ]);
+    gcc(&[
         "-o",
         "app/bin/prog",
         "main.c",
@@ -160,9 +166,6 @@ fn hostfiles_only_binaries_and_an_origin_runpath_program_run_in_a_chroot() {
         "-l:libfoo.so.1",
         "-Wl,--enable-new-dtags,-rpath,$ORIGIN/../lib",
     ]);
-    if !have_gcc {
-        eprintln!("note: gcc not usable; testing host binaries only");
-    }
 
     // Host binaries with many shared libraries, each run with an argument that needs no
     // data files.
@@ -182,9 +185,7 @@ fn hostfiles_only_binaries_and_an_origin_runpath_program_run_in_a_chroot() {
         .collect();
     assert!(present.len() >= 3, "too few host binaries to test with");
     let mut list: String = present.iter().map(|(p, _)| format!("{p}\n")).collect();
-    if have_gcc {
-        list.push_str(&format!("{}/app/bin/prog\n", w.display()));
-    }
+    list.push_str(&format!("{}/app/bin/prog\n", w.display()));
     let sd = w.join("supermin.d");
     fs::create_dir_all(&sd).unwrap();
     fs::write(sd.join("hostfiles"), list).unwrap();
@@ -200,14 +201,12 @@ fn hostfiles_only_binaries_and_an_origin_runpath_program_run_in_a_chroot() {
         cmd.extend_from_slice(args);
         run_in(dir.path(), &cmd);
     }
-    if have_gcc {
-        let prog = format!("{}/app/bin/prog", fs::canonicalize(w).unwrap().display());
-        // ld.so learns $ORIGIN of the program from /proc/self/exe, and this bare chroot has no
-        // /proc (the appliance's init mounts it); LD_ORIGIN_PATH is glibc's fallback for that.
-        let origin = format!("{}/app/bin", fs::canonicalize(w).unwrap().display());
-        assert_eq!(
-            run_in_env(dir.path(), &[&prog], &[("LD_ORIGIN_PATH", &origin)]),
-            "foo=42\n"
-        );
-    }
+    let prog = format!("{}/app/bin/prog", fs::canonicalize(w).unwrap().display());
+    // ld.so learns $ORIGIN of the program from /proc/self/exe, and this bare chroot has no
+    // /proc (the appliance's init mounts it); LD_ORIGIN_PATH is glibc's fallback for that.
+    let origin = format!("{}/app/bin", fs::canonicalize(w).unwrap().display());
+    assert_eq!(
+        run_in_env(dir.path(), &[&prog], &[("LD_ORIGIN_PATH", &origin)]),
+        "foo=42\n"
+    );
 }

@@ -771,13 +771,7 @@ mod tests {
             self.dir.path()
         }
         fn env(&self) -> ProbeEnv {
-            ProbeEnv {
-                kernel: None,
-                kernel_version: None,
-                modules: None,
-                host_cpu: "x86_64".into(),
-                root: self.root().to_path_buf(),
-            }
+            env_at(self.root())
         }
         /// A kernel file whose header says `header_version`, padded past the
         /// placeholder size limit.
@@ -798,6 +792,17 @@ mod tests {
         fn boot_kernel(&self, version: &str) -> PathBuf {
             self.modules(version);
             self.kernel(&format!("boot/vmlinuz-{version}"), Some(version))
+        }
+    }
+
+    /// No variables set, an x86_64 host, and `root` as `/`.
+    fn env_at(root: &Path) -> ProbeEnv {
+        ProbeEnv {
+            kernel: None,
+            kernel_version: None,
+            modules: None,
+            host_cpu: "x86_64".into(),
+            root: root.to_path_buf(),
         }
     }
 
@@ -1119,34 +1124,101 @@ mod tests {
         ));
     }
 
-    /// True when this process can read a mode-0000 file (root), which makes
-    /// permission tests meaningless.
-    fn bypasses_permissions(dir: &Path) -> bool {
-        use std::os::unix::fs::PermissionsExt;
-        let p = dir.join("perm-probe");
-        fs::write(&p, b"x").unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o000)).unwrap();
-        fs::File::open(&p).is_ok()
-    }
+    /// Set in the unprivileged child of
+    /// [`an_unreadable_chosen_kernel_is_an_error_that_says_so`]: the fake
+    /// root to probe.
+    const UNREADABLE_ROOT_VAR: &str = "SUPERMIN_TEST_UNREADABLE_KERNEL_ROOT";
 
-    #[test]
-    fn an_unreadable_chosen_kernel_is_an_error_that_says_so() {
-        use std::os::unix::fs::PermissionsExt;
-        let t = Tree::new();
-        if bypasses_permissions(t.root()) {
-            eprintln!(
-                "skipping: running with permission bypass (root); mode 0600 files are readable"
-            );
-            return;
-        }
-        let k = t.boot_kernel("6.1.0-56-amd64");
-        fs::set_permissions(&k, fs::Permissions::from_mode(0o000)).unwrap();
-        let err = probe(&t.env()).unwrap_err();
+    /// The probe of a root whose only kernel, `boot/vmlinuz-6.1.0-56-amd64`,
+    /// this process cannot read.
+    fn check_unreadable_kernel_error(root: &Path) {
+        let k = root.join("boot/vmlinuz-6.1.0-56-amd64");
+        assert!(
+            fs::File::open(&k).is_err(),
+            "{} is readable: the check would prove nothing",
+            k.display()
+        );
+        let err = probe(&env_at(root)).unwrap_err();
         assert!(
             matches!(&err, ProbeError::KernelUnreadable { path, .. } if *path == k),
             "{err:?}"
         );
         assert!(err.hint().unwrap().contains("chmod"));
+    }
+
+    /// The uid and gid of `nobody` from `/etc/passwd`, 65534 (its number on
+    /// Debian, Fedora and Arch) if it is not listed.
+    fn nobody() -> (u32, u32) {
+        let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+        passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[0] == "nobody")
+            .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+            .unwrap_or((65534, 65534))
+    }
+
+    /// Ubuntu installs kernels mode 0600. Root reads them anyway, so when
+    /// this runs as root the check runs again in a child of this test binary
+    /// that has dropped to `nobody`; otherwise it runs here. Either way an
+    /// unprivileged process looks at the unreadable kernel.
+    #[test]
+    fn an_unreadable_chosen_kernel_is_an_error_that_says_so() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        use std::process::Command;
+        if let Some(root) = std::env::var_os(UNREADABLE_ROOT_VAR) {
+            // The unprivileged child.
+            check_unreadable_kernel_error(Path::new(&root));
+            return;
+        }
+        let t = Tree::new();
+        let k = t.boot_kernel("6.1.0-56-amd64");
+        fs::set_permissions(&k, fs::Permissions::from_mode(0o600)).unwrap();
+        if fs::File::open(&k).is_err() {
+            check_unreadable_kernel_error(t.root());
+            return;
+        }
+        // Root (or CAP_DAC_OVERRIDE): nobody must reach everything but the
+        // kernel, and run a copy of this binary wherever the target
+        // directory is.
+        let (uid, gid) = nobody();
+        for p in [
+            "",
+            "boot",
+            "lib",
+            "lib/modules",
+            "lib/modules/6.1.0-56-amd64",
+        ] {
+            fs::set_permissions(t.root().join(p), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        fs::set_permissions(
+            t.root().join("lib/modules/6.1.0-56-amd64/modules.dep"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let exe = t.root().join("test-binary");
+        fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        let name = format!(
+            "{}::an_unreadable_chosen_kernel_is_an_error_that_says_so",
+            module_path!().split_once("::").unwrap().1
+        );
+        let out = Command::new(&exe)
+            .args(["--exact", &name, "--test-threads=1", "--nocapture"])
+            .env(UNREADABLE_ROOT_VAR, t.root())
+            .current_dir(t.root())
+            .uid(uid)
+            .gid(gid)
+            .output()
+            .unwrap_or_else(|e| panic!("running {} as uid {uid}: {e}", exe.display()));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("test result: ok. 1 passed"),
+            "the check as uid {uid} failed ({}):\n{stdout}\n{stderr}",
+            out.status
+        );
     }
 
     #[test]
@@ -1185,27 +1257,57 @@ mod tests {
         assert_eq!(env.kernel, None);
     }
 
+    /// On this machine, with no `SUPERMIN_*` variables, the probe picks the
+    /// newest installed kernel (by the version its header carries), with the
+    /// modules directory and config installed for it.
     #[test]
-    fn the_host_kernel_choice_is_the_newest_debian_kernel() {
-        let want = Path::new("/boot/vmlinuz-6.12.117+deb12-amd64");
-        if !want.exists() || !Path::new("/lib/modules/6.12.117+deb12-amd64/modules.dep").exists() {
-            eprintln!("skipping: Debian 6.12 backports kernel not installed here");
-            return;
-        }
-        let env = ProbeEnv {
-            kernel: None,
-            kernel_version: None,
-            modules: None,
-            host_cpu: "x86_64".into(),
-            root: "/".into(),
+    fn the_host_kernel_choice_is_the_newest_installed_kernel() {
+        let lib_modules_kernels: Vec<PathBuf> = fs::read_dir("/lib/modules")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("vmlinuz"))
+            .filter(|p| p.is_file())
+            .collect();
+        // Fedora and Arch put the kernel beside its modules, and that copy
+        // takes precedence; Debian and Ubuntu have only /boot.
+        let installed: Vec<(String, PathBuf)> = if lib_modules_kernels.is_empty() {
+            crate::testhost::host_kernels()
+                .into_iter()
+                .map(|k| (k.version, k.path))
+                .collect()
+        } else {
+            lib_modules_kernels
+                .into_iter()
+                .map(|p| {
+                    (
+                        p.parent()
+                            .unwrap()
+                            .file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .into(),
+                        p,
+                    )
+                })
+                .collect()
         };
-        let k = probe(&env).unwrap();
-        assert_eq!(k.path, want);
-        assert_eq!(k.version, "6.12.117+deb12-amd64");
+        let (version, path) = installed
+            .iter()
+            .max_by(|a, b| compare_versions(&a.0, &b.0))
+            .unwrap();
+        let k = probe(&ProbeEnv::from_vars(|_| None, None)).unwrap();
+        assert_eq!(&k.path, path, "{:#?}", k.candidates);
+        assert_eq!(&k.version, version);
         assert_eq!(k.version_source, VersionSource::Header);
-        assert_eq!(
-            k.config.as_deref(),
-            Some(Path::new("/boot/config-6.12.117+deb12-amd64"))
-        );
+        let modules_dir = Path::new("/lib/modules").join(version);
+        assert_eq!(k.modules_dir, modules_dir);
+        let config = [
+            PathBuf::from(format!("/boot/config-{version}")),
+            modules_dir.join("config"),
+        ]
+        .into_iter()
+        .find(|p| p.is_file());
+        assert_eq!(k.config, config);
     }
 }

@@ -12,6 +12,8 @@ mod choose;
 mod error;
 mod modules;
 mod report;
+#[cfg(test)]
+mod testhost;
 mod version;
 mod vmlinux;
 
