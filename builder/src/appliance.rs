@@ -377,6 +377,11 @@ fn write_root(
                     ext2::format_uuid(&summary.uuid)
                 )
             });
+            if summary.private && req.fixed {
+                warnings.push(
+                    "the root holds files that only their owners may read, so root is mode 0600 and only this user can boot it; exclude them (an excludefiles input) to share the appliance".into(),
+                );
+            }
             write_kernel(k, dir, req.copy_kernel)?;
             if req.vmlinux {
                 write_vmlinux(k, dir, log, warnings);

@@ -261,8 +261,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=255))]
     pub cpus: u32,
-    /// Add a disk image (append :ro for read-only); repeatable
-    #[arg(long = "add", value_name = "DISK[:ro]")]
+    /// Add a disk image, attached as /dev/vdb, /dev/vdc, ... in order; repeatable. Raw unless
+    /// :format=qcow2 is given: the format is never guessed from the content, which a guest can
+    /// write. A qcow2 naming a backing file is refused unless :allow-backing is given (it can
+    /// name any host file), one with an external data file always. :ro attaches it read-only
+    #[arg(
+        long = "add",
+        value_name = "DISK[:ro][:format=raw|qcow2][:allow-backing]"
+    )]
     pub add: Vec<String>,
     /// Kill the VM after this many seconds, boot (2-3 s under TCG) included
     #[arg(long, value_name = "S")]

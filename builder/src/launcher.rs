@@ -14,6 +14,7 @@
 mod accel;
 mod qemu;
 mod signals;
+mod stop;
 mod vm;
 
 use std::ffi::OsString;
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 pub use supermin_daemon::protocol::ExitStatus;
 use supermin_daemon::protocol::{ExecRequest, ProtocolError, Reply, Request, CHUNK};
 
+pub use qemu::{Disk, DiskFormat};
 use vm::{Event, Vm, WaitError};
 
 /// The signal a writer to a closed pipe gets (Linux, every architecture we boot).
@@ -40,6 +42,12 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// about a second; on hosts where KVM guests hang this is the price of
 /// finding out, paid once per host boot and qemu (the verdict is remembered).
 const KVM_SILENCE: Duration = Duration::from_secs(5);
+/// Replies queued between the thread that reads the guest and the run: a
+/// few chunks, so the guest streams while we write, and no more.
+const EVENT_QUEUE: usize = 16;
+/// Longest text from the guest (an error message) shown to the user.
+const MAX_GUEST_TEXT: usize = 1024;
+
 /// After the command: time for the daemon to acknowledge the shutdown and
 /// for qemu to exit before it is killed.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,6 +80,8 @@ impl std::str::FromStr for Accel {
 pub enum Notice {
     /// `--accel auto` found KVM broken and boots with TCG instead.
     KvmFallback { reason: String },
+    /// A disk attached raw (no format named) starts like a qcow2 image.
+    RawLooksLikeQcow2 { path: PathBuf },
 }
 
 impl std::fmt::Display for Notice {
@@ -80,6 +90,11 @@ impl std::fmt::Display for Notice {
             Notice::KvmFallback { reason } => write!(
                 f,
                 "KVM failed ({reason}): using TCG, which is much slower; runs keep using TCG until the host reboots or qemu changes (`supermin run --recheck-kvm` tries KVM again)"
+            ),
+            Notice::RawLooksLikeQcow2 { path } => write!(
+                f,
+                "warning: disk {} starts like a qcow2 image but is attached raw, as no format was named; add :format=qcow2 if it is one (formats are never guessed: a guest can write any header into a raw disk)",
+                path.display()
             ),
         }
     }
@@ -129,8 +144,8 @@ pub struct RunOptions {
     pub accel: Accel,
     pub memory_mib: u32,
     pub cpus: u32,
-    /// Extra disks in order (`/dev/vdb`, `/dev/vdc`, ...); `true` = read-only.
-    pub disks: Vec<(PathBuf, bool)>,
+    /// Extra disks in order (`/dev/vdb`, `/dev/vdc`, ...).
+    pub disks: Vec<Disk>,
     /// Kills the VM when the whole run (boot included) takes longer.
     pub timeout: Option<Duration>,
     /// Show the console on stderr as it comes, and what the launcher does.
@@ -161,6 +176,8 @@ pub enum LaunchError {
         #[source]
         source: io::Error,
     },
+    #[error("disk {path} refused: {why}")]
+    DiskRefused { path: PathBuf, why: String },
     #[error("no command given: usage: supermin run [OPTIONS] -- CMD [ARG...]")]
     NoCommand,
     #[error("--accel kvm: /dev/kvm is not usable ({reason}); use --accel tcg or auto")]
@@ -214,6 +231,8 @@ pub enum LaunchError {
         #[source]
         source: io::Error,
     },
+    #[error("{remote} in the appliance is larger than the {limit}-byte limit of this download; the VM was stopped")]
+    DownloadTooLarge { remote: PathBuf, limit: u64 },
     #[error("cannot talk to the VM")]
     Channel {
         #[source]
@@ -313,6 +332,92 @@ fn read_ext2_uuid(path: &Path) -> Result<String, Option<io::Error>> {
     ))
 }
 
+/// Parses `--add`'s `PATH[:ro][:format=raw|qcow2][:allow-backing]`: options
+/// are peeled off the end while they are ones we know, so a path may itself
+/// contain colons.
+pub fn parse_disk_spec(spec: &str) -> Result<Disk, String> {
+    let mut path = spec;
+    let mut readonly = false;
+    let mut format = None;
+    let mut allow_backing = false;
+    while let Some((rest, last)) = path.rsplit_once(':') {
+        match last {
+            "ro" => readonly = true,
+            "allow-backing" => allow_backing = true,
+            _ => match last.strip_prefix("format=") {
+                Some(name) if format.is_none() => format = Some(name.parse::<DiskFormat>()?),
+                Some(_) => return Err(format!("{spec}: format= given twice")),
+                None => break,
+            },
+        }
+        path = rest;
+    }
+    if path.is_empty() {
+        return Err(format!("{spec}: no disk path"));
+    }
+    let format = format.unwrap_or(DiskFormat::Raw);
+    if allow_backing && format != DiskFormat::Qcow2 {
+        return Err(format!("{spec}: allow-backing goes with format=qcow2"));
+    }
+    Ok(Disk {
+        path: PathBuf::from(path),
+        readonly,
+        format,
+        allow_backing,
+    })
+}
+
+/// Checks a disk before qemu sees it: the path made absolute, a qcow2's
+/// header read for the host files it would make qemu open (refused unless
+/// allowed), a raw disk that looks like qcow2 pointed out.
+fn check_disk(disk: &Disk, notice: fn(&Notice)) -> Result<Disk, LaunchError> {
+    let io_err = |source| LaunchError::Disk {
+        path: disk.path.clone(),
+        source,
+    };
+    let refused = |why: String| LaunchError::DiskRefused {
+        path: disk.path.clone(),
+        why,
+    };
+    let path = absolute(&disk.path);
+    match disk.format {
+        DiskFormat::Raw => {
+            if qemu::looks_like_qcow2(&path).map_err(io_err)? {
+                notice(&Notice::RawLooksLikeQcow2 {
+                    path: disk.path.clone(),
+                });
+            }
+        }
+        DiskFormat::Qcow2 => {
+            let refs = qemu::read_qcow2_refs(&path)
+                .map_err(io_err)?
+                .ok_or_else(|| {
+                    refused("format=qcow2 was named but it is not a qcow2 image".into())
+                })?;
+            if refs.external_data_file {
+                return Err(refused(
+                    "it keeps its data in an external data file, which a disk image could point at any host file; convert it with `qemu-img convert -O qcow2` first".into(),
+                ));
+            }
+            if let (Some(backing), false) = (&refs.backing_file, disk.allow_backing) {
+                return Err(refused(format!(
+                    "it names the backing file {:?}, which a disk image could point at any host file; add :allow-backing if you trust it",
+                    vm::printable(backing)
+                )));
+            }
+            if path.to_str().is_none() {
+                return Err(refused(
+                    "its path is not UTF-8, which qemu's JSON options cannot carry; use a symlink with a UTF-8 name".into(),
+                ));
+            }
+        }
+    }
+    Ok(Disk {
+        path,
+        ..disk.clone()
+    })
+}
+
 /// Boots the appliance, runs `opts.argv` in it, and returns the command's
 /// exit status (128+N when a signal killed it).
 pub fn run(opts: &RunOptions) -> Result<i32, LaunchError> {
@@ -335,9 +440,8 @@ pub struct Session {
     vm: Vm,
     rx: mpsc::Receiver<Event>,
     _signals: signals::Guard,
+    stop: Arc<stop::Stop>,
     start: Instant,
-    deadline: Option<Instant>,
-    timeout: Option<Duration>,
     verbose: bool,
 }
 
@@ -349,16 +453,8 @@ impl Session {
         let start = Instant::now();
         let appliance = Appliance::open(&opts.appliance)?;
         let mut disks = Vec::with_capacity(opts.disks.len());
-        for (path, readonly) in &opts.disks {
-            let format = qemu::DiskFormat::sniff(path).map_err(|source| LaunchError::Disk {
-                path: path.clone(),
-                source,
-            })?;
-            disks.push(qemu::Disk {
-                path: absolute(path),
-                readonly: *readonly,
-                format,
-            });
+        for disk in &opts.disks {
+            disks.push(check_disk(disk, opts.on_notice)?);
         }
         let deadline = opts.timeout.map(|t| start + t);
         let log = |what: std::fmt::Arguments<'_>| {
@@ -370,10 +466,15 @@ impl Session {
             }
         };
 
-        let (tx, rx) = mpsc::channel();
-        let signals = signals::Guard::install(tx.clone()).map_err(|source| LaunchError::Setup {
-            what: "signal handlers",
-            source,
+        // Bounded: a guest that sends faster than the run consumes is held
+        // up (see vm.rs), never buffered without limit.
+        let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
+        let stop = Arc::new(stop::Stop::new(start, opts.timeout));
+        let signals = signals::Guard::install(tx.clone(), Arc::clone(&stop)).map_err(|source| {
+            LaunchError::Setup {
+                what: "signal handlers",
+                source,
+            }
         })?;
 
         let qemu = qemu::QemuBinary::find(opts.env.path.as_deref()).map_err(|source| {
@@ -446,6 +547,7 @@ impl Session {
                 &opts.env.tmp_dir,
                 generation,
                 tx.clone(),
+                Arc::clone(&stop),
                 opts.verbose,
             )?;
             let boot_deadline = earliest(deadline, Some(Instant::now() + BOOT_TIMEOUT));
@@ -476,6 +578,7 @@ impl Session {
                     &opts.env.tmp_dir,
                     generation,
                     tx.clone(),
+                    Arc::clone(&stop),
                     opts.verbose,
                 )?;
                 let boot_deadline = earliest(deadline, Some(Instant::now() + BOOT_TIMEOUT));
@@ -489,14 +592,13 @@ impl Session {
             vm,
             rx,
             _signals: signals,
+            stop,
             start,
-            deadline,
-            timeout: opts.timeout,
             verbose: opts.verbose,
         };
         session.log(format_args!(
             "appliance ready: {}",
-            session.vm.daemon_info()
+            vm::printable(session.vm.daemon_info().as_bytes())
         ));
         Ok(session)
     }
@@ -517,12 +619,10 @@ impl Session {
 
     /// The next reply, with every other way a wait can end made an error.
     fn next_reply(&mut self) -> Result<Reply, LaunchError> {
-        match self.vm.next_reply(&self.rx, self.deadline) {
+        match self.vm.next_reply(&self.rx, self.stop.deadline()) {
             Ok(r) => Ok(r),
-            Err(WaitError::Deadline) => Err(LaunchError::Timeout {
-                after: self.timeout.unwrap_or_default(),
-            }),
-            Err(WaitError::Signal(signal)) => Err(LaunchError::Interrupted { signal }),
+            Err(WaitError::Deadline) => Err(halted(&self.stop, stop::Halt::Deadline)),
+            Err(WaitError::Signal(signal)) => Err(halted(&self.stop, stop::Halt::Signal(signal))),
             Err(WaitError::Closed(None)) => {
                 self.vm.stop();
                 Err(LaunchError::VmDied {
@@ -560,30 +660,46 @@ impl Session {
     }
 
     fn relay(&mut self) -> Result<ExitStatus, LaunchError> {
+        use std::os::fd::AsFd;
         loop {
-            match self.next_reply()? {
-                // A reader that went away (`yes | head -1`) ends the command as a local
-                // pipeline would: by SIGPIPE (the caller then shuts the VM down).
-                Reply::Stdout(data) => {
-                    let mut out = io::stdout().lock();
-                    if out.write_all(&data).and_then(|()| out.flush()).is_err() {
-                        return Ok(ExitStatus::Signal(SIGPIPE));
-                    }
-                }
-                Reply::Stderr(data) => {
-                    let mut err = io::stderr().lock();
-                    if err.write_all(&data).and_then(|()| err.flush()).is_err() {
-                        return Ok(ExitStatus::Signal(SIGPIPE));
-                    }
-                }
+            let (data, out, name) = match self.next_reply()? {
+                Reply::Stdout(data) => (data, io::stdout().as_fd().try_clone_to_owned(), "stdout"),
+                Reply::Stderr(data) => (data, io::stderr().as_fd().try_clone_to_owned(), "stderr"),
                 Reply::Exit(status) => return Ok(status),
                 Reply::ExecFailed { message } => {
-                    return Err(LaunchError::CommandNotStarted { message })
+                    return Err(LaunchError::CommandNotStarted {
+                        message: guest_text(&message),
+                    })
                 }
-                Reply::Error { message } => return Err(LaunchError::Daemon { message }),
+                Reply::Error { message } => {
+                    return Err(LaunchError::Daemon {
+                        message: guest_text(&message),
+                    })
+                }
                 other => {
                     return Err(LaunchError::Unexpected {
                         got: describe(&other),
+                    })
+                }
+            };
+            let out = out.map_err(|source| LaunchError::Setup {
+                what: "our standard output",
+                source,
+            })?;
+            // A stalled reader holds the guest up (we stop reading it) but
+            // never the run past its deadline or a signal. A reader that went
+            // away (`yes | head -1`) ends the command as a local pipeline
+            // would: by SIGPIPE (the caller then shuts the VM down).
+            match stop::write_all(out.as_fd(), &data, &self.stop) {
+                Ok(()) => {}
+                Err(stop::WriteError::Halt(halt)) => return Err(halted(&self.stop, halt)),
+                Err(stop::WriteError::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    return Ok(ExitStatus::Signal(SIGPIPE))
+                }
+                Err(stop::WriteError::Io(source)) => {
+                    return Err(LaunchError::LocalFile {
+                        path: PathBuf::from(format!("(our {name})")),
+                        source,
                     })
                 }
             }
@@ -627,52 +743,60 @@ impl Session {
         self.vm.send(&Request::FileEnd)?;
         match self.next_reply()? {
             Reply::Done => Ok(()),
-            Reply::Error { message } => Err(LaunchError::Daemon { message }),
+            Reply::Error { message } => Err(LaunchError::Daemon {
+                message: guest_text(&message),
+            }),
             other => Err(LaunchError::Unexpected {
                 got: describe(&other),
             }),
         }
     }
 
-    /// Copies `remote` from the appliance to the local file `local`.
-    pub fn download(&mut self, remote: &Path, local: &Path) -> Result<(), LaunchError> {
-        let local_err = |source| LaunchError::LocalFile {
-            path: local.to_path_buf(),
-            source,
-        };
+    /// Copies `remote` from the appliance to the local file `local`, which
+    /// appears whole or not at all: the data goes to a private temporary
+    /// file beside it, renamed into place at the end and removed on any
+    /// error. More than `max_bytes` from the guest is an error, after which
+    /// the VM is stopped (the guest would still be sending).
+    pub fn download(
+        &mut self,
+        remote: &Path,
+        local: &Path,
+        max_bytes: u64,
+    ) -> Result<(), LaunchError> {
         self.log(format_args!(
             "download {} -> {}",
             remote.display(),
             local.display()
         ));
+        let partial = Partial::create(local)?;
         self.vm.send(&Request::Download {
             path: remote.as_os_str().to_os_string(),
         })?;
-        let mut file = None;
-        let mut write_error = None;
+        let mut received = 0u64;
+        let mut file = &partial.file;
         loop {
             match self.next_reply()? {
                 Reply::FileData(data) => {
-                    if write_error.is_some() {
-                        continue;
+                    received = received.saturating_add(data.len() as u64);
+                    if received > max_bytes {
+                        self.vm.stop();
+                        return Err(LaunchError::DownloadTooLarge {
+                            remote: remote.to_path_buf(),
+                            limit: max_bytes,
+                        });
                     }
-                    if file.is_none() {
-                        match File::create(local) {
-                            Ok(f) => file = Some(f),
-                            Err(e) => {
-                                write_error = Some(e);
-                                continue;
-                            }
-                        }
-                    }
-                    if let Some(f) = &mut file {
-                        if let Err(e) = f.write_all(&data) {
-                            write_error = Some(e);
-                        }
-                    }
+                    file.write_all(&data)
+                        .map_err(|source| LaunchError::LocalFile {
+                            path: local.to_path_buf(),
+                            source,
+                        })?;
                 }
                 Reply::FileEnd => break,
-                Reply::Error { message } => return Err(LaunchError::Daemon { message }),
+                Reply::Error { message } => {
+                    return Err(LaunchError::Daemon {
+                        message: guest_text(&message),
+                    })
+                }
                 other => {
                     return Err(LaunchError::Unexpected {
                         got: describe(&other),
@@ -680,14 +804,7 @@ impl Session {
                 }
             }
         }
-        if let Some(e) = write_error {
-            return Err(local_err(e));
-        }
-        if file.is_none() {
-            // An empty remote file still makes an (empty) local one.
-            File::create(local).map_err(local_err)?;
-        }
-        Ok(())
+        partial.commit(local)
     }
 
     /// Asks the appliance to sync its disks and power off; waits a bounded
@@ -700,6 +817,83 @@ impl Session {
     }
 }
 
+/// A download's temporary file beside its destination; removed unless committed.
+struct Partial {
+    file: File,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Partial {
+    fn create(local: &Path) -> Result<Partial, LaunchError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let err = |source| LaunchError::LocalFile {
+            path: local.to_path_buf(),
+            source,
+        };
+        let name = local
+            .file_name()
+            .ok_or_else(|| err(io::Error::new(io::ErrorKind::InvalidInput, "no file name")))?;
+        let mut tmp_name = OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".partial-{}", std::process::id()));
+        let path = local.with_file_name(tmp_name);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(err)?;
+        Ok(Partial {
+            file,
+            path,
+            committed: false,
+        })
+    }
+
+    fn commit(mut self, local: &Path) -> Result<(), LaunchError> {
+        std::fs::rename(&self.path, local).map_err(|source| LaunchError::LocalFile {
+            path: local.to_path_buf(),
+            source,
+        })?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The error a halted wait ends the run with.
+fn halted(stop: &stop::Stop, halt: stop::Halt) -> LaunchError {
+    match halt {
+        stop::Halt::Deadline => LaunchError::Timeout {
+            after: stop.timeout().unwrap_or_default(),
+        },
+        stop::Halt::Signal(signal) => LaunchError::Interrupted { signal },
+    }
+}
+
+/// Text from the guest made safe for a terminal: no control sequences, one
+/// line, bounded.
+fn guest_text(text: &str) -> String {
+    let mut out = vm::printable(text.replace(['\n', '\r'], " ").as_bytes());
+    if out.len() > MAX_GUEST_TEXT {
+        let mut end = MAX_GUEST_TEXT;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push_str(" [...]");
+    }
+    out
+}
+
 /// A reply named for an error message: kind and size, never its bytes.
 fn describe(reply: &Reply) -> String {
     match reply {
@@ -707,11 +901,11 @@ fn describe(reply: &Reply) -> String {
         Reply::Stdout(d) => format!("stdout chunk ({} bytes)", d.len()),
         Reply::Stderr(d) => format!("stderr chunk ({} bytes)", d.len()),
         Reply::Exit(status) => format!("exit status ({status:?})"),
-        Reply::ExecFailed { message } => format!("exec failure ({message})"),
+        Reply::ExecFailed { message } => format!("exec failure ({})", guest_text(message)),
         Reply::FileData(d) => format!("file data ({} bytes)", d.len()),
         Reply::FileEnd => "end of file".into(),
         Reply::Done => "done".into(),
-        Reply::Error { message } => format!("error ({message})"),
+        Reply::Error { message } => format!("error ({})", guest_text(message)),
     }
 }
 
@@ -808,7 +1002,9 @@ fn boot_error(e: WaitError, vm: &mut Vm, timeout: Option<Duration>) -> LaunchErr
 
 /// Copies our stdin to the command from a thread of its own, so that a
 /// command which never reads does not stall its output. The thread may stay
-/// blocked in `read` after the run; it sends nothing once `stop` is set.
+/// blocked in `read` after the run; it sends nothing once `stop` is set, and
+/// a send the guest does not take is abandoned then (or on the run's
+/// deadline or a signal).
 fn pump_stdin(writer: vm::Writer, stop: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let mut stdin = io::stdin().lock();
@@ -825,7 +1021,7 @@ fn pump_stdin(writer: vm::Writer, stop: Arc<AtomicBool>) {
                 return;
             }
             let last = msg == Request::StdinEof;
-            if writer.send(&msg).is_err() || last {
+            if writer.send(&msg, Some(&stop)).is_err() || last {
                 return;
             }
         }
@@ -894,6 +1090,24 @@ mod tests {
         assert!(a.kernel.ends_with("vmlinux"));
         assert_eq!(a.root_uuid, "07070707-0707-0707-0707-070707070707");
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn disk_specs_name_path_mode_and_format_and_raw_is_the_default() {
+        let d = parse_disk_spec("a.img").unwrap();
+        assert_eq!(
+            (d.path.to_str(), d.readonly, d.format),
+            (Some("a.img"), false, DiskFormat::Raw)
+        );
+        let d = parse_disk_spec("/x:y/b.qcow2:format=qcow2:ro").unwrap();
+        assert_eq!(d.path, PathBuf::from("/x:y/b.qcow2"));
+        assert!(d.readonly && d.format == DiskFormat::Qcow2 && !d.allow_backing);
+        let d = parse_disk_spec("c.qcow2:ro:format=qcow2:allow-backing").unwrap();
+        assert!(d.readonly && d.allow_backing && d.format == DiskFormat::Qcow2);
+        assert!(parse_disk_spec("c.img:format=vmdk").is_err());
+        assert!(parse_disk_spec("c.img:allow-backing").is_err());
+        assert!(parse_disk_spec(":ro").is_err());
+        assert!(parse_disk_spec("c:format=raw:format=qcow2").is_err());
     }
 
     #[test]

@@ -475,7 +475,20 @@ impl Message for Reply {
             kind::D_EXIT => {
                 let tag = b.u8("exit tag")?;
                 let value = b.i32("exit value")?;
+                // A shell's ranges: a code is 0..=255, a signal 1..=64 (Linux);
+                // anything else would overflow `shell_code` or fake a status.
                 match tag {
+                    0 | 1 if !(if tag == 0 { 0..=255 } else { 1..=64 }).contains(&value) => {
+                        return Err(ProtocolError::BadValue {
+                            kind: k,
+                            what: if tag == 0 {
+                                "exit code"
+                            } else {
+                                "signal number"
+                            },
+                            value: u64::from(value as u32),
+                        })
+                    }
                     0 => Reply::Exit(ExitStatus::Code(value)),
                     1 => Reply::Exit(ExitStatus::Signal(value)),
                     t => {
@@ -693,8 +706,10 @@ mod tests {
             }),
             Reply::Stdout(b"out".to_vec()),
             Reply::Stderr(b"err".to_vec()),
-            Reply::Exit(ExitStatus::Code(-3)),
+            Reply::Exit(ExitStatus::Code(3)),
+            Reply::Exit(ExitStatus::Code(255)),
             Reply::Exit(ExitStatus::Signal(9)),
+            Reply::Exit(ExitStatus::Signal(64)),
             Reply::ExecFailed {
                 message: "no such".into(),
             },
@@ -705,6 +720,27 @@ mod tests {
                 message: "é".into(),
             },
         ]
+    }
+
+    // Regression: Exit(Signal(i32::MAX)) from a hostile daemon overflowed
+    // `shell_code` (a panic in debug builds, exit 0 in release).
+    #[test]
+    fn exit_statuses_outside_a_shells_range_are_refused() {
+        for bad in [
+            ExitStatus::Code(-1),
+            ExitStatus::Code(256),
+            ExitStatus::Signal(0),
+            ExitStatus::Signal(65),
+            ExitStatus::Signal(i32::MAX),
+            ExitStatus::Signal(i32::MIN),
+        ] {
+            let bytes = frame(&Reply::Exit(bad));
+            let got = read_message::<Reply, _>(&mut &bytes[..]);
+            assert!(
+                matches!(got, Err(ProtocolError::BadValue { .. })),
+                "{bad:?}: {got:?}"
+            );
+        }
     }
 
     #[test]
@@ -909,7 +945,7 @@ mod tests {
         let enders: Vec<bool> = all_replies().iter().map(Reply::ends_request).collect();
         assert_eq!(
             enders,
-            [false, false, false, true, true, true, false, true, true, true]
+            [false, false, false, true, true, true, true, true, false, true, true, true]
         );
     }
 }

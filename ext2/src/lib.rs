@@ -72,6 +72,9 @@ pub struct Summary {
     /// Inodes in use, the reserved ones included.
     pub inodes_used: u64,
     pub uuid: [u8; 16],
+    /// The tree holds a file or directory that others may not read, so the
+    /// image was left mode 0600.
+    pub private: bool,
 }
 
 /// `SOURCE_DATE_EPOCH` as seconds, if set to an integer.
@@ -99,14 +102,23 @@ fn check_options(opts: &Options) -> Result<(), Ext2Error> {
 /// Writes `tree` as an ext2 image to `out`, which is created or truncated
 /// and left sparse. Nothing is synced to disk; callers that need durability
 /// fsync the file.
+///
+/// The image is as readable as the most private file in it, whatever the
+/// umask: mode 0600 while it is written, and 0644 at the end only when
+/// every file and directory of the tree is readable by anyone
+/// ([`Summary::private`] says which). A root image that holds a host's
+/// root-only files (`/etc/shadow`, keys) must not hand them to every user.
 pub fn write_image(tree: &Tree, out: &Path, opts: &Options) -> Result<Summary, Ext2Error> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     check_options(opts)?;
-    let plan = plan::plan(tree, opts)?;
+    let mut plan = plan::plan(tree, opts)?;
+    plan.summary.private = tree.has_private_nodes();
     let img = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(0o600)
         .open(out)
         .map_err(|source| Ext2Error::CreateImage {
             path: out.to_path_buf(),
@@ -123,5 +135,12 @@ pub fn write_image(tree: &Tree, out: &Path, opts: &Options) -> Result<Summary, E
     );
     meta?;
     data?;
+    // An existing file keeps its old mode through `open`: set it either way.
+    let mode = if plan.summary.private { 0o600 } else { 0o644 };
+    img.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|source| Ext2Error::WriteImage {
+            path: out.to_path_buf(),
+            source,
+        })?;
     Ok(plan.summary)
 }

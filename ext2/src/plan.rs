@@ -1007,6 +1007,7 @@ pub(crate) fn plan<'t>(tree: &'t Tree, opts: &Options) -> Result<Plan<'t>, Ext2E
             blocks_used: geo.blocks_count - free_blocks,
             inodes_used: u64::from(last_ino),
             uuid,
+            private: false,
         },
     })
 }

@@ -189,6 +189,15 @@ fn check_kind(path: &[u8], kind: &NodeKind) -> Result<(), TreeError> {
 }
 
 impl Tree {
+    /// Whether any regular file or directory in the tree is kept from other
+    /// users (no read permission for "other"): an image of the tree must then
+    /// be no more readable than that file was.
+    pub fn has_private_nodes(&self) -> bool {
+        self.nodes.iter().any(|n| {
+            matches!(n.kind, NodeKind::File(_) | NodeKind::Dir) && n.meta.mode & 0o004 == 0
+        })
+    }
+
     /// A tree holding only the root directory.
     pub fn new(root: Meta) -> Tree {
         Tree {

@@ -280,3 +280,50 @@ fn every_explicit_size_gives_a_valid_image_or_a_clear_error() {
         assert!(ok >= 10, "block size {bs}: only {ok} sizes worked");
     }
 }
+
+// Regression: images were created by the umask (0644 here), so a root image
+// holding a host's root-only files handed them to every user.
+#[test]
+fn an_image_is_as_readable_as_the_most_private_file_in_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new("modes");
+    let mode_of = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+    let mut public = Tree::new(meta());
+    public
+        .insert(
+            b"/etc",
+            NodeKind::Dir,
+            Meta {
+                mode: 0o755,
+                ..Meta::default()
+            },
+        )
+        .unwrap();
+    public.insert(b"/etc/hostname", bytes(10), meta()).unwrap();
+    let img = tmp.path().join("public.img");
+    let summary = write_image(&public, &img, &Options::default()).unwrap();
+    assert!(!summary.private);
+    assert_eq!(mode_of(&img), 0o644);
+    assert_fsck_clean(&img);
+
+    let mut private = public.clone();
+    private
+        .insert(
+            b"/etc/shadow",
+            bytes(10),
+            Meta {
+                mode: 0o640,
+                ..Meta::default()
+            },
+        )
+        .unwrap();
+    let img = tmp.path().join("private.img");
+    // Even over an existing world-readable file.
+    fs::write(&img, b"").unwrap();
+    fs::set_permissions(&img, fs::Permissions::from_mode(0o666)).unwrap();
+    let summary = write_image(&private, &img, &Options::default()).unwrap();
+    assert!(summary.private);
+    assert_eq!(mode_of(&img), 0o600);
+    assert_fsck_clean(&img);
+}

@@ -339,7 +339,7 @@ fn added_disks_show_inside_and_writes_reach_the_file_unless_read_only() {
 }
 
 #[test]
-fn a_qcow2_disk_is_recognised_and_keeps_what_the_guest_wrote() {
+fn a_disk_named_qcow2_keeps_what_the_guest_wrote() {
     let scratch = Scratch::new("qcow2");
     let app = scratch.appliance("app", None);
     let disk = scratch.dir.join("disk.qcow2");
@@ -351,7 +351,9 @@ fn a_qcow2_disk_is_recognised_and_keeps_what_the_guest_wrote() {
         .expect("qemu-img (qemu-utils)");
     assert!(made.success());
     let mut args = with_appliance(&app, "tcg", &["--add"]);
-    args.push(disk.clone().into());
+    let mut spec = disk.clone().into_os_string();
+    spec.push(":format=qcow2");
+    args.push(spec);
     args.extend(os(&[
         "--",
         "sh",
@@ -381,6 +383,132 @@ fn a_qcow2_disk_is_recognised_and_keeps_what_the_guest_wrote() {
     assert!(converted.success());
     let data = std::fs::read(&raw).unwrap();
     assert_eq!(&data[2048 * 512..2048 * 512 + 12], b"qcow2-marker");
+    scratch.assert_tmp_clean();
+}
+
+fn qemu_img(args: &[&std::ffi::OsStr]) {
+    let made = Command::new("qemu-img")
+        .args(args)
+        .status()
+        .expect("qemu-img (qemu-utils)");
+    assert!(made.success(), "qemu-img {args:?}");
+}
+
+fn spec(path: &Path, suffix: &str) -> OsString {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    s
+}
+
+// Regression (the CVE-2010-3851 class): a raw disk whose guest wrote a qcow2
+// header naming a host file as its backing file was sniffed as qcow2, and
+// the next run's guest read that host file.
+#[test]
+fn a_raw_disk_carrying_a_qcow2_header_cannot_read_a_host_file() {
+    let scratch = Scratch::new("evil-backing");
+    let app = scratch.appliance("app", None);
+    let secret = scratch.dir.join("secret");
+    std::fs::write(&secret, "HOST-SECRET-".repeat(100)).unwrap();
+    let evil = scratch.dir.join("evil.img");
+    qemu_img(&[
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        "raw".as_ref(),
+        "-b".as_ref(),
+        secret.as_os_str(),
+        evil.as_os_str(),
+        "1M".as_ref(),
+    ]);
+    let mut args = with_appliance(&app, "tcg", &["--add"]);
+    args.push(spec(&evil, ":ro"));
+    args.extend(os(&["--", "head", "-c", "65536", "/dev/vdb"]));
+    let out = supermin_run(&scratch, &args, None);
+    assert!(out.status.success(), "{out:?}");
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !seen.contains("HOST-SECRET"),
+        "the guest read the host file"
+    );
+    // It saw the image's own bytes: the qcow2 header, attached raw.
+    assert!(
+        out.stdout.starts_with(b"QFI\xfb"),
+        "{:?}",
+        &out.stdout[..16.min(out.stdout.len())]
+    );
+    assert!(out.stderr.contains("starts like a qcow2 image"), "{out:?}");
+    scratch.assert_tmp_clean();
+}
+
+// Regression: the same with an external data file made guest writes land in
+// any host file the user (root here) could write.
+#[test]
+fn a_raw_disk_carrying_a_data_file_header_cannot_write_a_host_file() {
+    let scratch = Scratch::new("evil-datafile");
+    let app = scratch.appliance("app", None);
+    let victim = scratch.dir.join("victim");
+    std::fs::write(&victim, vec![0u8; 1 << 20]).unwrap();
+    let evil = scratch.dir.join("evil.img");
+    let opt = format!("data_file={},data_file_raw=on", victim.display());
+    qemu_img(&[
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-o".as_ref(),
+        opt.as_ref(),
+        evil.as_os_str(),
+        "1M".as_ref(),
+    ]);
+    let mut args = with_appliance(&app, "tcg", &["--add"]);
+    args.push(evil.clone().into());
+    args.extend(os(&[
+        "--",
+        "sh",
+        "-c",
+        "printf PWNED | dd of=/dev/vdb bs=512 seek=100 conv=notrunc status=none",
+    ]));
+    let out = supermin_run(&scratch, &args, None);
+    assert!(out.status.success(), "{out:?}");
+    let after = std::fs::read(&victim).unwrap();
+    assert!(
+        after.iter().all(|&b| b == 0),
+        "the guest wrote into the host file"
+    );
+    // The write went where it belongs: into the image file itself.
+    let img = std::fs::read(&evil).unwrap();
+    assert_eq!(&img[51200..51205], b"PWNED");
+    scratch.assert_tmp_clean();
+}
+
+#[test]
+fn a_qcow2_overlay_reads_its_backing_file_only_when_allowed() {
+    let scratch = Scratch::new("allowed-backing");
+    let app = scratch.appliance("app", None);
+    let base = scratch.dir.join("base.raw");
+    let mut data = vec![0u8; 1 << 20];
+    data[..10].copy_from_slice(b"BASE-BYTES");
+    std::fs::write(&base, data).unwrap();
+    let overlay = scratch.dir.join("overlay.qcow2");
+    qemu_img(&[
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        "raw".as_ref(),
+        "-b".as_ref(),
+        base.as_os_str(),
+        overlay.as_os_str(),
+    ]);
+    let mut args = with_appliance(&app, "tcg", &["--add"]);
+    args.push(spec(&overlay, ":format=qcow2:ro:allow-backing"));
+    args.extend(os(&["--", "head", "-c", "10", "/dev/vdb"]));
+    let out = supermin_run(&scratch, &args, None);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"BASE-BYTES");
     scratch.assert_tmp_clean();
 }
 
@@ -755,17 +883,23 @@ fn a_session_uploads_runs_and_downloads_files() {
     assert_eq!(status, ExitStatus::Code(0));
     let back = scratch.dir.join("down");
     session
-        .download(Path::new("/tmp/down"), &back)
+        .download(Path::new("/tmp/down"), &back, 1 << 30)
         .unwrap_or_else(|e| panic!("download: {e}"));
     let expected = [data.as_slice(), data.as_slice()].concat();
     assert!(
         std::fs::read(&back).unwrap() == expected,
         "downloaded bytes differ"
     );
-    match session.download(Path::new("/no/such/file"), &scratch.dir.join("x")) {
+    match session.download(Path::new("/no/such/file"), &scratch.dir.join("x"), 1 << 30) {
         Err(LaunchError::Daemon { message }) => assert!(message.contains("/no/such/file")),
         other => panic!("{other:?}"),
     }
+    // A failed download leaves nothing behind, not even its temporary file.
+    assert!(!scratch.dir.join("x").exists());
+    assert!(std::fs::read_dir(scratch.dir.path())
+        .unwrap()
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().contains(".partial-")));
     session.shutdown();
     scratch.assert_tmp_clean();
 }

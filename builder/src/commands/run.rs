@@ -35,28 +35,23 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     };
     let mut disks = Vec::new();
     for spec in &args.add {
-        let (path, readonly) = match spec.strip_suffix(":ro") {
-            Some(p) => (p, true),
-            None => (spec.as_str(), false),
-        };
-        let path = PathBuf::from(path);
+        let disk = launcher::parse_disk_spec(spec).map_err(|e| anyhow::anyhow!("--add {e}"))?;
         // Checked here, where the message can say what to do; qemu would only fail the boot.
         std::fs::OpenOptions::new()
             .read(true)
-            .write(!readonly)
-            .open(&path)
+            .write(!disk.readonly)
+            .open(&disk.path)
             .with_context(|| {
-                if readonly {
-                    format!("cannot read disk {}", path.display())
+                let path = disk.path.display();
+                if disk.readonly {
+                    format!("cannot read disk {path}")
                 } else {
                     format!(
-                        "cannot open disk {} for writing (add it as {}:ro to attach it read-only)",
-                        path.display(),
-                        path.display()
+                        "cannot open disk {path} for writing (add it as {spec}:ro to attach it read-only)"
                     )
                 }
             })?;
-        disks.push((path, readonly));
+        disks.push(disk);
     }
     let timeout = match args.timeout {
         Some(t) if t.is_finite() && t > 0.0 => Some(std::time::Duration::from_secs_f64(t)),
@@ -110,6 +105,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_notice(notice: &Notice) {
+    // Notices can quote what a disk image holds: print them as one tame line.
     eprintln!("supermin: {notice}");
 }
 

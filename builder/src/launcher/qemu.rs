@@ -86,6 +86,9 @@ pub enum VmAccel {
     Tcg,
 }
 
+/// The format a disk is opened with. Always named on qemu's command line:
+/// qemu never probes it (a raw disk whose guest wrote a qcow2 header naming
+/// `/etc/shadow` as its backing file must stay a raw disk).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskFormat {
     Raw,
@@ -93,27 +96,7 @@ pub enum DiskFormat {
 }
 
 impl DiskFormat {
-    /// qcow2 by its magic, raw otherwise: naming the format stops qemu from
-    /// probing (and from warning about it), and a raw image that happens to
-    /// start like qcow2 is not what anyone passes to `--add`.
-    pub fn sniff(path: &Path) -> io::Result<DiskFormat> {
-        let mut f = std::fs::File::open(path)?;
-        let mut magic = [0u8; 4];
-        let mut got = 0;
-        while got < magic.len() {
-            match f.read(&mut magic[got..])? {
-                0 => break,
-                n => got += n,
-            }
-        }
-        Ok(if got == 4 && magic == *b"QFI\xfb" {
-            DiskFormat::Qcow2
-        } else {
-            DiskFormat::Raw
-        })
-    }
-
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             DiskFormat::Raw => "raw",
             DiskFormat::Qcow2 => "qcow2",
@@ -121,11 +104,120 @@ impl DiskFormat {
     }
 }
 
+impl std::str::FromStr for DiskFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "raw" => Ok(DiskFormat::Raw),
+            "qcow2" => Ok(DiskFormat::Qcow2),
+            other => Err(format!("unknown disk format {other:?}: use raw or qcow2")),
+        }
+    }
+}
+
+/// What a qcow2 header says that decides whether opening it is safe: the
+/// host files it would make qemu open besides itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Qcow2Refs {
+    /// The backing file it names, if any.
+    pub backing_file: Option<Vec<u8>>,
+    /// It keeps its data in an external file (incompatible feature bit 2,
+    /// or a data-file header extension): guest writes would land there.
+    pub external_data_file: bool,
+}
+
+const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+/// Header extension "external data file name" (`DATA`).
+const QCOW2_EXT_DATA_FILE: u32 = 0x4441_5441;
+/// Incompatible feature bit 2: external data file.
+const QCOW2_INCOMPAT_DATA_FILE: u64 = 1 << 2;
+/// The header and its extensions live in the first cluster (at most 2 MiB);
+/// the extensions that matter come first in practice. Read no more than this.
+const QCOW2_HEADER_READ: usize = 64 * 1024;
+
+/// Whether `path` starts with the qcow2 magic.
+pub fn looks_like_qcow2(path: &Path) -> io::Result<bool> {
+    let mut head = [0u8; 4];
+    let got = read_up_to(&mut std::fs::File::open(path)?, &mut head)?;
+    Ok(got == 4 && head == QCOW2_MAGIC)
+}
+
+/// Parses the qcow2 header of `path` (see qemu's docs/interop/qcow2.txt);
+/// `Ok(None)` when it is not a qcow2 image at all.
+pub fn read_qcow2_refs(path: &Path) -> io::Result<Option<Qcow2Refs>> {
+    let mut buf = vec![0u8; QCOW2_HEADER_READ];
+    let got = read_up_to(&mut std::fs::File::open(path)?, &mut buf)?;
+    buf.truncate(got);
+    Ok(parse_qcow2_refs(&buf))
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn be64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn parse_qcow2_refs(h: &[u8]) -> Option<Qcow2Refs> {
+    if h.get(..4)? != QCOW2_MAGIC {
+        return None;
+    }
+    let mut refs = Qcow2Refs::default();
+    let version = be32(h, 4)?;
+    let backing_offset = usize::try_from(be64(h, 8)?).unwrap_or(usize::MAX);
+    let backing_size = be32(h, 16)? as usize;
+    if backing_offset != 0 && backing_size != 0 {
+        // A name we cannot read is still a backing file: refuse by default.
+        refs.backing_file = Some(
+            backing_offset
+                .checked_add(backing_size)
+                .and_then(|end| h.get(backing_offset..end))
+                .map(<[u8]>::to_vec)
+                .unwrap_or_else(|| b"(beyond the header)".to_vec()),
+        );
+    }
+    if version >= 3 {
+        let incompatible = be64(h, 72)?;
+        refs.external_data_file = incompatible & QCOW2_INCOMPAT_DATA_FILE != 0;
+        // Extensions follow the header (its length at byte 100), each
+        // type(4) length(4) data padded to 8 bytes, until type 0.
+        let mut at = be32(h, 100).map_or(104, |l| l as usize);
+        while let (Some(kind), Some(len)) = (be32(h, at), be32(h, at + 4)) {
+            if kind == 0 {
+                break;
+            }
+            if kind == QCOW2_EXT_DATA_FILE {
+                refs.external_data_file = true;
+            }
+            at = at
+                .saturating_add(8)
+                .saturating_add((len as usize).saturating_add(7) & !7);
+        }
+    }
+    Some(refs)
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
     pub path: PathBuf,
     pub readonly: bool,
     pub format: DiskFormat,
+    /// A qcow2's backing file may be opened (the user trusts the chain).
+    pub allow_backing: bool,
 }
 
 /// One VM to start.
@@ -168,6 +260,23 @@ pub fn kernel_cmdline(root_uuid: &str, verbose: bool) -> String {
         words.push("quiet".to_string());
     }
     words.join(" ")
+}
+
+/// A JSON string literal (the caller has checked the text is the path's own
+/// UTF-8: a lossy conversion would name another file).
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// qemu's option syntax ends a value at a comma; a literal one is doubled.
@@ -254,16 +363,36 @@ pub fn args(plan: &Plan, channel_fd: i32) -> Vec<OsString> {
     a.push("-device".into());
     a.push("virtio-blk-pci,drive=root".into());
     for (i, disk) in plan.disks.iter().enumerate() {
-        let ro = if disk.readonly { ",readonly=on" } else { "" };
-        a.push("-drive".into());
-        a.push(opt(
-            "file=",
-            &disk.path,
-            &format!(
-                ",format={},if=none,id=disk{i},cache=writeback{ro}",
-                disk.format.name()
-            ),
-        ));
+        match disk.format {
+            // Raw: `-drive` with the format named, which is all raw needs.
+            DiskFormat::Raw => {
+                let ro = if disk.readonly { ",readonly=on" } else { "" };
+                a.push("-drive".into());
+                a.push(opt(
+                    "file=",
+                    &disk.path,
+                    &format!(",format=raw,if=none,id=disk{i},cache=writeback{ro}"),
+                ));
+            }
+            // qcow2: `-blockdev` in JSON, the one syntax that can say
+            // `"backing": null` (no backing file, whatever the header names).
+            DiskFormat::Qcow2 => {
+                let ro = if disk.readonly { "true" } else { "false" };
+                let backing = if disk.allow_backing {
+                    ""
+                } else {
+                    ",\"backing\":null"
+                };
+                a.push("-blockdev".into());
+                a.push(
+                    format!(
+                        "{{\"driver\":\"qcow2\",\"node-name\":\"disk{i}\",\"read-only\":{ro},\"file\":{{\"driver\":\"file\",\"filename\":{},\"read-only\":{ro}}}{backing}}}",
+                        json_string(&disk.path.to_string_lossy())
+                    )
+                    .into(),
+                );
+            }
+        }
         a.push("-device".into());
         a.push(format!("virtio-blk-pci,drive=disk{i}").into());
     }
@@ -297,11 +426,13 @@ mod tests {
                     path: "/d/one,two.img".into(),
                     readonly: false,
                     format: DiskFormat::Raw,
+                    allow_backing: false,
                 },
                 Disk {
-                    path: "/d/b.qcow2".into(),
+                    path: "/d/b\"q.qcow2".into(),
                     readonly: true,
                     format: DiskFormat::Qcow2,
+                    allow_backing: false,
                 },
             ],
             accel: VmAccel::Tcg,
@@ -325,13 +456,16 @@ mod tests {
             .find("file=/a/root,format=raw,if=none,id=root,snapshot=on")
             .unwrap();
         let first = s.find("id=disk0").unwrap();
-        let second = s.find("id=disk1").unwrap();
+        let second = s.find("\"node-name\":\"disk1\"").unwrap();
         assert!(root < first && first < second, "{s}");
         assert!(
-            s.contains("format=qcow2,if=none,id=disk1,cache=writeback,readonly=on"),
+            s.contains(r#"{"driver":"qcow2","node-name":"disk1","read-only":true,"file":{"driver":"file","filename":"/d/b\"q.qcow2","read-only":true},"backing":null}"#),
             "{s}"
         );
-        assert!(!s.contains("id=disk0,cache=writeback,readonly"), "{s}");
+        assert!(
+            s.contains("format=raw,if=none,id=disk0,cache=writeback "),
+            "{s}"
+        );
     }
 
     #[test]
@@ -368,22 +502,146 @@ mod tests {
     }
 
     #[test]
-    fn qcow2_is_recognised_by_magic_and_anything_else_is_raw() {
-        let dir = std::env::temp_dir().join(format!("supermin-sniff-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("q"), b"QFI\xfb\0\0\0\x03").unwrap();
-        std::fs::write(dir.join("r"), [0u8; 512]).unwrap();
-        std::fs::write(dir.join("empty"), b"").unwrap();
-        assert_eq!(
-            DiskFormat::sniff(&dir.join("q")).unwrap(),
-            DiskFormat::Qcow2
+    fn every_disk_names_its_format_and_a_qcow2_gets_no_backing_unless_allowed() {
+        let s = joined(&plan());
+        // Every -drive/-blockdev names its format: qemu never probes.
+        for word in s.split(' ').filter(|w| w.contains("file")) {
+            assert!(
+                word.contains("format=") || word.contains(r#""driver":"qcow2""#),
+                "{word}"
+            );
+        }
+        let mut p = plan();
+        p.disks[1].allow_backing = true;
+        let allowed = joined(&p);
+        assert!(!allowed.contains("backing"), "{allowed}");
+    }
+
+    #[test]
+    fn sandbox_and_user_switch_follow_what_qemu_supports() {
+        let s = joined(&plan());
+        assert!(
+            s.contains(
+                "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+            ),
+            "{s}"
         );
-        assert_eq!(DiskFormat::sniff(&dir.join("r")).unwrap(), DiskFormat::Raw);
+        assert!(!s.contains("-run-with"), "{s}");
+        let mut p = plan();
+        p.run_as = Some("nobody".into());
+        let s = joined(&p);
+        assert!(s.contains("elevateprivileges=allow"), "{s}");
+        assert!(s.contains("-run-with user=nobody"), "{s}");
+        p.qemu.run_with = false;
+        assert!(joined(&p).contains("-runas nobody"));
+        p.qemu.sandbox = false;
+        assert!(!joined(&p).contains("-sandbox"));
+    }
+
+    fn qcow2_header(
+        version: u32,
+        backing: Option<&[u8]>,
+        incompatible: u64,
+        ext: Option<u32>,
+    ) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[..4].copy_from_slice(&QCOW2_MAGIC);
+        h[4..8].copy_from_slice(&version.to_be_bytes());
+        if let Some(name) = backing {
+            h[8..16].copy_from_slice(&300u64.to_be_bytes());
+            h[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
+            h[300..300 + name.len()].copy_from_slice(name);
+        }
+        if version >= 3 {
+            h[72..80].copy_from_slice(&incompatible.to_be_bytes());
+            h[100..104].copy_from_slice(&112u32.to_be_bytes());
+            if let Some(kind) = ext {
+                // One unrelated extension first, then the one asked for.
+                h[112..116].copy_from_slice(&0x6803_f857u32.to_be_bytes());
+                h[116..120].copy_from_slice(&5u32.to_be_bytes());
+                h[128..132].copy_from_slice(&kind.to_be_bytes());
+                h[132..136].copy_from_slice(&3u32.to_be_bytes());
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn qcow2_headers_reveal_backing_and_data_files() {
+        assert_eq!(parse_qcow2_refs(&[0u8; 512]), None);
+        assert_eq!(parse_qcow2_refs(b"QFI"), None);
+        let plain = parse_qcow2_refs(&qcow2_header(3, None, 0, None)).unwrap();
+        assert_eq!(plain, Qcow2Refs::default());
+        let backed = parse_qcow2_refs(&qcow2_header(2, Some(b"/etc/shadow"), 0, None)).unwrap();
+        assert_eq!(backed.backing_file.as_deref(), Some(&b"/etc/shadow"[..]));
+        let by_bit =
+            parse_qcow2_refs(&qcow2_header(3, None, QCOW2_INCOMPAT_DATA_FILE, None)).unwrap();
+        assert!(by_bit.external_data_file);
+        let by_ext =
+            parse_qcow2_refs(&qcow2_header(3, None, 0, Some(QCOW2_EXT_DATA_FILE))).unwrap();
+        assert!(by_ext.external_data_file);
+        // A backing name that points outside what was read still counts.
+        let mut h = qcow2_header(3, None, 0, None);
+        h[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
+        h[16..20].copy_from_slice(&8u32.to_be_bytes());
+        assert!(parse_qcow2_refs(&h).unwrap().backing_file.is_some());
+        // Extension lengths cannot make the walk run away.
+        let mut h = qcow2_header(3, None, 0, None);
+        h[112..116].copy_from_slice(&1u32.to_be_bytes());
+        h[116..120].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(!parse_qcow2_refs(&h).unwrap().external_data_file);
+    }
+
+    #[test]
+    fn real_qcow2_images_made_by_qemu_img_are_read_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("secret"), b"host secret\n").unwrap();
+        std::fs::write(d.join("data.raw"), vec![0u8; 1 << 20]).unwrap();
+        let make = |args: &[&str]| {
+            let ok = std::process::Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2"])
+                .args(args)
+                .current_dir(d)
+                .status()
+                .expect("qemu-img (bash .ci/setup installs qemu-utils)");
+            assert!(ok.success(), "qemu-img {args:?}");
+        };
+        make(&["plain.qcow2", "1M"]);
+        make(&[
+            "-F",
+            "raw",
+            "-b",
+            &d.join("secret").to_string_lossy(),
+            "backed.qcow2",
+            "1M",
+        ]);
+        make(&[
+            "-o",
+            &format!(
+                "data_file={},data_file_raw=on",
+                d.join("data.raw").display()
+            ),
+            "data.qcow2",
+            "1M",
+        ]);
         assert_eq!(
-            DiskFormat::sniff(&dir.join("empty")).unwrap(),
-            DiskFormat::Raw
+            read_qcow2_refs(&d.join("plain.qcow2")).unwrap(),
+            Some(Qcow2Refs::default())
         );
-        assert!(DiskFormat::sniff(&dir.join("missing")).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
+        let backed = read_qcow2_refs(&d.join("backed.qcow2")).unwrap().unwrap();
+        assert_eq!(
+            backed.backing_file.unwrap(),
+            d.join("secret").to_string_lossy().as_bytes()
+        );
+        assert!(
+            read_qcow2_refs(&d.join("data.qcow2"))
+                .unwrap()
+                .unwrap()
+                .external_data_file
+        );
+        assert_eq!(read_qcow2_refs(&d.join("secret")).unwrap(), None);
+        assert!(looks_like_qcow2(&d.join("plain.qcow2")).unwrap());
+        assert!(!looks_like_qcow2(&d.join("secret")).unwrap());
     }
 }

@@ -3,17 +3,21 @@
 //! killed, scratch directory removed) instead of killing us mid-way.
 //!
 //! The handler only writes the signal number to a pipe (the one thing a
-//! handler may safely do); a thread reads the pipe and forwards the number as
-//! an [`Event::Signal`]. The previous dispositions come back when the
+//! handler may safely do); a thread reads the pipe, records the number in
+//! each run's [`Stop`] (which every wait checks) and wakes a wait on the event
+//! channel with an [`Event::Signal`] when the channel has room: a full
+//! channel means the run is busy with a reply and will look at its `Stop`
+//! next. The previous dispositions come back when the
 //! [`Guard`] is dropped. Guards nest: only the first installs the handlers,
 //! and every live guard gets each signal.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::mpsc::Sender;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::stop::Stop;
 use super::vm::Event;
 
 const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
@@ -22,7 +26,7 @@ const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 static PIPE_WR: AtomicI32 = AtomicI32::new(-1);
 
 struct Shared {
-    users: Vec<(u64, Sender<Event>)>,
+    users: Vec<(u64, SyncSender<Event>, Arc<Stop>)>,
     next_id: u64,
     write_end: Option<OwnedFd>,
     old: Vec<(libc::c_int, libc::sigaction)>,
@@ -59,7 +63,7 @@ pub struct Guard {
 }
 
 impl Guard {
-    pub fn install(tx: Sender<Event>) -> io::Result<Guard> {
+    pub fn install(tx: SyncSender<Event>, stop: Arc<Stop>) -> io::Result<Guard> {
         let mut s = shared();
         if s.write_end.is_none() {
             let mut fds = [0 as libc::c_int; 2];
@@ -97,7 +101,7 @@ impl Guard {
         }
         let id = s.next_id;
         s.next_id += 1;
-        s.users.push((id, tx));
+        s.users.push((id, tx, stop));
         Ok(Guard { id })
     }
 }
@@ -105,7 +109,7 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         let mut s = shared();
-        s.users.retain(|(id, _)| *id != self.id);
+        s.users.retain(|(id, _, _)| *id != self.id);
         if !s.users.is_empty() {
             return;
         }
@@ -128,8 +132,9 @@ fn forward(read_end: OwnedFd) {
         let n = unsafe { libc::read(read_end.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
         match n {
             1 => {
-                for (_, tx) in &shared().users {
-                    let _ = tx.send(Event::Signal(i32::from(byte)));
+                for (_, tx, stop) in &shared().users {
+                    stop.raise(i32::from(byte));
+                    let _ = tx.try_send(Event::Signal(i32::from(byte)));
                 }
             }
             0 => return,
@@ -147,8 +152,9 @@ mod tests {
 
     #[test]
     fn a_signal_becomes_an_event_and_the_old_disposition_returns() {
-        let (tx, rx) = mpsc::channel();
-        let guard = Guard::install(tx).unwrap();
+        let (tx, rx) = mpsc::sync_channel(4);
+        let stop = Arc::new(Stop::new(std::time::Instant::now(), None));
+        let guard = Guard::install(tx, Arc::clone(&stop)).unwrap();
         // SAFETY: raising a signal whose handler we just installed.
         unsafe {
             libc::raise(libc::SIGHUP);
@@ -157,6 +163,7 @@ mod tests {
             Ok(Event::Signal(s)) => assert_eq!(s, libc::SIGHUP),
             other => panic!("{other:?}"),
         }
+        assert_eq!(stop.signal(), Some(libc::SIGHUP));
         drop(guard);
         // SAFETY: reading the current disposition only.
         let current = unsafe {

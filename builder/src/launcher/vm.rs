@@ -19,8 +19,8 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -30,6 +30,7 @@ use supermin_daemon::protocol::{
 };
 
 use super::qemu::{self, Plan};
+use super::stop::{Halt, Stop, TICK};
 use super::{accel, LaunchError};
 
 /// Console lines kept for error reports.
@@ -61,16 +62,51 @@ pub enum WaitError {
     Launch(LaunchError),
 }
 
-/// The sending half of the channel, shared with the stdin pump.
+/// The sending half of the channel, shared with the stdin pump. Its socket
+/// has a short send timeout, so a guest that stops reading cannot block a
+/// send past the run's deadline or a signal.
 #[derive(Clone)]
-pub struct Writer(Arc<Mutex<UnixStream>>);
+pub struct Writer {
+    conn: Arc<Mutex<UnixStream>>,
+    stop: Arc<Stop>,
+}
+
+/// Why a send did not complete.
+#[derive(Debug)]
+pub enum SendError {
+    Halt(Halt),
+    /// The caller's `abandon` flag was raised (the stdin pump after the command ended).
+    Abandoned,
+    Io(io::Error),
+}
 
 impl Writer {
-    pub fn send(&self, req: &Request) -> Result<(), io::Error> {
+    /// Sends one frame; waits for the guest to take it in ticks, giving up on
+    /// the run's deadline, a signal, or `abandon` becoming true.
+    pub fn send(&self, req: &Request, abandon: Option<&AtomicBool>) -> Result<(), SendError> {
         let mut buf = Vec::new();
         encode_frame(req, &mut buf);
-        let mut conn = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        conn.write_all(&buf)
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rest = &buf[..];
+        while !rest.is_empty() {
+            self.stop.check().map_err(SendError::Halt)?;
+            if abandon.is_some_and(|a| a.load(Ordering::SeqCst)) {
+                return Err(SendError::Abandoned);
+            }
+            match conn.write(rest) {
+                Ok(0) => return Err(SendError::Io(io::ErrorKind::WriteZero.into())),
+                Ok(n) => rest = &rest[n..],
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(SendError::Io(e)),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -186,7 +222,7 @@ fn read_lines(mut stream: impl Read, counter: Option<&AtomicU64>, mut each: impl
 
 /// A console line without terminal control sequences (SeaBIOS clears the
 /// screen) and carriage returns.
-fn printable(raw: &[u8]) -> String {
+pub fn printable(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(raw);
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
@@ -217,6 +253,7 @@ pub struct Vm {
     child: Child,
     generation: u64,
     writer: Writer,
+    stop: Arc<Stop>,
     console: Arc<Console>,
     console_threads: Vec<JoinHandle<()>>,
     scratch: PathBuf,
@@ -229,11 +266,12 @@ impl Vm {
         plan: &Plan,
         tmp_dir: &std::path::Path,
         generation: u64,
-        events: Sender<Event>,
+        events: SyncSender<Event>,
+        stop: Arc<Stop>,
         verbose: bool,
     ) -> Result<Vm, LaunchError> {
         let scratch = make_scratch(tmp_dir)?;
-        match Self::spawn(plan, generation, events, verbose, &scratch) {
+        match Self::spawn(plan, generation, events, stop, verbose, &scratch) {
             Ok(vm) => Ok(vm),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&scratch);
@@ -245,12 +283,15 @@ impl Vm {
     fn spawn(
         plan: &Plan,
         generation: u64,
-        events: Sender<Event>,
+        events: SyncSender<Event>,
+        stop: Arc<Stop>,
         verbose: bool,
         scratch: &std::path::Path,
     ) -> Result<Vm, LaunchError> {
         let setup = |what| move |source| LaunchError::Setup { what, source };
         let (ours, theirs) = UnixStream::pair().map_err(setup("the daemon channel"))?;
+        ours.set_write_timeout(Some(TICK))
+            .map_err(setup("the daemon channel"))?;
         let theirs_fd = theirs.as_raw_fd();
         let args = qemu::args(plan, theirs_fd);
         if verbose {
@@ -311,6 +352,10 @@ impl Vm {
                 });
             }
         };
+        // The event channel is bounded: when the run cannot keep up (a slow
+        // reader of our stdout), this thread blocks in `send`, stops reading
+        // the socket, and the guest blocks in its writes: back-pressure, not
+        // host memory.
         std::thread::spawn(move || loop {
             let event = match read_message::<Reply, _>(&mut reader) {
                 Ok(Some(reply)) => Event::Reply { generation, reply },
@@ -336,7 +381,11 @@ impl Vm {
         Ok(Vm {
             child,
             generation,
-            writer: Writer(Arc::new(Mutex::new(ours))),
+            writer: Writer {
+                conn: Arc::new(Mutex::new(ours)),
+                stop: Arc::clone(&stop),
+            },
+            stop,
             console,
             console_threads,
             scratch: scratch.to_path_buf(),
@@ -353,9 +402,13 @@ impl Vm {
     }
 
     pub fn send(&self, req: &Request) -> Result<(), LaunchError> {
-        self.writer
-            .send(req)
-            .map_err(|source| LaunchError::Channel { source })
+        self.writer.send(req, None).map_err(|e| match e {
+            SendError::Halt(halt) => super::halted(&self.stop, halt),
+            SendError::Abandoned => LaunchError::Channel {
+                source: io::ErrorKind::Interrupted.into(),
+            },
+            SendError::Io(source) => LaunchError::Channel { source },
+        })
     }
 
     /// The next reply of this VM, skipping events of abandoned ones.
@@ -365,6 +418,9 @@ impl Vm {
         deadline: Option<Instant>,
     ) -> Result<Reply, WaitError> {
         loop {
+            if let Some(sig) = self.stop.signal() {
+                return Err(WaitError::Signal(sig));
+            }
             let event = match deadline {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
