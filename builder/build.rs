@@ -52,7 +52,7 @@ fn run() -> Result<(), String> {
         .to_owned();
     let out_dir = PathBuf::from(env_var("OUT_DIR")?);
 
-    for dir in ["init", "daemon"] {
+    for dir in ["init", "daemon", "protocol"] {
         let root = workspace.join(dir);
         println!(
             "cargo:rerun-if-changed={}",
@@ -181,6 +181,8 @@ const SOURCE_DIRS: &[&str] = &[
     "cache",
     "init",
     "daemon",
+    "protocol",
+    "launcher",
 ];
 
 fn source_id(workspace: &std::path::Path) -> Result<u64, String> {

@@ -1,6 +1,6 @@
 //! The supermin builder library: command-line grammar, the appliance pipeline, the initrd
-//! and chroot writers and the launcher. The binary (`main.rs`) only parses, dispatches and
-//! reports; each module here returns typed errors.
+//! and chroot writers (booting appliances is the `supermin-launcher` crate's). The binary
+//! (`main.rs`) only parses, dispatches and reports; each module here returns typed errors.
 
 pub mod appliance;
 pub mod assemble;
@@ -9,4 +9,3 @@ pub mod cli;
 pub mod default_appliance;
 pub mod embedded;
 pub mod initrd;
-pub mod launcher;

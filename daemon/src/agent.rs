@@ -26,7 +26,7 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::process::{Pid, Signal, WaitOptions};
 
-use crate::protocol::{
+use supermin_protocol::{
     encode_frame, ExecRequest, ExitStatus, FrameDecoder, Hello, ProtocolError, Reply, Request,
     CHUNK, PROTOCOL_VERSION,
 };
@@ -739,9 +739,9 @@ fn spawn_message(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{read_message, write_message};
     use std::os::unix::net::UnixStream;
     use std::thread::JoinHandle;
+    use supermin_protocol::{read_message, write_message};
 
     struct Host {
         conn: UnixStream,

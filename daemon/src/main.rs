@@ -7,8 +7,8 @@ use std::error::Error;
 use std::time::Duration;
 
 use supermin_daemon::agent::{serve, AgentConfig, Outcome};
-use supermin_daemon::protocol::PORT_NAME;
 use supermin_daemon::system;
+use supermin_protocol::PORT_NAME;
 
 /// How long the virtio-serial port may take to appear after the switch to
 /// the root (the initrd loaded virtio_console; the node appears shortly after).

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use supermin::launcher::{Accel, LaunchEnv, LaunchError, RunOptions, Session};
+use supermin_launcher::{Accel, LaunchEnv, LaunchError, RunOptions, Session};
 use supermin_tests::{supermin_bin, TempDir};
 
 /// Only a hang reaches this; every test here ends in seconds.

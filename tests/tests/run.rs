@@ -840,7 +840,7 @@ fn accel_kvm_on_a_host_where_kvm_fails_is_one_line_with_the_way_out() {
 
 #[test]
 fn a_session_uploads_runs_and_downloads_files() {
-    use supermin::launcher::{Accel, ExitStatus, LaunchEnv, LaunchError, RunOptions, Session};
+    use supermin_launcher::{Accel, ExitStatus, LaunchEnv, LaunchError, RunOptions, Session};
     let scratch = Scratch::new("session");
     let app = scratch.appliance("app", None);
     let mut env = LaunchEnv::from_process();

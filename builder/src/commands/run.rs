@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use supermin::appliance::{self, BuildRequest, Source};
 use supermin::cli::{Format, RunArgs};
-use supermin::launcher::{self, Accel, LaunchEnv, LaunchError, Notice, RunOptions};
 use supermin_cache::Durability;
+use supermin_launcher::{self as launcher, Accel, LaunchEnv, LaunchError, Notice, RunOptions};
 
 /// The default appliance's directory inside the runtime cache (beside libguestfs's own
 /// `appliance.d`, which it must not clobber).

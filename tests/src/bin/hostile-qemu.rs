@@ -21,7 +21,7 @@ use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 
-use supermin_daemon::protocol::{
+use supermin_protocol::{
     encode_frame, read_message, ExitStatus, Hello, Message, Reply, Request, CHUNK, PROTOCOL_VERSION,
 };
 

@@ -23,7 +23,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use supermin_daemon::protocol::PORT_NAME;
+use supermin_protocol::PORT_NAME;
 
 /// The program name looked up in `PATH`.
 pub const QEMU: &str = "qemu-system-x86_64";

@@ -26,8 +26,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use supermin_daemon::protocol::ExitStatus;
-use supermin_daemon::protocol::{ExecRequest, ProtocolError, Reply, Request, CHUNK};
+pub use supermin_protocol::ExitStatus;
+use supermin_protocol::{ExecRequest, ProtocolError, Reply, Request, CHUNK};
 
 pub use qemu::{Disk, DiskFormat};
 use vm::{Event, Vm, WaitError};

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use supermin_daemon::protocol::{
+use supermin_protocol::{
     encode_frame, read_message, Hello, ProtocolError, Reply, Request, PROTOCOL_VERSION,
 };
 
