@@ -16,22 +16,15 @@ use supermin_launcher::{self as launcher, Accel, LaunchEnv, LaunchError, Notice,
 const DEFAULT_DIR: &str = "supermin-rs-default.d";
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let accel = match args
-        .accel
-        .clone()
-        .or_else(|| {
-            std::env::var("SUPERMIN_ACCEL")
-                .ok()
-                .filter(|s| !s.is_empty())
-        })
-        .as_deref()
-    {
-        None | Some("auto") => Accel::Auto,
-        Some("kvm") => Accel::Kvm,
-        Some("tcg") => Accel::Tcg,
-        Some(other) => anyhow::bail!(
-            "unknown accelerator {other:?} (from --accel or SUPERMIN_ACCEL): use auto, kvm or tcg"
-        ),
+    let accel = match args.accel.clone().or_else(|| {
+        std::env::var("SUPERMIN_ACCEL")
+            .ok()
+            .filter(|s| !s.is_empty())
+    }) {
+        None => Accel::Auto,
+        Some(name) => name
+            .parse::<Accel>()
+            .map_err(|e| anyhow::anyhow!("{e} (from --accel or SUPERMIN_ACCEL)"))?,
     };
     let mut disks = Vec::new();
     for spec in &args.add {
