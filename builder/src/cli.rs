@@ -248,6 +248,11 @@ pub struct RunArgs {
     /// Forget that KVM failed on this host and try it again (with --accel auto)
     #[arg(long)]
     pub recheck_kvm: bool,
+    /// Boot the appliance instead of restoring its saved machine (and save none). Without it,
+    /// the first run of an appliance saves the booted machine in the runtime cache and later
+    /// runs restore it in a fraction of the boot time (TCG, no --add disks)
+    #[arg(long)]
+    pub cold: bool,
     /// When run as root, the user qemu switches to after opening its files (default:
     /// $SUPERMIN_QEMU_USER or nobody; `root` keeps root, which a hostile guest that escapes
     /// qemu would then have)

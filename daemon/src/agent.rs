@@ -193,6 +193,8 @@ fn request_name(r: &Request) -> &'static str {
         Request::FileEnd => "file end",
         Request::Download { .. } => "a download request",
         Request::Shutdown => "a shutdown request",
+        Request::Sync => "a sync request",
+        Request::Resume { .. } => "a resume request",
     }
 }
 
@@ -500,6 +502,27 @@ impl Agent<'_> {
             (State::Uploading(file), Request::FileEnd) => {
                 let reply = match file {
                     Ok(_) => Reply::Done,
+                    Err(message) => Reply::Error { message },
+                };
+                self.queue(&reply);
+                State::Idle
+            }
+            (State::Idle, Request::Sync) => {
+                rustix::fs::sync();
+                self.queue(&Reply::Done);
+                State::Idle
+            }
+            (
+                State::Idle,
+                Request::Resume {
+                    secs,
+                    nanos,
+                    entropy,
+                },
+            ) => {
+                self.log(format_args!("resumed from a saved state"));
+                let reply = match crate::system::resume(secs, nanos, &entropy) {
+                    Ok(()) => Reply::Done,
                     Err(message) => Reply::Error { message },
                 };
                 self.queue(&reply);

@@ -242,6 +242,51 @@ pub fn flush_block_devices() {
     }
 }
 
+/// After the machine was restored from a saved state: the wall clock from
+/// the host, and the host's entropy credited to the kernel's pool, then the
+/// CRNG reseeded, so that no two restored runs share random numbers (the
+/// vmgenid device makes Linux >= 5.18 reseed too; this does not depend on it).
+pub fn resume(secs: i64, nanos: u32, entropy: &[u8]) -> Result<(), String> {
+    let now = rustix::time::Timespec {
+        tv_sec: secs,
+        tv_nsec: i64::from(nanos),
+    };
+    rustix::time::clock_settime(rustix::time::ClockId::Realtime, now)
+        .map_err(|e| format!("cannot set the clock: {e}"))?;
+    add_entropy(entropy).map_err(|e| format!("cannot add the host's entropy: {e}"))
+}
+
+/// `RNDADDENTROPY` (`_IOW('R', 0x03, int[2])`) and `RNDRESEEDCRNG` (`_IO('R', 0x07)`)
+/// from `<linux/random.h>`.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+fn add_entropy(entropy: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let mut urandom = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; },
+    // the count in bits; the host's bytes come from its own CSPRNG.
+    let len =
+        i32::try_from(entropy.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut info = Vec::with_capacity(8 + entropy.len());
+    info.extend_from_slice(&(len * 8).to_ne_bytes());
+    info.extend_from_slice(&len.to_ne_bytes());
+    info.extend_from_slice(entropy);
+    // SAFETY: `info` is a complete rand_pool_info of `8 + len` bytes that
+    // outlives the call; the kernel only reads it.
+    let credited = unsafe { libc::ioctl(urandom.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) };
+    if credited != 0 {
+        // Without CAP_SYS_ADMIN: mixed in, not credited.
+        urandom.write_all(entropy)?;
+    }
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    let _ = unsafe { libc::ioctl(urandom.as_raw_fd(), RNDRESEEDCRNG as _, 0) };
+    Ok(())
+}
+
 /// Whether the kernel command line asks for a verbose appliance.
 pub fn verbose_cmdline(cmdline: &str) -> bool {
     cmdline.split_ascii_whitespace().any(|w| {

@@ -13,7 +13,9 @@
 
 mod accel;
 mod qemu;
+mod qmp;
 mod signals;
+mod snapshot;
 mod stop;
 mod vm;
 
@@ -139,6 +141,11 @@ pub struct RunOptions {
     pub qemu_user: Option<String>,
     /// Called with what the user should hear even without `-v`.
     pub on_notice: fn(&Notice),
+    /// Where saved machines live (the runtime cache); `None` never saves or
+    /// restores one.
+    pub saved_machines: Option<PathBuf>,
+    /// Boot cold even when a saved machine could be restored (and save none).
+    pub cold: bool,
     /// Directory with `kernel`, `initrd`, `root` and maybe `vmlinux`.
     pub appliance: PathBuf,
     pub accel: Accel,
@@ -332,6 +339,327 @@ fn read_ext2_uuid(path: &Path) -> Result<String, Option<io::Error>> {
     ))
 }
 
+/// What booting needs besides the plan.
+struct Boot<'a> {
+    opts: &'a RunOptions,
+    tx: &'a mpsc::SyncSender<Event>,
+    rx: &'a mpsc::Receiver<Event>,
+    stop: &'a Arc<stop::Stop>,
+    start: Instant,
+}
+
+impl Boot<'_> {
+    fn log(&self, what: std::fmt::Arguments<'_>) {
+        if self.opts.verbose {
+            eprintln!(
+                "supermin: run: [{:>6.3}s] {what}",
+                self.start.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// `after` from now, or the run's deadline if that comes first.
+    fn within(&self, after: Duration) -> Instant {
+        let soon = Instant::now() + after;
+        self.stop.deadline().map_or(soon, |d| d.min(soon))
+    }
+
+    fn start_vm(
+        &self,
+        plan: &qemu::Plan,
+        scratch: PathBuf,
+        generation: u64,
+    ) -> Result<Vm, LaunchError> {
+        Vm::start_in(
+            plan,
+            scratch,
+            generation,
+            self.tx.clone(),
+            Arc::clone(self.stop),
+            self.opts.verbose,
+        )
+    }
+}
+
+/// The store of saved machines and the key of this one, when this run may
+/// use one: a store is configured, no `--cold`, no added disks (they would
+/// have to be hot-plugged into a restored machine), and paths that qemu's
+/// JSON options can carry.
+fn saved_machines(b: &Boot<'_>, plan: &qemu::Plan) -> Option<(snapshot::Store, snapshot::Key)> {
+    let dir = b.opts.saved_machines.as_ref()?;
+    if b.opts.cold {
+        b.log(format_args!("--cold: booting, not restoring"));
+        return None;
+    }
+    if !plan.disks.is_empty() {
+        b.log(format_args!("added disks: booting, not restoring"));
+        return None;
+    }
+    if plan.root.to_str().is_none() || b.opts.env.tmp_dir.to_str().is_none() {
+        return None;
+    }
+    let found = snapshot::Store::open(dir).and_then(|store| Ok((store, snapshot::key(plan)?)));
+    match found {
+        Ok(found) => Some(found),
+        Err(e) => {
+            b.log(format_args!(
+                "saved machines unavailable in {}: {e}",
+                dir.display()
+            ));
+            None
+        }
+    }
+}
+
+/// How a restore failed: `Unusable` falls back to a cold boot, `Fatal` ends
+/// the run (its deadline passed, a signal came).
+enum RestoreError {
+    Unusable(String),
+    Fatal(LaunchError),
+}
+
+impl From<qmp::QmpError> for RestoreError {
+    fn from(e: qmp::QmpError) -> RestoreError {
+        match e {
+            qmp::QmpError::Halted(stop::Halt::Signal(signal)) => {
+                RestoreError::Fatal(LaunchError::Interrupted { signal })
+            }
+            e => RestoreError::Unusable(e.to_string()),
+        }
+    }
+}
+
+/// Boots with TCG: restores the saved machine when there is one (falling
+/// back to a cold boot, and replacing it, when it does not restore), else
+/// boots cold and saves the machine for the next runs.
+fn boot_tcg(
+    b: &Boot<'_>,
+    plan: qemu::Plan,
+    saved: Option<(snapshot::Store, snapshot::Key)>,
+    mut generation: u64,
+) -> Result<Vm, LaunchError> {
+    if let Some((store, key)) = &saved {
+        if let Some(found) = store.find(key) {
+            let t = Instant::now();
+            match restore(b, &plan, &found, generation) {
+                Ok(vm) => {
+                    b.log(format_args!(
+                        "restored saved machine {} in {:.3}s",
+                        key.as_str(),
+                        t.elapsed().as_secs_f64()
+                    ));
+                    return Ok(vm);
+                }
+                Err(RestoreError::Fatal(e)) => return Err(e),
+                Err(RestoreError::Unusable(why)) => {
+                    b.log(format_args!(
+                        "saved machine {} does not restore ({why}): booting, and saving anew",
+                        key.as_str()
+                    ));
+                    store.discard(key);
+                    generation += 1;
+                }
+            }
+        } else {
+            b.log(format_args!(
+                "no saved machine {} yet: booting, then saving it",
+                key.as_str()
+            ));
+        }
+    }
+    b.log(format_args!("booting {} with TCG", plan.kernel.display()));
+    let scratch = vm::make_scratch(&b.opts.env.tmp_dir)?;
+    // A saved machine needs its root overlay saved with it: make one we can copy.
+    let mut plan = plan;
+    let mut pending = None;
+    if let Some((store, _)) = &saved {
+        let overlay = scratch.join("root-overlay.qcow2");
+        let size = std::fs::metadata(&plan.root).map(|m| m.len());
+        let ready = size.and_then(|size| {
+            snapshot::create_overlay(&plan.qemu.path, b.opts.env.path.as_deref(), &overlay, size)?;
+            let p = store.begin()?;
+            let state = p.state_file()?;
+            Ok((p, state))
+        });
+        match ready {
+            Ok((p, state)) => {
+                plan.root_overlay = Some(overlay);
+                plan.qmp = true;
+                plan.fdsets = vec![(std::os::fd::AsRawFd::as_raw_fd(&state), 2)];
+                pending = Some((p, state));
+            }
+            Err(e) => b.log(format_args!("the machine will not be saved: {e}")),
+        }
+    }
+    let mut vm = b.start_vm(&plan, scratch, generation)?;
+    // qemu has its own descriptor for the state file now.
+    let pending = pending.map(|(p, state)| {
+        drop(state);
+        p
+    });
+    let boot_deadline = earliest(b.stop.deadline(), Some(Instant::now() + BOOT_TIMEOUT));
+    if let Err(e) = vm.wait_hello(b.rx, boot_deadline) {
+        return Err(boot_error(e, &mut vm, b.opts.timeout));
+    }
+    if let (Some((store, key)), Some(pending)) = (&saved, pending) {
+        let t = Instant::now();
+        match save(b, &mut vm, &pending) {
+            Ok(()) => match pending.commit(store, key, vm.daemon_info()) {
+                Ok(()) => b.log(format_args!(
+                    "saved the machine as {} in {:.3}s",
+                    key.as_str(),
+                    t.elapsed().as_secs_f64()
+                )),
+                Err(e) => b.log(format_args!("the machine was not saved: {e}")),
+            },
+            Err(RestoreError::Fatal(e)) => return Err(e),
+            Err(RestoreError::Unusable(why)) => {
+                b.log(format_args!("the machine was not saved: {why}"))
+            }
+        }
+    }
+    Ok(vm)
+}
+
+/// Saves the booted, idle machine into `pending`: the guest syncs its file
+/// systems, qemu stops it and writes its state, the root's overlay is
+/// copied while it is stopped, and the machine runs on.
+fn save(b: &Boot<'_>, vm: &mut Vm, pending: &snapshot::Pending) -> Result<(), RestoreError> {
+    vm.send(&Request::Sync).map_err(RestoreError::Fatal)?;
+    match vm.next_reply(b.rx, Some(b.within(Duration::from_secs(30)))) {
+        Ok(Reply::Done) => {}
+        Ok(other) => {
+            return Err(RestoreError::Unusable(format!(
+                "sync answered with {}",
+                describe(&other)
+            )))
+        }
+        Err(e) => return Err(RestoreError::Fatal(boot_error(e, vm, b.opts.timeout))),
+    }
+    let stream = vm
+        .take_qmp()
+        .ok_or_else(|| RestoreError::Unusable("no monitor".into()))?;
+    let mut qmp = qmp::Qmp::connect(stream, b.within(Duration::from_secs(10)))?;
+    let step = || b.within(Duration::from_secs(60));
+    qmp.execute("stop", None, step())?;
+    let saved = (|| -> Result<(), RestoreError> {
+        qmp.execute(
+            "migrate-set-capabilities",
+            Some(
+                serde_json::json!({"capabilities": [{"capability": "mapped-ram", "state": true}]}),
+            ),
+            step(),
+        )?;
+        qmp.execute(
+            "migrate",
+            Some(serde_json::json!({"uri": "file:/dev/fdset/2"})),
+            step(),
+        )?;
+        qmp.wait_migration(step(), b.stop)?;
+        let overlay = vm.scratch().join("root-overlay.qcow2");
+        pending
+            .keep_overlay(&overlay)
+            .map_err(|e| RestoreError::Unusable(format!("copying the root overlay: {e}")))
+    })();
+    // Whatever happened, the machine must run on for this run's command.
+    qmp.execute("cont", None, step()).map_err(|e| {
+        RestoreError::Fatal(LaunchError::BootFailed {
+            reason: format!("the machine did not resume after saving it: {e}"),
+            console: vm.console_tail(),
+        })
+    })?;
+    saved
+}
+
+/// Restores `found` into a new qemu and tells the daemon it was restored
+/// (fresh clock and entropy).
+fn restore(
+    b: &Boot<'_>,
+    plan: &qemu::Plan,
+    found: &snapshot::Saved,
+    generation: u64,
+) -> Result<Vm, RestoreError> {
+    let unusable =
+        |what: &str, e: &dyn std::fmt::Display| RestoreError::Unusable(format!("{what}: {e}"));
+    let scratch = vm::make_scratch(&b.opts.env.tmp_dir).map_err(RestoreError::Fatal)?;
+    let overlay = scratch.join("root-overlay.qcow2");
+    if let Err(e) = snapshot::copy_private(&found.overlay(), &overlay) {
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Err(unusable("copying its root overlay", &e));
+    }
+    let state = match File::open(found.state()) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Err(unusable("opening its state", &e));
+        }
+    };
+    let mut plan = plan.clone();
+    plan.root_overlay = Some(overlay);
+    plan.qmp = true;
+    plan.incoming = true;
+    plan.fdsets = vec![(std::os::fd::AsRawFd::as_raw_fd(&state), 1)];
+    let mut vm = b
+        .start_vm(&plan, scratch, generation)
+        .map_err(RestoreError::Fatal)?;
+    drop(state);
+    let stream = vm
+        .take_qmp()
+        .ok_or_else(|| RestoreError::Unusable("no monitor".into()))?;
+    let step = || b.within(Duration::from_secs(30));
+    let mut qmp = qmp::Qmp::connect(stream, step())?;
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(serde_json::json!({"capabilities": [{"capability": "mapped-ram", "state": true}]})),
+        step(),
+    )?;
+    qmp.execute(
+        "migrate-incoming",
+        Some(serde_json::json!({"uri": "file:/dev/fdset/1"})),
+        step(),
+    )?;
+    qmp.wait_migration(step(), b.stop)?;
+    qmp.execute("cont", None, step())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let entropy = snapshot::host_entropy().map_err(|e| unusable("reading host entropy", &e))?;
+    vm.send(&Request::Resume {
+        secs: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
+        nanos: now.subsec_nanos(),
+        entropy,
+    })
+    .map_err(|e| match e {
+        e @ (LaunchError::Timeout { .. } | LaunchError::Interrupted { .. }) => {
+            RestoreError::Fatal(e)
+        }
+        e => RestoreError::Unusable(e.to_string()),
+    })?;
+    match vm.next_reply(b.rx, Some(b.within(Duration::from_secs(10)))) {
+        Ok(Reply::Done) => {}
+        Ok(Reply::Error { message }) => return Err(RestoreError::Unusable(guest_text(&message))),
+        Ok(other) => {
+            return Err(RestoreError::Unusable(format!(
+                "the daemon answered with {}",
+                describe(&other)
+            )))
+        }
+        Err(WaitError::Signal(signal)) => {
+            return Err(RestoreError::Fatal(LaunchError::Interrupted { signal }))
+        }
+        Err(WaitError::Deadline) if b.stop.check().is_err() => {
+            return Err(RestoreError::Fatal(halted(b.stop, stop::Halt::Deadline)))
+        }
+        Err(e) => {
+            return Err(RestoreError::Unusable(format!(
+                "the restored daemon did not answer ({e:?})"
+            )))
+        }
+    }
+    vm.set_daemon_info(found.info());
+    Ok(vm)
+}
+
 /// Parses `--add`'s `PATH[:ro][:format=raw|qcow2][:allow-backing]`: options
 /// are peeled off the end while they are ones we know, so a path may itself
 /// contain colons.
@@ -495,6 +823,10 @@ impl Session {
             accel,
             memory_mib: opts.memory_mib.max(128),
             cpus: opts.cpus.max(1),
+            root_overlay: None,
+            qmp: false,
+            incoming: false,
+            fdsets: Vec::new(),
         };
 
         let verdict_file = accel::verdict_file(opts.env.runtime_dir.as_deref(), &opts.env.tmp_dir);
@@ -569,23 +901,16 @@ impl Session {
         let vm = match vm {
             Some(vm) => vm,
             None => {
-                log(format_args!(
-                    "booting {} with TCG",
-                    appliance.kernel.display()
-                ));
-                let mut tcg_vm = Vm::start(
-                    &plan(qemu::VmAccel::Tcg),
-                    &opts.env.tmp_dir,
-                    generation,
-                    tx.clone(),
-                    Arc::clone(&stop),
-                    opts.verbose,
-                )?;
-                let boot_deadline = earliest(deadline, Some(Instant::now() + BOOT_TIMEOUT));
-                if let Err(e) = tcg_vm.wait_hello(&rx, boot_deadline) {
-                    return Err(boot_error(e, &mut tcg_vm, opts.timeout));
-                }
-                tcg_vm
+                let tcg = plan(qemu::VmAccel::Tcg);
+                let b = Boot {
+                    opts,
+                    tx: &tx,
+                    rx: &rx,
+                    stop: &stop,
+                    start,
+                };
+                let saved = saved_machines(&b, &tcg);
+                boot_tcg(&b, tcg, saved, generation)?
             }
         };
         let session = Session {
@@ -1151,6 +1476,8 @@ mod tests {
             recheck_kvm: false,
             qemu_user: None,
             on_notice: |_| {},
+            saved_machines: None,
+            cold: false,
             appliance: "/nonexistent".into(),
             accel: Accel::Tcg,
             memory_mib: 512,

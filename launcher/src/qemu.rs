@@ -234,6 +234,19 @@ pub struct Plan {
     pub accel: VmAccel,
     pub memory_mib: u32,
     pub cpus: u32,
+    /// The root's writes go to this qcow2 overlay (whose backing is `root`,
+    /// named here, never read from its header) instead of qemu's own
+    /// throwaway `snapshot=on` one: a saved machine needs its overlay saved
+    /// with it. Must be UTF-8, as are `root`'s path then (JSON).
+    pub root_overlay: Option<PathBuf>,
+    /// Give qemu a monitor (QMP) on an inherited socket.
+    pub qmp: bool,
+    /// Wait for a saved machine (`-incoming defer`) instead of booting.
+    pub incoming: bool,
+    /// Inherited descriptors qemu sees as `/dev/fdset/SET` (`-add-fd`): how
+    /// a qemu that dropped root still reads and writes files in our private
+    /// cache.
+    pub fdsets: Vec<(i32, u32)>,
 }
 
 /// The kernel command line for our init (see `init/src/cmdline.rs`) and the
@@ -301,7 +314,7 @@ fn opt(prefix: &str, path: &Path, suffix: &str) -> OsString {
 
 /// The arguments after the program name; `channel_fd` is the daemon's
 /// socket as qemu inherits it.
-pub fn args(plan: &Plan, channel_fd: i32) -> Vec<OsString> {
+pub fn args(plan: &Plan, channel_fd: i32, qmp_fd: Option<i32>) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
     push(&[
@@ -346,6 +359,19 @@ pub fn args(plan: &Plan, channel_fd: i32) -> Vec<OsString> {
     let chardev = format!("socket,id=channel,fd={channel_fd}");
     let port = format!("virtserialport,bus=vserial.0,chardev=channel,name={PORT_NAME}");
     push(&["-chardev", &chardev, "-device", &port]);
+    // A new generation id on every start: a restored Linux (>= 5.18) reseeds
+    // its random number generator when it changes.
+    push(&["-device", "vmgenid,guid=auto"]);
+    if let Some(fd) = qmp_fd {
+        let chardev = format!("socket,id=qmp,fd={fd}");
+        push(&["-chardev", &chardev, "-mon", "chardev=qmp,mode=control"]);
+    }
+    for (fd, set) in &plan.fdsets {
+        push(&["-add-fd", &format!("fd={fd},set={set}")]);
+    }
+    if plan.incoming {
+        push(&["-incoming", "defer"]);
+    }
 
     a.push("-kernel".into());
     a.push(plan.kernel.clone().into());
@@ -354,12 +380,27 @@ pub fn args(plan: &Plan, channel_fd: i32) -> Vec<OsString> {
     a.push("-append".into());
     a.push(plan.cmdline.clone().into());
 
-    a.push("-drive".into());
-    a.push(opt(
-        "file=",
-        &plan.root,
-        ",format=raw,if=none,id=root,snapshot=on,cache=unsafe",
-    ));
+    match &plan.root_overlay {
+        None => {
+            a.push("-drive".into());
+            a.push(opt(
+                "file=",
+                &plan.root,
+                ",format=raw,if=none,id=root,snapshot=on,cache=unsafe",
+            ));
+        }
+        Some(overlay) => {
+            a.push("-blockdev".into());
+            a.push(
+                format!(
+                    "{{\"driver\":\"qcow2\",\"node-name\":\"root\",\"cache\":{{\"no-flush\":true}},\"file\":{{\"driver\":\"file\",\"filename\":{}}},\"backing\":{{\"driver\":\"raw\",\"file\":{{\"driver\":\"file\",\"filename\":{},\"read-only\":true}}}}}}",
+                    json_string(&overlay.to_string_lossy()),
+                    json_string(&plan.root.to_string_lossy())
+                )
+                .into(),
+            );
+        }
+    }
     a.push("-device".into());
     a.push("virtio-blk-pci,drive=root".into());
     for (i, disk) in plan.disks.iter().enumerate() {
@@ -438,11 +479,15 @@ mod tests {
             accel: VmAccel::Tcg,
             memory_mib: 512,
             cpus: 2,
+            root_overlay: None,
+            qmp: false,
+            incoming: false,
+            fdsets: Vec::new(),
         }
     }
 
     fn joined(plan: &Plan) -> String {
-        args(plan, 7)
+        args(plan, 7, None)
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()

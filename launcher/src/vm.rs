@@ -251,6 +251,8 @@ pub fn printable(raw: &[u8]) -> String {
 
 pub struct Vm {
     child: Child,
+    /// Our end of qemu's monitor, until [`Vm::take_qmp`].
+    qmp: Option<UnixStream>,
     generation: u64,
     writer: Writer,
     stop: Arc<Stop>,
@@ -271,6 +273,19 @@ impl Vm {
         verbose: bool,
     ) -> Result<Vm, LaunchError> {
         let scratch = make_scratch(tmp_dir)?;
+        Self::start_in(plan, scratch, generation, events, stop, verbose)
+    }
+
+    /// [`Vm::start`] in a scratch directory made (and maybe filled) by the
+    /// caller with [`make_scratch`]; it is the VM's from now on, removed with it.
+    pub fn start_in(
+        plan: &Plan,
+        scratch: PathBuf,
+        generation: u64,
+        events: SyncSender<Event>,
+        stop: Arc<Stop>,
+        verbose: bool,
+    ) -> Result<Vm, LaunchError> {
         match Self::spawn(plan, generation, events, stop, verbose, &scratch) {
             Ok(vm) => Ok(vm),
             Err(e) => {
@@ -293,7 +308,18 @@ impl Vm {
         ours.set_write_timeout(Some(TICK))
             .map_err(setup("the daemon channel"))?;
         let theirs_fd = theirs.as_raw_fd();
-        let args = qemu::args(plan, theirs_fd);
+        let qmp_pair = if plan.qmp {
+            Some(UnixStream::pair().map_err(setup("qemu's monitor"))?)
+        } else {
+            None
+        };
+        let qmp_fd = qmp_pair.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
+        let args = qemu::args(plan, theirs_fd, qmp_fd);
+        // Every descriptor qemu inherits: close-on-exec in the parent (so no
+        // other child gets them), cleared in qemu's child only.
+        let mut inherit: Vec<i32> = vec![theirs_fd];
+        inherit.extend(qmp_fd);
+        inherit.extend(plan.fdsets.iter().map(|(fd, _)| *fd));
         if verbose {
             let line: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
             eprintln!(
@@ -312,13 +338,14 @@ impl Vm {
             // Ctrl-C at the terminal reaches us, not qemu: we stop it ourselves.
             .process_group(0);
         // SAFETY: the closure runs in the child between fork and exec and only
-        // makes async-signal-safe system calls (fcntl, prctl) on plain integers.
+        // makes async-signal-safe system calls (fcntl, prctl) on plain
+        // integers, reading a vector allocated before the fork.
         unsafe {
             cmd.pre_exec(move || {
-                // The channel's socket is close-on-exec in the parent (so no
-                // other child inherits it); only qemu keeps it.
-                if libc::fcntl(theirs_fd, libc::F_SETFD, 0) != 0 {
-                    return Err(io::Error::last_os_error());
+                for &fd in &inherit {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                     return Err(io::Error::last_os_error());
@@ -331,6 +358,7 @@ impl Vm {
             source,
         })?;
         drop(theirs);
+        let qmp = qmp_pair.map(|(ours, _theirs)| ours);
 
         let console = Arc::new(Console::new(verbose));
         let mut console_threads = Vec::new();
@@ -390,7 +418,13 @@ impl Vm {
             console_threads,
             scratch: scratch.to_path_buf(),
             daemon_info: String::new(),
+            qmp,
         })
+    }
+
+    /// Our end of qemu's monitor socket (once), when the plan asked for one.
+    pub fn take_qmp(&mut self) -> Option<UnixStream> {
+        self.qmp.take()
     }
 
     pub fn writer(&self) -> Writer {
@@ -399,6 +433,16 @@ impl Vm {
 
     pub fn daemon_info(&self) -> &str {
         &self.daemon_info
+    }
+
+    /// The daemon's self-description when no hello came (a restored machine).
+    pub fn set_daemon_info(&mut self, info: String) {
+        self.daemon_info = info;
+    }
+
+    /// The scratch directory (qemu's temporary files, the root's overlay).
+    pub fn scratch(&self) -> &std::path::Path {
+        &self.scratch
     }
 
     pub fn send(&self, req: &Request) -> Result<(), LaunchError> {
@@ -576,7 +620,7 @@ impl Drop for Vm {
 
 /// A fresh private directory for qemu's temporary files in `base`
 /// ([`super::LaunchEnv::tmp_dir`]).
-fn make_scratch(base: &std::path::Path) -> Result<PathBuf, LaunchError> {
+pub fn make_scratch(base: &std::path::Path) -> Result<PathBuf, LaunchError> {
     let base = base.to_path_buf();
     sweep_stale_scratch(&base);
     let nanos = std::time::SystemTime::now()

@@ -22,7 +22,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 
 /// Bumped on any incompatible change to frames or messages.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Opens every [`Hello`], so that garbage on the channel (a console
 /// misrouted to it, a different agent) is recognised at once.
@@ -34,6 +34,9 @@ pub const PORT_NAME: &str = "org.supermin.daemon.0";
 
 /// Largest frame (kind byte + body) either side accepts.
 pub const MAX_FRAME: usize = 1 << 20;
+
+/// Most host entropy one [`Request::Resume`] carries.
+pub const MAX_ENTROPY: usize = 512;
 
 /// Size of the data chunks (stdout, stderr, stdin, file contents) senders
 /// cut their streams into: well under [`MAX_FRAME`] with room for the header.
@@ -147,6 +150,17 @@ pub enum Request {
     },
     /// Answered by `Done`; then the appliance powers off.
     Shutdown,
+    /// Flush the guest's filesystems (before its state is saved); answered by `Done`.
+    Sync,
+    /// The machine was restored from a saved state: set the clock to the
+    /// host's and mix in fresh host entropy (at most [`MAX_ENTROPY`] bytes),
+    /// then reseed; answered by `Done` (or `Error`).
+    Resume {
+        /// Seconds and nanoseconds since the Unix epoch.
+        secs: i64,
+        nanos: u32,
+        entropy: Vec<u8>,
+    },
 }
 
 /// Daemon to host.
@@ -192,6 +206,8 @@ mod kind {
     pub const H_FILE_END: u8 = 0x07;
     pub const H_DOWNLOAD: u8 = 0x08;
     pub const H_SHUTDOWN: u8 = 0x09;
+    pub const H_SYNC: u8 = 0x0a;
+    pub const H_RESUME: u8 = 0x0b;
 
     pub const D_HELLO: u8 = 0x81;
     pub const D_STDOUT: u8 = 0x82;
@@ -367,6 +383,17 @@ impl Message for Request {
                 put_bytes(out, path.as_bytes());
             }
             Request::Shutdown => out.push(kind::H_SHUTDOWN),
+            Request::Sync => out.push(kind::H_SYNC),
+            Request::Resume {
+                secs,
+                nanos,
+                entropy,
+            } => {
+                out.push(kind::H_RESUME);
+                out.extend_from_slice(&secs.to_be_bytes());
+                put_u32(out, *nanos);
+                put_bytes(out, entropy);
+            }
         }
     }
 
@@ -416,6 +443,33 @@ impl Message for Request {
                 path: b.os("path")?,
             },
             kind::H_SHUTDOWN => Request::Shutdown,
+            kind::H_SYNC => Request::Sync,
+            kind::H_RESUME => {
+                let hi = b.u32("seconds")?;
+                let lo = b.u32("seconds")?;
+                let secs = ((u64::from(hi) << 32) | u64::from(lo)) as i64;
+                let nanos = b.u32("nanoseconds")?;
+                if nanos >= 1_000_000_000 {
+                    return Err(ProtocolError::BadValue {
+                        kind: k,
+                        what: "nanoseconds",
+                        value: nanos.into(),
+                    });
+                }
+                let entropy = b.bytes("entropy")?.to_vec();
+                if entropy.len() > MAX_ENTROPY {
+                    return Err(ProtocolError::BadValue {
+                        kind: k,
+                        what: "entropy length",
+                        value: entropy.len() as u64,
+                    });
+                }
+                Request::Resume {
+                    secs,
+                    nanos,
+                    entropy,
+                }
+            }
             other => return Err(ProtocolError::UnknownKind { kind: other }),
         };
         b.finish(msg)
@@ -695,6 +749,17 @@ mod tests {
                 path: "/etc/hostname".into(),
             },
             Request::Shutdown,
+            Request::Sync,
+            Request::Resume {
+                secs: 1_764_590_000,
+                nanos: 999_999_999,
+                entropy: vec![0xa5; MAX_ENTROPY],
+            },
+            Request::Resume {
+                secs: -1,
+                nanos: 0,
+                entropy: Vec::new(),
+            },
         ]
     }
 

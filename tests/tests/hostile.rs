@@ -81,6 +81,8 @@ impl Hostile {
             env,
             recheck_kvm: false,
             qemu_user: None,
+            saved_machines: None,
+            cold: false,
             on_notice: |_| {},
             appliance: self.dir.join("app"),
             accel: Accel::Tcg,

@@ -35,7 +35,20 @@ impl Scratch {
     fn new(tag: &str) -> Scratch {
         let dir = TempDir::new(&format!("run-{tag}"));
         std::fs::create_dir(dir.join("tmp")).unwrap();
+        std::fs::create_dir(dir.join("cache")).unwrap();
         Scratch { dir }
+    }
+
+    /// Where this test's saved machines go (its own runtime cache).
+    fn saved_dir(&self) -> PathBuf {
+        let uid = std::fs::metadata("/proc/self").map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid()
+        });
+        self.dir
+            .join("cache")
+            .join(format!(".guestfs-{}", uid.unwrap()))
+            .join("supermin-rs-saved")
     }
 
     fn tmp(&self) -> PathBuf {
@@ -109,10 +122,12 @@ impl std::fmt::Debug for RunOutput {
 
 fn run_command(scratch: &Scratch, args: &[OsString]) -> Command {
     let mut cmd = Command::new(supermin_bin());
-    // The KVM verdict goes to TMPDIR (the scratch) without XDG_RUNTIME_DIR.
+    // The KVM verdict goes to TMPDIR (the scratch) without XDG_RUNTIME_DIR;
+    // saved machines to the test's own runtime cache.
     cmd.arg("run")
         .args(args)
         .env("TMPDIR", scratch.tmp())
+        .env("LIBGUESTFS_CACHEDIR", scratch.dir.join("cache"))
         .env_remove("XDG_RUNTIME_DIR")
         .env_remove("SUPERMIN_ACCEL")
         .env_remove("SUPERMIN_QEMU_USER")
@@ -191,7 +206,6 @@ fn uname_r_in_the_default_appliance_prints_the_kernel_version() {
     let scratch = Scratch::new("default");
     // The runtime cache (where the default appliance is built) goes in the scratch too.
     let cache = scratch.dir.join("cache");
-    std::fs::create_dir(&cache).unwrap();
     let mut cmd = run_command(&scratch, &os(&["--accel", "tcg", "--", "uname", "-r"]));
     cmd.env("LIBGUESTFS_CACHEDIR", &cache).stdin(Stdio::null());
     let mut child = cmd.spawn().unwrap();
@@ -677,6 +691,154 @@ fn accel_auto_runs_the_command_whether_or_not_kvm_works() {
     scratch.assert_tmp_clean();
 }
 
+/// `supermin run -v --appliance APP --accel tcg -- sh -c SCRIPT`.
+fn run_sh(scratch: &Scratch, app: &Path, script: &str) -> RunOutput {
+    supermin_run(
+        scratch,
+        &with_appliance(app, "tcg", &["-v", "--", "sh", "-c", script]),
+        None,
+    )
+}
+
+const RESTORED: &str = "restored saved machine";
+const SAVED: &str = "saved the machine as";
+
+#[test]
+fn a_saved_machine_restores_with_fresh_randomness_and_the_hosts_clock() {
+    let scratch = Scratch::new("restore");
+    let app = scratch.appliance("app", None);
+    let script = "cat /proc/sys/kernel/random/uuid; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s";
+    let first = run_sh(&scratch, &app, script);
+    assert!(first.status.success(), "{first:?}");
+    assert!(first.stderr.contains(SAVED), "{first:?}");
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let out = run_sh(&scratch, &app, script);
+        let host_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!(out.status.success(), "{out:?}");
+        assert!(out.stderr.contains(RESTORED), "{out:?}");
+        let text = out.stdout_text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{out:?}");
+        let guest_now: i64 = lines[2].parse().unwrap();
+        assert!(
+            (host_now - guest_now).abs() <= 2,
+            "guest clock {guest_now}, host {host_now}"
+        );
+        seen.push((lines[0].to_string(), lines[1].to_string()));
+    }
+    let first_text = first.stdout_text();
+    let first_lines: Vec<&str> = first_text.lines().collect();
+    assert_ne!(
+        seen[0].0, seen[1].0,
+        "two restored runs printed the same uuid"
+    );
+    assert_ne!(
+        seen[0].1, seen[1].1,
+        "two restored runs read the same random bytes"
+    );
+    for (uuid, bytes) in &seen {
+        assert_ne!(uuid, first_lines[0]);
+        assert_ne!(bytes, first_lines[1]);
+    }
+    // Saved machines are private to the user.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch.saved_dir();
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let saved: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    for f in std::fs::read_dir(saved[0].path()).unwrap().flatten() {
+        let mode = f.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.path().display());
+    }
+    scratch.assert_tmp_clean();
+}
+
+#[test]
+fn the_root_of_a_restored_machine_is_consistent_and_its_writes_are_thrown_away() {
+    let scratch = Scratch::new("restore-root");
+    let app = scratch.appliance("app", None);
+    let first = run_sh(&scratch, &app, "true");
+    assert!(first.stderr.contains(SAVED), "{first:?}");
+    let script = "test ! -e /written-before || echo LEAKED; \
+        dd if=/dev/urandom of=/written-before bs=1M count=8 status=none && sync && \
+        md5sum /written-before >/sum && echo 3 >/proc/sys/vm/drop_caches && md5sum -c /sum >/dev/null && \
+        echo consistent; dmesg | grep -ci 'ext4.*error' || true";
+    for _ in 0..2 {
+        let out = run_sh(&scratch, &app, script);
+        assert!(out.status.success(), "{out:?}");
+        assert!(out.stderr.contains(RESTORED), "{out:?}");
+        assert_eq!(out.stdout_text(), "consistent\n0\n", "{out:?}");
+    }
+    scratch.assert_tmp_clean();
+}
+
+#[test]
+fn four_runs_restore_one_saved_machine_at_once() {
+    let scratch = Scratch::new("restore-four");
+    let app = scratch.appliance("app", None);
+    let first = run_sh(&scratch, &app, "true");
+    assert!(first.stderr.contains(SAVED), "{first:?}");
+    let runs: Vec<_> = (0..4)
+        .map(|i| {
+            let mut cmd = run_command(
+                &scratch,
+                &with_appliance(&app, "tcg", &["-v", "--", "echo", &format!("run-{i}")]),
+            );
+            cmd.stdin(Stdio::null());
+            (i, cmd.spawn().unwrap())
+        })
+        .collect();
+    for (i, mut child) in runs {
+        let out = collect(child.stdout.take().unwrap());
+        let err = collect(child.stderr.take().unwrap());
+        let status = wait_watched(&mut child);
+        let stderr = String::from_utf8_lossy(&err.recv().unwrap()).into_owned();
+        assert!(status.success(), "run {i}: {stderr}");
+        assert!(stderr.contains(RESTORED), "run {i}: {stderr}");
+        assert_eq!(out.recv().unwrap(), format!("run-{i}\n").into_bytes());
+    }
+    scratch.assert_tmp_clean();
+}
+
+#[test]
+fn a_corrupt_saved_machine_means_a_cold_boot_and_a_new_one() {
+    let scratch = Scratch::new("restore-corrupt");
+    let app = scratch.appliance("app", None);
+    let first = run_sh(&scratch, &app, "true");
+    assert!(first.stderr.contains(SAVED), "{first:?}");
+    let saved = std::fs::read_dir(scratch.saved_dir())
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    std::fs::write(saved.join("state"), b"not a migration stream").unwrap();
+    let out = run_sh(&scratch, &app, "echo fine");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout_text(), "fine\n");
+    assert!(out.stderr.contains("does not restore"), "{out:?}");
+    assert!(out.stderr.contains(SAVED), "replaced: {out:?}");
+    let again = run_sh(&scratch, &app, "echo fine");
+    assert!(again.stderr.contains(RESTORED), "{again:?}");
+    // --cold boots even with a saved machine there, and saves none.
+    let args = with_appliance(&app, "tcg", &["-v", "--cold", "--", "echo", "cold"]);
+    let cold = supermin_run(&scratch, &args, None);
+    assert!(cold.status.success(), "{cold:?}");
+    assert!(
+        !cold.stderr.contains(RESTORED) && !cold.stderr.contains(SAVED),
+        "{cold:?}"
+    );
+    assert_eq!(cold.stdout_text(), "cold\n");
+    scratch.assert_tmp_clean();
+}
+
 /// The real qemu, found in `PATH` as the launcher would.
 fn real_qemu() -> PathBuf {
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
@@ -849,6 +1011,8 @@ fn a_session_uploads_runs_and_downloads_files() {
         env,
         recheck_kvm: false,
         qemu_user: None,
+        saved_machines: None,
+        cold: false,
         on_notice: |n| panic!("no notice expected under TCG: {n}"),
         appliance: app,
         accel: Accel::Tcg,

@@ -14,6 +14,8 @@ use supermin_launcher::{self as launcher, Accel, LaunchEnv, LaunchError, Notice,
 /// The default appliance's directory inside the runtime cache (beside libguestfs's own
 /// `appliance.d`, which it must not clobber).
 const DEFAULT_DIR: &str = "supermin-rs-default.d";
+/// Saved machines (booted appliances, restored instead of booting), beside it.
+const SAVED_DIR: &str = "supermin-rs-saved";
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let accel = match args.accel.clone().or_else(|| {
@@ -61,6 +63,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         recheck_kvm: args.recheck_kvm,
         qemu_user,
         on_notice: print_notice,
+        saved_machines: match supermin_cache::runtime_cache_dir() {
+            Ok(dir) => Some(dir.join(SAVED_DIR)),
+            Err(_) => None,
+        },
+        cold: args.cold,
         appliance,
         accel,
         memory_mib: args.memory,
