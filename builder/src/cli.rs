@@ -288,6 +288,37 @@ pub struct RunArgs {
 
 const SUBCOMMANDS: &[&str] = &["run", "mkfs", "kernel", "update-appliance"];
 
+/// The whole command line as one clap tree: supermin 5's options and inputs at the top,
+/// our subcommands beneath. It exists for what is generated from the CLI definition (man
+/// pages, shell completions: see `xtask`), so that `supermin r<TAB>` offers `run` although
+/// the supermin 5 grammar has no subcommands. [`parse`] never uses it: there the first word
+/// picks one grammar.
+pub fn command_tree() -> clap::Command {
+    use clap::CommandFactory;
+    let legacy = Legacy::command();
+    // Hidden arguments (the refusals of --dtb and --names) are left out: they are there to
+    // say why they are refused, and shell completions would offer them.
+    let visible: Vec<clap::Arg> = legacy
+        .get_arguments()
+        .filter(|a| !a.is_hide_set())
+        .cloned()
+        .collect();
+    let subcommands: Vec<clap::Command> = Extended::command().get_subcommands().cloned().collect();
+    let mut tree = clap::Command::new("supermin")
+        .disable_version_flag(true)
+        .args(visible)
+        .subcommands(subcommands)
+        // `supermin help` is not a command (the first word would be an input).
+        .disable_help_subcommand(true);
+    if let Some(about) = legacy.get_about() {
+        tree = tree.about(about.clone());
+    }
+    if let Some(after) = legacy.get_after_help() {
+        tree = tree.after_help(after.clone());
+    }
+    tree
+}
+
 /// Parses `args` (without the program name).
 pub fn parse(args: Vec<OsString>) -> Result<Parsed, UsageError> {
     let first = args.first().and_then(|a| a.to_str()).unwrap_or("");
@@ -586,6 +617,23 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn command_tree_holds_both_grammars() {
+        let tree = command_tree();
+        tree.clone().debug_assert();
+        let subs: Vec<&str> = tree.get_subcommands().map(|s| s.get_name()).collect();
+        assert_eq!(subs, SUBCOMMANDS, "subcommands of the documentation tree");
+        // Every visible option of the supermin 5 grammar, and none of the hidden ones.
+        use clap::CommandFactory;
+        let longs: Vec<&str> = tree.get_arguments().filter_map(|a| a.get_long()).collect();
+        for arg in Legacy::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            assert_eq!(longs.contains(&long), !arg.is_hide_set(), "--{long}");
+        }
+        assert!(longs.contains(&"build") && !longs.contains(&"dtb"));
+        assert!(tree.get_about().is_some());
     }
 
     #[test]
