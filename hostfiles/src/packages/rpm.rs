@@ -385,4 +385,64 @@ mod tests {
             .to_string();
         assert!(e.contains("line 2"), "{e}");
     }
+
+    #[test]
+    fn rpmvercmp_orders_like_rpm() {
+        use std::cmp::Ordering::*;
+        for (a, b, want) in [
+            ("1.0", "1.0", Equal),
+            ("1.0", "1.0.1", Less),
+            ("1.10", "1.9", Greater),
+            ("1.05", "1.5", Equal),
+            ("2.0a", "2.0", Greater),
+            ("1.0a", "1.0b", Less),
+            ("1a", "1.1", Less),
+            ("1.0~rc1", "1.0", Less),
+            ("1.0^git1", "1.0", Greater),
+            ("1.0^git1", "1.0.1", Less),
+            ("5.2", "5.2.0", Less),
+        ] {
+            assert_eq!(rpmvercmp(a, b), want, "{a} vs {b}");
+            assert_eq!(rpmvercmp(b, a), want.reverse(), "{b} vs {a}");
+        }
+    }
+
+    #[test]
+    fn the_newest_of_a_name_installed_twice_is_taken() {
+        let q = "@@PKG\tkernel\t0\t6.1\t9\tx86_64\n@@PKG\tkernel\t0\t6.10\t1\tx86_64\n@@PKG\tkernel\t0\t6.2\t1\tx86_64\n";
+        let db = parse_query(q, Path::new("fixture")).unwrap();
+        let i = db.lookup(&Dep::parse("kernel").unwrap()).unwrap();
+        assert_eq!(db.pkgs[i].display, "kernel-6.10-1.x86_64");
+    }
+
+    #[test]
+    fn rich_or_dependencies_are_alternatives_and_other_rich_forms_are_skipped() {
+        let names =
+            |r: &str| requirement(r).map(|c| c.into_iter().map(|d| d.name).collect::<Vec<_>>());
+        assert_eq!(
+            names("(a or b >= 2 or c)"),
+            Some(vec!["a".into(), "b".into(), "c".into()])
+        );
+        assert_eq!(names("(a if b)"), None);
+        assert_eq!(names("((a or b) with c)"), None);
+        assert_eq!(names("rpmlib(CompressedFileNames)"), None);
+        assert_eq!(
+            names("libc.so.6(GLIBC_2.34)(64bit)"),
+            Some(vec!["libc.so.6(GLIBC_2.34)(64bit)".into()])
+        );
+        let q = "@@PKG\ta\t0\t1\t1\tx86_64\n@R\t(nope or b)\n@@PKG\tb\t0\t1\t1\tx86_64\n";
+        let db = parse_query(q, Path::new("fixture")).unwrap();
+        assert_eq!(db.closure(&["a".into()]).0.len(), 2);
+    }
+
+    #[test]
+    fn file_requirements_pick_the_shortest_owner_before_explicit_provides() {
+        let q = "@@PKG\ta\t0\t1\t1\tx86_64\n@R\t/usr/bin/sh\n\
+@@PKG\tbusybox\t0\t1\t1\tx86_64\n@F\t0\t/usr/bin/sh\n\
+@@PKG\tdash\t0\t1\t1\tx86_64\n@F\t0\t/usr/bin/sh\n\
+@@PKG\tsh\t0\t1\t1\tx86_64\n@P\t/usr/bin/sh\n";
+        let db = parse_query(q, Path::new("fixture")).unwrap();
+        let i = db.lookup(&Dep::parse("/usr/bin/sh").unwrap()).unwrap();
+        assert_eq!(db.pkgs[i].name, "dash");
+    }
 }
