@@ -1,8 +1,11 @@
 //! `supermin --prepare`: write `packages` (the named packages, sorted) and `base.tar.gz`
 //! (the configuration files of the whole package closure, owned by root, reproducible).
 //! With `--use-installed` the config files are taken from the installed system; otherwise
-//! from the packages themselves (`apt-get download` + `dpkg-deb --fsys-tarfile`), so a
-//! locally edited config file does not leak into a distributed appliance.
+//! from the packages themselves, so a locally edited config file does not leak into a
+//! distributed appliance. The packages are downloaded with the distribution's own tool, as
+//! supermin does (`apt-get download`, `dnf download`, `pacman -Sw`), and only the wanted
+//! config files are pulled out of each, streaming (`dpkg-deb --fsys-tarfile`, `rpm2cpio`
+//! read by our newc reader, pacman's tar read in process).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -16,12 +19,15 @@ use crate::inputs::safe_tar_path;
 use crate::packages::{self, Handler};
 use crate::pattern::join_root;
 
+mod cpio;
+
 /// What one `--prepare` does.
 #[derive(Debug, Clone)]
 pub struct PrepareOptions {
     pub packages: Vec<String>,
     pub use_installed: bool,
-    /// `--packager-config`: passed to `apt-get -c`.
+    /// `--packager-config`: passed to `apt-get -c`, `dnf download --config=` or
+    /// `pacman --config` (instead of the host's configuration minus its CacheDir).
     pub packager_config: Option<PathBuf>,
     pub out_dir: PathBuf,
     /// `SOURCE_DATE_EPOCH`: every tar entry gets this mtime.
@@ -50,7 +56,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<()> {
 
     // Config files per package; only packages that have some need downloading.
     let mut config: BTreeSet<String> = BTreeSet::new();
-    let mut with_config = BTreeSet::new();
+    // (name, arch) of the packages that hold any: only those need downloading.
+    let mut with_config: BTreeSet<(String, String)> = BTreeSet::new();
     for &i in &set {
         let files = db.files_of(i)?;
         for f in files {
@@ -59,7 +66,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<()> {
                 || (f.path.starts_with("/etc/") && on_host.as_ref().is_ok_and(|m| m.is_file()));
             if is_cfg {
                 config.insert(f.path);
-                with_config.insert(db.pkgs[i].name.clone());
+                with_config.insert((db.pkgs[i].name.clone(), db.pkgs[i].arch.clone()));
             }
         }
     }
@@ -69,27 +76,18 @@ pub fn prepare(opts: &PrepareOptions) -> Result<()> {
     let source_root: PathBuf = if opts.use_installed {
         root.to_path_buf()
     } else {
-        if h != Handler::Dpkg {
-            return Err(HostfilesError::PackageDb {
-                path: root.to_path_buf(),
-                message: format!(
-                    "downloading packages is only implemented for dpkg, not {}; use --use-installed",
-                    h.name()
-                ),
-            });
-        }
         // Beside the output, and named uniquely: two prepares into one
         // directory, from one process or two, never share it.
         scratch = tempfile::Builder::new()
             .prefix(".prepare-")
             .tempdir_in(&opts.out_dir)
             .map_err(write_err(&opts.out_dir))?;
-        download_dpkg(
-            &with_config,
-            opts.packager_config.as_deref(),
-            scratch.path(),
-            &config,
-        )?
+        let cfg = opts.packager_config.as_deref();
+        match h {
+            Handler::Dpkg => download_dpkg(&with_config, cfg, scratch.path(), &config)?,
+            Handler::Rpm => download_rpm(&with_config, cfg, scratch.path(), &config)?,
+            Handler::Pacman => download_pacman(&with_config, cfg, scratch.path(), &config)?,
+        }
     };
     // Only config files that exist in the source (a package may not ship them all, and the
     // installed system may have removed some) go into the image, as with supermin.
@@ -159,14 +157,14 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 /// each with `dpkg-deb --fsys-tarfile`, streaming (no full unpack). Returns the directory
 /// holding them, laid out as a root.
 fn download_dpkg(
-    names: &BTreeSet<String>,
+    pkgs: &BTreeSet<(String, String)>,
     packager_config: Option<&Path>,
     dir: &Path,
     wanted: &BTreeSet<String>,
 ) -> Result<PathBuf> {
     let tree = dir.join("tree");
     fs::create_dir_all(&tree).map_err(write_err(&tree))?;
-    if names.is_empty() {
+    if pkgs.is_empty() {
         return Ok(tree);
     }
     let debs = dir.join("debs");
@@ -176,49 +174,240 @@ fn download_dpkg(
         cmd.arg("-c").arg(c);
     }
     cmd.args(["--quiet", "--quiet", "download"])
-        .args(names)
+        .args(pkgs.iter().map(|(n, _)| n))
         .current_dir(&debs);
     run(cmd, "apt-get download")?;
-    let mut entries: Vec<PathBuf> = fs::read_dir(&debs)
-        .map_err(read_err(&debs))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
-        .collect();
-    entries.sort();
-    for deb in entries {
-        let mut child = Command::new("dpkg-deb")
-            .arg("--fsys-tarfile")
-            .arg(&deb)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| HostfilesError::Spawn {
-                command: "dpkg-deb".to_string(),
-                source,
-            })?;
-        let stdout = child.stdout.take().ok_or_else(|| HostfilesError::Spawn {
-            command: "dpkg-deb".to_string(),
-            source: io::Error::other("no stdout pipe"),
+    for deb in files_ending(&debs, &[".deb"])? {
+        let mut cmd = Command::new("dpkg-deb");
+        cmd.arg("--fsys-tarfile").arg(&deb);
+        stream_from(cmd, "dpkg-deb --fsys-tarfile", |out| {
+            extract_wanted(out, &tree, wanted, &deb)
         })?;
-        let extract = extract_wanted(stdout, &tree, wanted, &deb);
-        let out = child
-            .wait_with_output()
-            .map_err(|source| HostfilesError::Spawn {
-                command: "dpkg-deb".to_string(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(HostfilesError::CommandFailed {
-                command: format!("dpkg-deb --fsys-tarfile {}", deb.display()),
-                status: out.status,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        extract?;
     }
     Ok(tree)
 }
 
+/// `dnf download`'s command line, as supermin runs it: `name.arch` so that any version of
+/// the right architecture is fetched; excludes disabled (dnf 5 spells that differently).
+pub(crate) fn dnf_download_command(
+    pkgs: &BTreeSet<(String, String)>,
+    packager_config: Option<&Path>,
+    dest: &Path,
+    dnf5: bool,
+) -> Command {
+    let mut cmd = Command::new("dnf");
+    cmd.args(["download", "-q"]);
+    if let Some(c) = packager_config {
+        let mut arg = std::ffi::OsString::from("--config=");
+        arg.push(c);
+        cmd.arg(arg);
+    }
+    cmd.arg(if dnf5 {
+        "--setopt=disable_excludes=*"
+    } else {
+        "--disableexcludes=all"
+    });
+    let mut destdir = std::ffi::OsString::from("--destdir=");
+    destdir.push(dest);
+    cmd.arg(destdir);
+    cmd.args(pkgs.iter().map(|(n, a)| format!("{n}.{a}")));
+    cmd
+}
+
+/// Download the packages with `dnf download` and pull the wanted config files out of each
+/// (`rpm2cpio`, read by our newc reader).
+fn download_rpm(
+    pkgs: &BTreeSet<(String, String)>,
+    packager_config: Option<&Path>,
+    dir: &Path,
+    wanted: &BTreeSet<String>,
+) -> Result<PathBuf> {
+    let tree = dir.join("tree");
+    fs::create_dir_all(&tree).map_err(write_err(&tree))?;
+    if pkgs.is_empty() {
+        return Ok(tree);
+    }
+    let rpms = dir.join("rpms");
+    fs::create_dir_all(&rpms).map_err(write_err(&rpms))?;
+    let version = Command::new("dnf")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| HostfilesError::Spawn {
+            command: "dnf --version".to_string(),
+            source,
+        })?;
+    let dnf5 = String::from_utf8_lossy(&version.stdout)
+        .lines()
+        .next()
+        .is_some_and(|l| l.contains("version 5"));
+    run(
+        dnf_download_command(pkgs, packager_config, &rpms, dnf5),
+        "dnf download",
+    )?;
+    for rpm in files_ending(&rpms, &[".rpm"])? {
+        let mut cmd = Command::new("rpm2cpio");
+        cmd.arg(&rpm);
+        stream_from(cmd, "rpm2cpio", |out| {
+            cpio::extract_wanted(out, &tree, wanted, &rpm)
+        })?;
+    }
+    Ok(tree)
+}
+
+/// `pacman -Sw`'s command line: like supermin's, with a private database, cache and root
+/// in `scratch`, so the host's sync databases and package cache are left alone; `fakeroot`
+/// in front when not run as root (pacman refuses -S otherwise).
+pub(crate) fn pacman_download_command(
+    pkgs: &BTreeSet<(String, String)>,
+    config: &Path,
+    scratch: &Path,
+    as_root: bool,
+) -> Command {
+    let mut cmd = if as_root {
+        Command::new("pacman")
+    } else {
+        let mut c = Command::new("fakeroot");
+        c.arg("pacman");
+        c
+    };
+    cmd.arg("--config")
+        .arg(config)
+        .arg("--dbpath")
+        .arg(scratch.join("var/lib/pacman"))
+        .arg("--cachedir")
+        .arg(scratch)
+        .arg("--root")
+        .arg(scratch)
+        .args(["-Syw", "--noconfirm", "--noprogressbar"])
+        .args(pkgs.iter().map(|(n, _)| n));
+    cmd
+}
+
+/// Download the packages with `pacman -Syw` and pull the wanted config files out of each
+/// `.pkg.tar.*` (xz and gzip in process, zstd through the `zstd` tool that pacman's
+/// libarchive brings on every Arch system).
+fn download_pacman(
+    pkgs: &BTreeSet<(String, String)>,
+    packager_config: Option<&Path>,
+    dir: &Path,
+    wanted: &BTreeSet<String>,
+) -> Result<PathBuf> {
+    let tree = dir.join("tree");
+    fs::create_dir_all(&tree).map_err(write_err(&tree))?;
+    if pkgs.is_empty() {
+        return Ok(tree);
+    }
+    let scratch = dir.join("pacman");
+    let dbpath = scratch.join("var/lib/pacman");
+    fs::create_dir_all(&dbpath).map_err(write_err(&dbpath))?;
+    let config = match packager_config {
+        Some(c) => c.to_path_buf(),
+        None => {
+            // The host's configuration without its CacheDir lines: pacman would take a
+            // package from its cache instead of downloading it into ours.
+            let out = Command::new("pacman-conf")
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|source| HostfilesError::Spawn {
+                    command: "pacman-conf".to_string(),
+                    source,
+                })?;
+            if !out.status.success() {
+                return Err(HostfilesError::CommandFailed {
+                    command: "pacman-conf".to_string(),
+                    status: out.status,
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                });
+            }
+            let text: String = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("CacheDir"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let conf = scratch.join("pacman.conf");
+            fs::write(&conf, text).map_err(write_err(&conf))?;
+            conf
+        }
+    };
+    // Who owns /proc/self is who we are, without a libc call.
+    let as_root = fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    run(
+        pacman_download_command(pkgs, &config, &scratch, as_root),
+        "pacman -Syw",
+    )?;
+    for pkg in files_ending(&scratch, &[".pkg.tar.zst", ".pkg.tar.xz", ".pkg.tar.gz"])? {
+        let name = pkg.to_string_lossy();
+        if name.ends_with(".zst") {
+            let mut cmd = Command::new("zstd");
+            cmd.arg("-dcq").arg(&pkg);
+            stream_from(cmd, "zstd -dc", |out| {
+                extract_wanted(out, &tree, wanted, &pkg)
+            })?;
+            continue;
+        }
+        let f = File::open(&pkg).map_err(read_err(&pkg))?;
+        if name.ends_with(".xz") {
+            extract_wanted(liblzma::read::XzDecoder::new(f), &tree, wanted, &pkg)?;
+        } else {
+            extract_wanted(flate2::read::GzDecoder::new(f), &tree, wanted, &pkg)?;
+        }
+    }
+    Ok(tree)
+}
+
+/// The files directly in `dir` whose names end with one of `suffixes`, sorted.
+fn files_ending(dir: &Path, suffixes: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(read_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.to_string_lossy();
+            suffixes.iter().any(|s| n.ends_with(s))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Run `cmd`, hand its stdout to `consume`, read what it left, then check the exit status
+/// (a failed command is reported before a consumer error it may have caused).
+fn stream_from(
+    mut cmd: Command,
+    what: &str,
+    consume: impl FnOnce(&mut std::process::ChildStdout) -> Result<()>,
+) -> Result<()> {
+    let spawn_err = |source| HostfilesError::Spawn {
+        command: what.to_string(),
+        source,
+    };
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| spawn_err(io::Error::other("no stdout pipe")))?;
+    let consumed = consume(&mut stdout);
+    // A tar reader stops at the end-of-archive blocks; the producer may still be writing
+    // padding and must not die of SIGPIPE for it. The error that matters is `consumed`.
+    let _ = io::copy(&mut stdout, &mut io::sink());
+    drop(stdout);
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    if !out.status.success() {
+        return Err(HostfilesError::CommandFailed {
+            command: what.to_string(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    consumed
+}
+
+/// Pull the regular files named in `wanted` out of a tar stream into `tree`.
 fn extract_wanted(r: impl Read, tree: &Path, wanted: &BTreeSet<String>, deb: &Path) -> Result<()> {
     let decompress = |source| HostfilesError::Decompress {
         path: deb.to_path_buf(),
@@ -404,5 +593,73 @@ mod tests {
         prepare(&opts(r.path(), out.path(), &["coreutils"])).unwrap();
         assert!(out.path().join("packages").exists());
         assert!(!out.path().join("base.tar.gz").exists());
+    }
+
+    fn args(cmd: &Command) -> Vec<String> {
+        std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn set(pkgs: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+        pkgs.iter()
+            .map(|(n, a)| (n.to_string(), a.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn dnf_download_asks_for_name_dot_arch_like_supermin() {
+        let pkgs = set(&[("hello", "x86_64"), ("glibc", "x86_64"), ("data", "noarch")]);
+        let cmd = dnf_download_command(
+            &pkgs,
+            Some(Path::new("/c/dnf.conf")),
+            Path::new("/d"),
+            false,
+        );
+        assert_eq!(
+            args(&cmd),
+            [
+                "dnf",
+                "download",
+                "-q",
+                "--config=/c/dnf.conf",
+                "--disableexcludes=all",
+                "--destdir=/d",
+                "data.noarch",
+                "glibc.x86_64",
+                "hello.x86_64"
+            ]
+        );
+        let dnf5 = dnf_download_command(&pkgs, None, Path::new("/d"), true);
+        assert!(args(&dnf5).contains(&"--setopt=disable_excludes=*".to_string()));
+        assert!(!args(&dnf5).iter().any(|a| a.starts_with("--config")));
+    }
+
+    #[test]
+    fn pacman_download_uses_a_private_db_cache_and_root_and_fakeroot_when_not_root() {
+        let pkgs = set(&[("hello", "x86_64"), ("glibc", "x86_64")]);
+        let cmd = pacman_download_command(&pkgs, Path::new("/c.conf"), Path::new("/s"), true);
+        assert_eq!(
+            args(&cmd),
+            [
+                "pacman",
+                "--config",
+                "/c.conf",
+                "--dbpath",
+                "/s/var/lib/pacman",
+                "--cachedir",
+                "/s",
+                "--root",
+                "/s",
+                "-Syw",
+                "--noconfirm",
+                "--noprogressbar",
+                "glibc",
+                "hello"
+            ]
+        );
+        let user = pacman_download_command(&pkgs, Path::new("/c.conf"), Path::new("/s"), false);
+        assert_eq!(args(&user)[..2], ["fakeroot", "pacman"]);
     }
 }

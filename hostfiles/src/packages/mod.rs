@@ -112,40 +112,60 @@ pub fn detect(root: &Path) -> Option<Handler> {
     ALL.into_iter().find(|&h| detect_one(h, root, &ids))
 }
 
-/// A cheap identity of the package database state: (size, mtime, ctime, inode) of the files
-/// and directories a package install or removal always touches.
+/// What of a database file's metadata makes up its identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Watch {
+    /// Size, modification and change times, inode, device: any write or replacement.
+    Everything,
+    /// Size and modification time: for a file that readers touch too. rpm truncates its
+    /// empty sqlite write-ahead log on every close, reads included, which moves the
+    /// change time but not the modification time.
+    Contents,
+}
+
+/// A cheap identity of the package database state: the metadata of the files and
+/// directories a package install or removal always touches.
 pub fn package_db_identity_at(root: &Path) -> Result<Vec<u8>> {
     let h = detect(root).ok_or_else(|| HostfilesError::NoPackageHandler {
         root: root.to_path_buf(),
     })?;
-    let paths: Vec<PathBuf> = match h {
+    let paths: Vec<(PathBuf, Watch)> = match h {
         Handler::Dpkg => [
             "/var/lib/dpkg/status",
             "/var/lib/dpkg/info",
             "/var/lib/dpkg/diversions",
         ]
         .iter()
-        .map(|p| join_root(root, Path::new(p)))
+        .map(|p| (join_root(root, Path::new(p)), Watch::Everything))
         .collect(),
-        Handler::Pacman => vec![join_root(root, Path::new("/var/lib/pacman/local"))],
-        Handler::Rpm => rpm::rpmdb_path(root).into_iter().collect(),
+        // A package directory per installed version: an install, removal, upgrade or
+        // reinstall adds or removes one.
+        Handler::Pacman => vec![(
+            join_root(root, Path::new("/var/lib/pacman/local")),
+            Watch::Everything,
+        )],
+        Handler::Rpm => rpm::identity_paths(root),
     };
     let mut out = Vec::new();
     out.extend_from_slice(h.name().as_bytes());
-    for p in paths {
+    for (p, watch) in paths {
         out.push(0);
         out.extend_from_slice(p.as_os_str().as_encoded_bytes());
         match fs::metadata(&p) {
             Ok(m) => {
-                for v in [
-                    m.size() as i64,
-                    m.mtime(),
-                    m.mtime_nsec(),
-                    m.ctime(),
-                    m.ctime_nsec(),
-                    m.ino() as i64,
-                    m.dev() as i64,
-                ] {
+                let fields = match watch {
+                    Watch::Everything => vec![
+                        m.size() as i64,
+                        m.mtime(),
+                        m.mtime_nsec(),
+                        m.ctime(),
+                        m.ctime_nsec(),
+                        m.ino() as i64,
+                        m.dev() as i64,
+                    ],
+                    Watch::Contents => vec![m.size() as i64, m.mtime(), m.mtime_nsec()],
+                };
+                for v in fields {
                     out.extend_from_slice(&v.to_le_bytes());
                 }
             }
@@ -236,15 +256,15 @@ pub(crate) struct Db {
     pub diversions: HashMap<String, (String, String)>,
     by_name: HashMap<String, Vec<usize>>,
     providers: HashMap<String, Vec<usize>>,
-    /// Files owned, for rpm's file requirements (`/bin/sh`).
-    owners: HashMap<String, usize>,
+    /// Owners of each file, for rpm's file requirements (`/usr/libexec/helper`).
+    owners: HashMap<String, Vec<usize>>,
 }
 
 impl Db {
     pub fn new(handler: Handler, pkgs: Vec<Pkg>, native: Vec<String>, pick: ProviderPick) -> Db {
         let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
         let mut providers: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut owners = HashMap::new();
+        let mut owners: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, p) in pkgs.iter().enumerate() {
             by_name.entry(p.name.clone()).or_default().push(i);
             for v in &p.provides {
@@ -252,7 +272,7 @@ impl Db {
             }
             if let FileSource::Known(files) = &p.files {
                 for f in files {
-                    owners.entry(f.path.clone()).or_insert(i);
+                    owners.entry(f.path.clone()).or_default().push(i);
                 }
             }
         }
@@ -290,28 +310,34 @@ impl Db {
                 return Some(*c);
             }
         }
-        if let Some(provs) = self.providers.get(&dep.name) {
-            let mut ok: Vec<usize> = provs
-                .iter()
-                .copied()
-                .filter(|c| self.arch_ok(*c, q))
-                .collect();
-            ok.sort_by(|a, b| {
-                let (na, nb) = (&self.pkgs[*a].name, &self.pkgs[*b].name);
-                let key = |n: &String| match self.pick {
-                    ProviderPick::FirstByName => 0,
-                    ProviderPick::ShortestName => n.len(),
-                };
-                key(na).cmp(&key(nb)).then(na.cmp(nb)).then(a.cmp(b))
-            });
-            if let Some(c) = ok.first() {
-                return Some(*c);
-            }
-        }
-        if dep.name.starts_with('/') {
-            return self.owners.get(&dep.name).copied();
-        }
-        None
+        // A file requirement is looked up among the files first (rpm's file index), then
+        // among explicit provides (`Provides: /bin/sh`), as supermin's librpm query does.
+        let owners = dep
+            .name
+            .starts_with('/')
+            .then(|| self.owners.get(&dep.name))
+            .flatten()
+            .filter(|o| !o.is_empty());
+        let cands = owners.or_else(|| self.providers.get(&dep.name))?;
+        self.best_provider(cands, q)
+    }
+
+    /// Among several installed providers, the one this handler's package manager picks.
+    fn best_provider(&self, cands: &[usize], q: Option<&str>) -> Option<usize> {
+        let mut ok: Vec<usize> = cands
+            .iter()
+            .copied()
+            .filter(|c| self.arch_ok(*c, q))
+            .collect();
+        ok.sort_by(|a, b| {
+            let (na, nb) = (&self.pkgs[*a].name, &self.pkgs[*b].name);
+            let key = |n: &String| match self.pick {
+                ProviderPick::FirstByName => 0,
+                ProviderPick::ShortestName => n.len(),
+            };
+            key(na).cmp(&key(nb)).then(na.cmp(nb)).then(a.cmp(b))
+        });
+        ok.first().copied()
     }
 
     /// The dependency closure of `names`: (package indexes, names that are not installed).
