@@ -195,6 +195,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::Shutdown => "a shutdown request",
         Request::Sync => "a sync request",
         Request::Resume { .. } => "a resume request",
+        Request::AwaitDisks { .. } => "a disk wait",
     }
 }
 
@@ -525,6 +526,15 @@ impl Agent<'_> {
                     Ok(()) => Reply::Done,
                     Err(message) => Reply::Error { message },
                 };
+                self.queue(&reply);
+                State::Idle
+            }
+            (State::Idle, Request::AwaitDisks { count }) => {
+                let reply =
+                    match crate::system::await_disks(count, std::time::Duration::from_secs(10)) {
+                        Ok(()) => Reply::Done,
+                        Err(message) => Reply::Error { message },
+                    };
                 self.queue(&reply);
                 State::Idle
             }

@@ -256,6 +256,29 @@ pub fn resume(secs: i64, nanos: u32, entropy: &[u8]) -> Result<(), String> {
     add_entropy(entropy).map_err(|e| format!("cannot add the host's entropy: {e}"))
 }
 
+/// Waits until `count` virtio disks (`/sys/block/vd*`) exist, or `wait` passes.
+pub fn await_disks(count: u32, wait: Duration) -> Result<(), String> {
+    let until = Instant::now() + wait;
+    loop {
+        let have = std::fs::read_dir("/sys/block")
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().as_encoded_bytes().starts_with(b"vd"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if have >= count as usize {
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            return Err(format!(
+                "only {have} of {count} disks appeared within {wait:?} of being added"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// `RNDADDENTROPY` (`_IOW('R', 0x03, int[2])`) and `RNDRESEEDCRNG` (`_IO('R', 0x07)`)
 /// from `<linux/random.h>`.
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;

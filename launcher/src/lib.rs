@@ -382,23 +382,31 @@ impl Boot<'_> {
 }
 
 /// The store of saved machines and the key of this one, when this run may
-/// use one: a store is configured, no `--cold`, no added disks (they would
-/// have to be hot-plugged into a restored machine), and paths that qemu's
-/// JSON options can carry.
+/// use one: a store is configured, no `--cold`, no disk whose qcow2 backing
+/// chain qemu would open by name (a qemu that dropped root may not reach
+/// it), and paths that qemu's JSON options can carry. The key is the
+/// machine's without its added disks, which are hot-plugged after the boot
+/// or the restore.
 fn saved_machines(b: &Boot<'_>, plan: &qemu::Plan) -> Option<(snapshot::Store, snapshot::Key)> {
     let dir = b.opts.saved_machines.as_ref()?;
     if b.opts.cold {
         b.log(format_args!("--cold: booting, not restoring"));
         return None;
     }
-    if !plan.disks.is_empty() {
-        b.log(format_args!("added disks: booting, not restoring"));
+    if plan.disks.iter().any(|d| d.allow_backing) {
+        b.log(format_args!(
+            "a disk with an allowed backing file: booting, not restoring"
+        ));
         return None;
     }
     if plan.root.to_str().is_none() || b.opts.env.tmp_dir.to_str().is_none() {
         return None;
     }
-    let found = snapshot::Store::open(dir).and_then(|store| Ok((store, snapshot::key(plan)?)));
+    let bare = qemu::Plan {
+        disks: Vec::new(),
+        ..plan.clone()
+    };
+    let found = snapshot::Store::open(dir).and_then(|store| Ok((store, snapshot::key(&bare)?)));
     match found {
         Ok(found) => Some(found),
         Err(e) => {
@@ -429,81 +437,163 @@ impl From<qmp::QmpError> for RestoreError {
     }
 }
 
+/// The first `-add-fd` set of the added disks (1 and 2 are the saved state's).
+const DISK_FDSET: u32 = 10;
+
+/// Added disks opened by us, for qemu to reach through `/dev/fdset/N`
+/// whatever user it runs as.
+struct DiskFds {
+    files: Vec<File>,
+}
+
+impl DiskFds {
+    fn open(disks: &[Disk]) -> Result<DiskFds, LaunchError> {
+        let mut files = Vec::with_capacity(disks.len());
+        for d in disks {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(!d.readonly)
+                .open(&d.path)
+                .map_err(|source| LaunchError::Disk {
+                    path: d.path.clone(),
+                    source,
+                })?;
+            files.push(f);
+        }
+        Ok(DiskFds { files })
+    }
+
+    fn fdsets(&self) -> impl Iterator<Item = (i32, u32)> + '_ {
+        self.files
+            .iter()
+            .zip(DISK_FDSET..)
+            .map(|(f, set)| (std::os::fd::AsRawFd::as_raw_fd(f), set))
+    }
+}
+
 /// Boots with TCG: restores the saved machine when there is one (falling
 /// back to a cold boot, and replacing it, when it does not restore), else
-/// boots cold and saves the machine for the next runs.
+/// boots cold and saves the machine for the next runs; then hot-plugs the
+/// added disks.
 fn boot_tcg(
     b: &Boot<'_>,
     plan: qemu::Plan,
     saved: Option<(snapshot::Store, snapshot::Key)>,
     mut generation: u64,
 ) -> Result<Vm, LaunchError> {
-    if let Some((store, key)) = &saved {
-        if let Some(found) = store.find(key) {
-            let t = Instant::now();
-            match restore(b, &plan, &found, generation) {
-                Ok(vm) => {
-                    b.log(format_args!(
-                        "restored saved machine {} in {:.3}s",
-                        key.as_str(),
-                        t.elapsed().as_secs_f64()
-                    ));
-                    return Ok(vm);
-                }
-                Err(RestoreError::Fatal(e)) => return Err(e),
-                Err(RestoreError::Unusable(why)) => {
-                    b.log(format_args!(
-                        "saved machine {} does not restore ({why}): booting, and saving anew",
-                        key.as_str()
-                    ));
-                    store.discard(key);
-                    generation += 1;
-                }
-            }
-        } else {
-            b.log(format_args!(
-                "no saved machine {} yet: booting, then saving it",
-                key.as_str()
-            ));
+    let Some((store, key)) = saved else {
+        b.log(format_args!("booting {} with TCG", plan.kernel.display()));
+        let mut vm = b.start_vm(&plan, vm::make_scratch(&b.opts.env.tmp_dir)?, generation)?;
+        let boot_deadline = earliest(b.stop.deadline(), Some(Instant::now() + BOOT_TIMEOUT));
+        if let Err(e) = vm.wait_hello(b.rx, boot_deadline) {
+            return Err(boot_error(e, &mut vm, b.opts.timeout));
         }
+        return Ok(vm);
+    };
+    let disks = plan.disks.clone();
+    let disk_fds = DiskFds::open(&disks)?;
+    let mut bare = qemu::Plan {
+        disks: Vec::new(),
+        qmp: true,
+        ..plan
+    };
+    bare.fdsets.extend(disk_fds.fdsets());
+
+    let mut booted = None;
+    if let Some(found) = store.find(&key) {
+        let t = Instant::now();
+        match restore(b, &bare, &found, generation) {
+            Ok(restored) => {
+                b.log(format_args!(
+                    "restored saved machine {} in {:.3}s",
+                    key.as_str(),
+                    t.elapsed().as_secs_f64()
+                ));
+                booted = Some(restored);
+            }
+            Err(RestoreError::Fatal(e)) => return Err(e),
+            Err(RestoreError::Unusable(why)) => {
+                b.log(format_args!(
+                    "saved machine {} does not restore ({why}): booting, and saving anew",
+                    key.as_str()
+                ));
+                store.discard(&key);
+                generation += 1;
+            }
+        }
+    } else {
+        b.log(format_args!(
+            "no saved machine {} yet: booting, then saving it",
+            key.as_str()
+        ));
     }
+    let (mut vm, mut qmp) = match booted {
+        Some(restored) => restored,
+        None => boot_and_save(b, bare, &store, &key, generation)?,
+    };
+    drop(disk_fds);
+    hotplug(b, &mut vm, &mut qmp, &disks)?;
+    Ok(vm)
+}
+
+/// Boots `plan` cold (with a root overlay that can be saved) and saves the
+/// booted machine under `key`; a machine that cannot be saved still runs.
+fn boot_and_save(
+    b: &Boot<'_>,
+    mut plan: qemu::Plan,
+    store: &snapshot::Store,
+    key: &snapshot::Key,
+    generation: u64,
+) -> Result<(Vm, qmp::Qmp), LaunchError> {
     b.log(format_args!("booting {} with TCG", plan.kernel.display()));
     let scratch = vm::make_scratch(&b.opts.env.tmp_dir)?;
-    // A saved machine needs its root overlay saved with it: make one we can copy.
-    let mut plan = plan;
-    let mut pending = None;
-    if let Some((store, _)) = &saved {
-        let overlay = scratch.join("root-overlay.qcow2");
-        let size = std::fs::metadata(&plan.root).map(|m| m.len());
-        let ready = size.and_then(|size| {
-            snapshot::create_overlay(&plan.qemu.path, b.opts.env.path.as_deref(), &overlay, size)?;
-            let p = store.begin()?;
-            let state = p.state_file()?;
-            Ok((p, state))
-        });
-        match ready {
-            Ok((p, state)) => {
-                plan.root_overlay = Some(overlay);
-                plan.qmp = true;
-                plan.fdsets = vec![(std::os::fd::AsRawFd::as_raw_fd(&state), 2)];
-                pending = Some((p, state));
-            }
-            Err(e) => b.log(format_args!("the machine will not be saved: {e}")),
+    let overlay = scratch.join("root-overlay.qcow2");
+    let ready = std::fs::metadata(&plan.root).and_then(|m| {
+        snapshot::create_overlay(
+            &plan.qemu.path,
+            b.opts.env.path.as_deref(),
+            &overlay,
+            m.len(),
+        )?;
+        let p = store.begin()?;
+        let state = p.state_file()?;
+        Ok((p, state))
+    });
+    let pending = match ready {
+        Ok((p, state)) => {
+            plan.root_overlay = Some(overlay);
+            plan.fdsets
+                .push((std::os::fd::AsRawFd::as_raw_fd(&state), 2));
+            Some((p, state))
         }
-    }
+        Err(e) => {
+            b.log(format_args!("the machine will not be saved: {e}"));
+            None
+        }
+    };
     let mut vm = b.start_vm(&plan, scratch, generation)?;
     // qemu has its own descriptor for the state file now.
-    let pending = pending.map(|(p, state)| {
-        drop(state);
-        p
-    });
+    let pending = pending.map(|(p, _state)| p);
     let boot_deadline = earliest(b.stop.deadline(), Some(Instant::now() + BOOT_TIMEOUT));
     if let Err(e) = vm.wait_hello(b.rx, boot_deadline) {
         return Err(boot_error(e, &mut vm, b.opts.timeout));
     }
-    if let (Some((store, key)), Some(pending)) = (&saved, pending) {
+    let monitor = |vm: &mut Vm| -> Result<qmp::Qmp, LaunchError> {
+        let stream = vm.take_qmp().ok_or_else(|| LaunchError::Setup {
+            what: "qemu's monitor",
+            source: io::ErrorKind::NotFound.into(),
+        })?;
+        qmp::Qmp::connect(stream, b.within(Duration::from_secs(30))).map_err(|e| {
+            LaunchError::BootFailed {
+                reason: format!("qemu's monitor: {e}"),
+                console: vm.console_tail(),
+            }
+        })
+    };
+    let mut qmp = monitor(&mut vm)?;
+    if let Some(pending) = pending {
         let t = Instant::now();
-        match save(b, &mut vm, &pending) {
+        match save(b, &mut vm, &mut qmp, &pending) {
             Ok(()) => match pending.commit(store, key, vm.daemon_info()) {
                 Ok(()) => b.log(format_args!(
                     "saved the machine as {} in {:.3}s",
@@ -518,13 +608,18 @@ fn boot_tcg(
             }
         }
     }
-    Ok(vm)
+    Ok((vm, qmp))
 }
 
 /// Saves the booted, idle machine into `pending`: the guest syncs its file
 /// systems, qemu stops it and writes its state, the root's overlay is
 /// copied while it is stopped, and the machine runs on.
-fn save(b: &Boot<'_>, vm: &mut Vm, pending: &snapshot::Pending) -> Result<(), RestoreError> {
+fn save(
+    b: &Boot<'_>,
+    vm: &mut Vm,
+    qmp: &mut qmp::Qmp,
+    pending: &snapshot::Pending,
+) -> Result<(), RestoreError> {
     vm.send(&Request::Sync).map_err(RestoreError::Fatal)?;
     match vm.next_reply(b.rx, Some(b.within(Duration::from_secs(30)))) {
         Ok(Reply::Done) => {}
@@ -536,10 +631,6 @@ fn save(b: &Boot<'_>, vm: &mut Vm, pending: &snapshot::Pending) -> Result<(), Re
         }
         Err(e) => return Err(RestoreError::Fatal(boot_error(e, vm, b.opts.timeout))),
     }
-    let stream = vm
-        .take_qmp()
-        .ok_or_else(|| RestoreError::Unusable("no monitor".into()))?;
-    let mut qmp = qmp::Qmp::connect(stream, b.within(Duration::from_secs(10)))?;
     let step = || b.within(Duration::from_secs(60));
     qmp.execute("stop", None, step())?;
     let saved = (|| -> Result<(), RestoreError> {
@@ -578,7 +669,7 @@ fn restore(
     plan: &qemu::Plan,
     found: &snapshot::Saved,
     generation: u64,
-) -> Result<Vm, RestoreError> {
+) -> Result<(Vm, qmp::Qmp), RestoreError> {
     let unusable =
         |what: &str, e: &dyn std::fmt::Display| RestoreError::Unusable(format!("{what}: {e}"));
     let scratch = vm::make_scratch(&b.opts.env.tmp_dir).map_err(RestoreError::Fatal)?;
@@ -596,9 +687,9 @@ fn restore(
     };
     let mut plan = plan.clone();
     plan.root_overlay = Some(overlay);
-    plan.qmp = true;
     plan.incoming = true;
-    plan.fdsets = vec![(std::os::fd::AsRawFd::as_raw_fd(&state), 1)];
+    plan.fdsets
+        .push((std::os::fd::AsRawFd::as_raw_fd(&state), 1));
     let mut vm = b
         .start_vm(&plan, scratch, generation)
         .map_err(RestoreError::Fatal)?;
@@ -624,40 +715,94 @@ fn restore(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let entropy = snapshot::host_entropy().map_err(|e| unusable("reading host entropy", &e))?;
-    vm.send(&Request::Resume {
-        secs: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
-        nanos: now.subsec_nanos(),
-        entropy,
-    })
-    .map_err(|e| match e {
+    request_done(
+        b,
+        &mut vm,
+        &Request::Resume {
+            secs: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
+            nanos: now.subsec_nanos(),
+            entropy,
+        },
+    )?;
+    vm.set_daemon_info(found.info());
+    Ok((vm, qmp))
+}
+
+/// Sends `req` and waits (10 s at most) for its `Done`.
+fn request_done(b: &Boot<'_>, vm: &mut Vm, req: &Request) -> Result<(), RestoreError> {
+    vm.send(req).map_err(|e| match e {
         e @ (LaunchError::Timeout { .. } | LaunchError::Interrupted { .. }) => {
             RestoreError::Fatal(e)
         }
         e => RestoreError::Unusable(e.to_string()),
     })?;
     match vm.next_reply(b.rx, Some(b.within(Duration::from_secs(10)))) {
-        Ok(Reply::Done) => {}
-        Ok(Reply::Error { message }) => return Err(RestoreError::Unusable(guest_text(&message))),
-        Ok(other) => {
-            return Err(RestoreError::Unusable(format!(
-                "the daemon answered with {}",
-                describe(&other)
-            )))
-        }
+        Ok(Reply::Done) => Ok(()),
+        Ok(Reply::Error { message }) => Err(RestoreError::Unusable(guest_text(&message))),
+        Ok(other) => Err(RestoreError::Unusable(format!(
+            "the daemon answered with {}",
+            describe(&other)
+        ))),
         Err(WaitError::Signal(signal)) => {
-            return Err(RestoreError::Fatal(LaunchError::Interrupted { signal }))
+            Err(RestoreError::Fatal(LaunchError::Interrupted { signal }))
         }
         Err(WaitError::Deadline) if b.stop.check().is_err() => {
-            return Err(RestoreError::Fatal(halted(b.stop, stop::Halt::Deadline)))
+            Err(RestoreError::Fatal(halted(b.stop, stop::Halt::Deadline)))
         }
-        Err(e) => {
-            return Err(RestoreError::Unusable(format!(
-                "the restored daemon did not answer ({e:?})"
-            )))
-        }
+        Err(e) => Err(RestoreError::Unusable(format!(
+            "the daemon did not answer ({e:?})"
+        ))),
     }
-    vm.set_daemon_info(found.info());
-    Ok(vm)
+}
+
+/// Hot-plugs the added disks in order, each through its inherited
+/// descriptor, waiting for the guest to see one before adding the next so
+/// that they are `/dev/vdb`, `/dev/vdc`, ... as on a cold boot.
+fn hotplug(
+    b: &Boot<'_>,
+    vm: &mut Vm,
+    qmp: &mut qmp::Qmp,
+    disks: &[Disk],
+) -> Result<(), LaunchError> {
+    for (i, disk) in disks.iter().enumerate() {
+        let set = DISK_FDSET + i as u32;
+        let node = format!("disk{i}");
+        let file = serde_json::json!({
+            "driver": "file",
+            "filename": format!("/dev/fdset/{set}"),
+            "read-only": disk.readonly,
+        });
+        let mut blockdev = serde_json::json!({
+            "driver": disk.format.name(),
+            "node-name": node,
+            "read-only": disk.readonly,
+            "file": file,
+        });
+        if disk.format == DiskFormat::Qcow2 {
+            blockdev["backing"] = serde_json::Value::Null;
+        }
+        let failed = |e: &dyn std::fmt::Display, vm: &Vm| LaunchError::BootFailed {
+            reason: format!("adding disk {}: {e}", disk.path.display()),
+            console: vm.console_tail(),
+        };
+        let step = b.within(Duration::from_secs(30));
+        qmp.execute("blockdev-add", Some(blockdev), step)
+            .map_err(|e| failed(&e, vm))?;
+        qmp.execute(
+            "device_add",
+            Some(serde_json::json!({"driver": "virtio-blk-pci", "id": format!("vdisk{i}"), "drive": node})),
+            step,
+        )
+        .map_err(|e| failed(&e, vm))?;
+        let count = u32::try_from(i + 2).unwrap_or(u32::MAX);
+        match request_done(b, vm, &Request::AwaitDisks { count }) {
+            Ok(()) => {}
+            Err(RestoreError::Fatal(e)) => return Err(e),
+            Err(RestoreError::Unusable(why)) => return Err(failed(&why, vm)),
+        }
+        b.log(format_args!("disk {} attached", disk.path.display()));
+    }
+    Ok(())
 }
 
 /// Parses `--add`'s `PATH[:ro][:format=raw|qcow2][:allow-backing]`: options

@@ -161,6 +161,12 @@ pub enum Request {
         nanos: u32,
         entropy: Vec<u8>,
     },
+    /// Wait (a few seconds at most) until `count` virtio disks (`/dev/vd*`)
+    /// exist: the host hot-plugs disks one at a time after a restore, so
+    /// that they get their names in order; answered by `Done` or `Error`.
+    AwaitDisks {
+        count: u32,
+    },
 }
 
 /// Daemon to host.
@@ -208,6 +214,7 @@ mod kind {
     pub const H_SHUTDOWN: u8 = 0x09;
     pub const H_SYNC: u8 = 0x0a;
     pub const H_RESUME: u8 = 0x0b;
+    pub const H_AWAIT_DISKS: u8 = 0x0c;
 
     pub const D_HELLO: u8 = 0x81;
     pub const D_STDOUT: u8 = 0x82;
@@ -394,6 +401,10 @@ impl Message for Request {
                 put_u32(out, *nanos);
                 put_bytes(out, entropy);
             }
+            Request::AwaitDisks { count } => {
+                out.push(kind::H_AWAIT_DISKS);
+                put_u32(out, *count);
+            }
         }
     }
 
@@ -444,6 +455,9 @@ impl Message for Request {
             },
             kind::H_SHUTDOWN => Request::Shutdown,
             kind::H_SYNC => Request::Sync,
+            kind::H_AWAIT_DISKS => Request::AwaitDisks {
+                count: b.u32("disk count")?,
+            },
             kind::H_RESUME => {
                 let hi = b.u32("seconds")?;
                 let lo = b.u32("seconds")?;
@@ -750,6 +764,7 @@ mod tests {
             },
             Request::Shutdown,
             Request::Sync,
+            Request::AwaitDisks { count: 3 },
             Request::Resume {
                 secs: 1_764_590_000,
                 nanos: 999_999_999,

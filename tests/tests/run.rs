@@ -808,6 +808,50 @@ fn four_runs_restore_one_saved_machine_at_once() {
 }
 
 #[test]
+fn disks_are_hot_plugged_into_a_restored_machine_in_order_and_keep_their_modes() {
+    let scratch = Scratch::new("restore-disks");
+    let app = scratch.appliance("app", None);
+    let first = run_sh(&scratch, &app, "true");
+    assert!(first.stderr.contains(SAVED), "{first:?}");
+    let rw = scratch.dir.join("rw.img");
+    let mut data = vec![0u8; 1 << 20];
+    data[..8].copy_from_slice(b"RW-DISK!");
+    std::fs::write(&rw, &data).unwrap();
+    let ro = scratch.dir.join("ro.qcow2");
+    qemu_img(&[
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        ro.as_os_str(),
+        "1M".as_ref(),
+    ]);
+    let mut args = with_appliance(&app, "tcg", &["-v", "--add"]);
+    args.push(rw.clone().into());
+    args.push("--add".into());
+    args.push(spec(&ro, ":format=qcow2:ro"));
+    args.extend(os(&[
+        "--",
+        "sh",
+        "-c",
+        "cat /sys/block/vdb/ro /sys/block/vdc/ro; head -c 8 /dev/vdb; echo; \
+         printf WRITTEN | dd of=/dev/vdb bs=512 seek=1 conv=notrunc status=none; \
+         printf x | dd of=/dev/vdc conv=notrunc status=none 2>/dev/null || echo vdc-refused",
+    ]));
+    let out = supermin_run(&scratch, &args, None);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.contains(RESTORED), "{out:?}");
+    assert_eq!(
+        out.stdout_text(),
+        "0\n1\nRW-DISK!\nvdc-refused\n",
+        "{out:?}"
+    );
+    let after = std::fs::read(&rw).unwrap();
+    assert_eq!(&after[512..519], b"WRITTEN");
+    scratch.assert_tmp_clean();
+}
+
+#[test]
 fn a_corrupt_saved_machine_means_a_cold_boot_and_a_new_one() {
     let scratch = Scratch::new("restore-corrupt");
     let app = scratch.appliance("app", None);
