@@ -248,6 +248,16 @@ pub struct RunArgs {
     /// Forget that KVM failed on this host and try it again (with --accel auto)
     #[arg(long)]
     pub recheck_kvm: bool,
+    /// Share a host directory with the guest, mounted at GUEST (default: the same path),
+    /// read-only unless :rw is given: a read-write share is the one place where the guest can
+    /// change host files. qemu reads it as the user it runs as (see --qemu-user); repeatable
+    #[arg(long = "share", value_name = "HOST[:GUEST][:rw]")]
+    pub share: Vec<OsString>,
+    /// Share the current directory (read-only) at the same path and run the command there:
+    /// `runner = "supermin run --cwd-share --"` in .cargo/config.toml runs each test binary in
+    /// a fresh appliance
+    #[arg(long)]
+    pub cwd_share: bool,
     /// Boot the appliance instead of restoring its saved machine (and save none). Without it,
     /// the first run of an appliance saves the booted machine in the runtime cache and later
     /// runs restore it in a fraction of the boot time (TCG, no --add disks)

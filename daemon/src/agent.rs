@@ -196,6 +196,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::Sync => "a sync request",
         Request::Resume { .. } => "a resume request",
         Request::AwaitDisks { .. } => "a disk wait",
+        Request::Mount { .. } => "a mount request",
     }
 }
 
@@ -535,6 +536,21 @@ impl Agent<'_> {
                         Ok(()) => Reply::Done,
                         Err(message) => Reply::Error { message },
                     };
+                self.queue(&reply);
+                State::Idle
+            }
+            (
+                State::Idle,
+                Request::Mount {
+                    tag,
+                    target,
+                    readonly,
+                },
+            ) => {
+                let reply = match crate::system::mount_share(&tag, Path::new(&target), readonly) {
+                    Ok(()) => Reply::Done,
+                    Err(message) => Reply::Error { message },
+                };
                 self.queue(&reply);
                 State::Idle
             }

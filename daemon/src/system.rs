@@ -279,6 +279,43 @@ pub fn await_disks(count: u32, wait: Duration) -> Result<(), String> {
     }
 }
 
+/// Mounts the host directory shared as the 9p `tag` on `target` (its
+/// directories made first), loading the 9p modules from the root's modules
+/// tree the first time.
+pub fn mount_share(tag: &str, target: &Path, readonly: bool) -> Result<(), String> {
+    if !std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("\t9p\n")) {
+        let loaded = std::process::Command::new("modprobe")
+            .args(["-a", "9pnet_virtio", "9p"])
+            .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run modprobe for the 9p modules: {e}"))?;
+        if !loaded.status.success() {
+            return Err(format!(
+                "cannot load the 9p modules: {}",
+                String::from_utf8_lossy(&loaded.stderr).trim()
+            ));
+        }
+    }
+    std::fs::create_dir_all(target)
+        .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+    let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
+    if readonly {
+        flags |= MountFlags::RDONLY;
+    }
+    // msize: larger messages than the 8 KiB default make reads of many
+    // files much faster; cache=loose keeps what was read (a share does not
+    // change under a short-lived VM's feet in the cases this serves).
+    rustix::mount::mount(
+        tag,
+        target,
+        "9p",
+        flags,
+        Some(c"trans=virtio,version=9p2000.L,msize=512000,cache=loose"),
+    )
+    .map_err(|e| format!("cannot mount the share {tag} on {}: {e}", target.display()))
+}
+
 /// `RNDADDENTROPY` (`_IOW('R', 0x03, int[2])`) and `RNDRESEEDCRNG` (`_IO('R', 0x07)`)
 /// from `<linux/random.h>`.
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;

@@ -19,7 +19,7 @@ mod snapshot;
 mod stop;
 mod vm;
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -146,6 +146,10 @@ pub struct RunOptions {
     pub saved_machines: Option<PathBuf>,
     /// Boot cold even when a saved machine could be restored (and save none).
     pub cold: bool,
+    /// Host directories mounted in the guest (9p).
+    pub shares: Vec<Share>,
+    /// The command's directory in the appliance; `/` when `None`.
+    pub cwd: Option<PathBuf>,
     /// Directory with `kernel`, `initrd`, `root` and maybe `vmlinux`.
     pub appliance: PathBuf,
     pub accel: Accel,
@@ -805,6 +809,70 @@ fn hotplug(
     Ok(())
 }
 
+/// A host directory shared with the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    pub host: PathBuf,
+    /// Where it is mounted in the guest.
+    pub guest: PathBuf,
+    /// The guest may write (the one place where it can change host files).
+    pub writable: bool,
+}
+
+/// Why a user other than the owner (qemu after it dropped root) could not
+/// read (or, when `write`, write) `dir`: the first directory on its path
+/// that others may not search, or `dir` itself lacking the permission.
+pub fn unreachable_by_others(dir: &Path, write: bool) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut at = PathBuf::from("/");
+    for part in dir.components().skip(1) {
+        let mode = std::fs::metadata(&at).ok()?.permissions().mode();
+        if mode & 0o001 == 0 {
+            return Some(format!("{} is mode {:04o}", at.display(), mode & 0o7777));
+        }
+        at.push(part);
+    }
+    let mode = std::fs::metadata(dir).ok()?.permissions().mode();
+    let need = if write { 0o007 } else { 0o005 };
+    (mode & need != need).then(|| format!("{} is mode {:04o}", dir.display(), mode & 0o7777))
+}
+
+/// Parses `--share HOST[:GUEST][:rw]`: `GUEST` defaults to `HOST`'s path.
+pub fn parse_share_spec(spec: &OsStr) -> Result<Share, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = spec.as_bytes();
+    let (mut body, writable) = match bytes.strip_suffix(b":rw") {
+        Some(b) => (b, true),
+        None => (bytes.strip_suffix(b":ro").unwrap_or(bytes), false),
+    };
+    let mut guest = None;
+    // HOST:GUEST, where GUEST is absolute: split at the last ":/".
+    if let Some(i) = body.windows(2).rposition(|w| w == b":/") {
+        guest = Some(PathBuf::from(OsStr::from_bytes(&body[i + 1..])));
+        body = &body[..i];
+    }
+    if body.is_empty() {
+        return Err(format!("{}: no host directory", spec.to_string_lossy()));
+    }
+    let host = PathBuf::from(OsStr::from_bytes(body));
+    let host = std::fs::canonicalize(&host).map_err(|e| format!("{}: {e}", host.display()))?;
+    if !host.is_dir() {
+        return Err(format!("{} is not a directory", host.display()));
+    }
+    let guest = guest.unwrap_or_else(|| host.clone());
+    if !guest.is_absolute() || guest == Path::new("/") {
+        return Err(format!(
+            "{}: the guest directory must be absolute and not /",
+            spec.to_string_lossy()
+        ));
+    }
+    Ok(Share {
+        host,
+        guest,
+        writable,
+    })
+}
+
 /// Parses `--add`'s `PATH[:ro][:format=raw|qcow2][:allow-backing]`: options
 /// are peeled off the end while they are ones we know, so a path may itself
 /// contain colons.
@@ -898,7 +966,7 @@ pub fn run(opts: &RunOptions) -> Result<i32, LaunchError> {
         return Err(LaunchError::NoCommand);
     }
     let mut session = Session::boot(opts)?;
-    let status = session.exec(&opts.argv, opts.stdin)?;
+    let status = session.exec_in(&opts.argv, opts.stdin, opts.cwd.as_deref())?;
     session.shutdown();
     Ok(status.shell_code())
 }
@@ -972,6 +1040,11 @@ impl Session {
             qmp: false,
             incoming: false,
             fdsets: Vec::new(),
+            shares: opts
+                .shares
+                .iter()
+                .map(|s| (s.host.clone(), s.writable))
+                .collect(),
         };
 
         let verdict_file = accel::verdict_file(opts.env.runtime_dir.as_deref(), &opts.env.tmp_dir);
@@ -1070,6 +1143,10 @@ impl Session {
             "appliance ready: {}",
             vm::printable(session.vm.daemon_info().as_bytes())
         ));
+        let mut session = session;
+        for (i, share) in opts.shares.iter().enumerate() {
+            session.mount(i, share)?;
+        }
         Ok(session)
     }
 
@@ -1079,6 +1156,32 @@ impl Session {
                 "supermin: run: [{:>6.3}s] {what}",
                 self.start.elapsed().as_secs_f64()
             );
+        }
+    }
+
+    /// Mounts share `i` (the `i`th 9p device) in the guest.
+    fn mount(&mut self, i: usize, share: &Share) -> Result<(), LaunchError> {
+        self.vm.send(&Request::Mount {
+            tag: qemu::share_tag(i),
+            target: share.guest.as_os_str().to_os_string(),
+            readonly: !share.writable,
+        })?;
+        match self.next_reply()? {
+            Reply::Done => {
+                self.log(format_args!(
+                    "{} shared at {}{}",
+                    share.host.display(),
+                    share.guest.display(),
+                    if share.writable { " (read-write)" } else { "" }
+                ));
+                Ok(())
+            }
+            Reply::Error { message } => Err(LaunchError::Daemon {
+                message: guest_text(&message),
+            }),
+            other => Err(LaunchError::Unexpected {
+                got: describe(&other),
+            }),
         }
     }
 
@@ -1107,6 +1210,16 @@ impl Session {
     /// Runs `argv` in the appliance with our stdout and stderr as its own
     /// (and our stdin when `stdin`); returns how it ended.
     pub fn exec(&mut self, argv: &[OsString], stdin: bool) -> Result<ExitStatus, LaunchError> {
+        self.exec_in(argv, stdin, None)
+    }
+
+    /// [`Session::exec`] in the directory `cwd` of the appliance (`/` when `None`).
+    pub fn exec_in(
+        &mut self,
+        argv: &[OsString],
+        stdin: bool,
+        cwd: Option<&Path>,
+    ) -> Result<ExitStatus, LaunchError> {
         if argv.is_empty() {
             return Err(LaunchError::NoCommand);
         }
@@ -1114,7 +1227,7 @@ impl Session {
         self.vm.send(&Request::Exec(ExecRequest {
             argv: argv.to_vec(),
             env: Vec::new(),
-            cwd: None,
+            cwd: cwd.map(|c| c.as_os_str().to_os_string()),
             stdin,
         }))?;
         let stop_stdin = Arc::new(AtomicBool::new(false));
@@ -1623,6 +1736,8 @@ mod tests {
             on_notice: |_| {},
             saved_machines: None,
             cold: false,
+            shares: Vec::new(),
+            cwd: None,
             appliance: "/nonexistent".into(),
             accel: Accel::Tcg,
             memory_mib: 512,

@@ -247,6 +247,14 @@ pub struct Plan {
     /// a qemu that dropped root still reads and writes files in our private
     /// cache.
     pub fdsets: Vec<(i32, u32)>,
+    /// Host directories shared with the guest over 9p, in order (tags
+    /// [`share_tag`]); `true` = the guest may write.
+    pub shares: Vec<(PathBuf, bool)>,
+}
+
+/// The 9p mount tag of the `i`th share.
+pub fn share_tag(i: usize) -> String {
+    format!("supermin{i}")
 }
 
 /// The kernel command line for our init (see `init/src/cmdline.rs`) and the
@@ -380,6 +388,19 @@ pub fn args(plan: &Plan, channel_fd: i32, qmp_fd: Option<i32>) -> Vec<OsString> 
     a.push("-append".into());
     a.push(plan.cmdline.clone().into());
 
+    for (i, (dir, writable)) in plan.shares.iter().enumerate() {
+        // security_model=none: files are accessed as qemu's own user, with
+        // no ownership games; readonly=on makes qemu refuse every write.
+        let ro = if *writable { "" } else { ",readonly=on" };
+        a.push("-fsdev".into());
+        a.push(opt(
+            &format!("local,id=fs{i},path="),
+            dir,
+            &format!(",security_model=none{ro}"),
+        ));
+        a.push("-device".into());
+        a.push(format!("virtio-9p-pci,fsdev=fs{i},mount_tag={}", share_tag(i)).into());
+    }
     match &plan.root_overlay {
         None => {
             a.push("-drive".into());
@@ -483,6 +504,7 @@ mod tests {
             qmp: false,
             incoming: false,
             fdsets: Vec::new(),
+            shares: vec![("/h/a,b".into(), false), ("/h/w".into(), true)],
         }
     }
 
@@ -560,6 +582,23 @@ mod tests {
         p.disks[1].allow_backing = true;
         let allowed = joined(&p);
         assert!(!allowed.contains("backing"), "{allowed}");
+    }
+
+    #[test]
+    fn shares_are_9p_devices_read_only_unless_writable() {
+        let s = joined(&plan());
+        assert!(
+            s.contains("-fsdev local,id=fs0,path=/h/a,,b,security_model=none,readonly=on"),
+            "{s}"
+        );
+        assert!(
+            s.contains("-fsdev local,id=fs1,path=/h/w,security_model=none -device"),
+            "{s}"
+        );
+        assert!(
+            s.contains("virtio-9p-pci,fsdev=fs1,mount_tag=supermin1"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -167,6 +167,13 @@ pub enum Request {
     AwaitDisks {
         count: u32,
     },
+    /// Mount the host directory shared under the 9p `tag` on `target`
+    /// (created if missing); answered by `Done` or `Error`.
+    Mount {
+        tag: String,
+        target: OsString,
+        readonly: bool,
+    },
 }
 
 /// Daemon to host.
@@ -215,6 +222,7 @@ mod kind {
     pub const H_SYNC: u8 = 0x0a;
     pub const H_RESUME: u8 = 0x0b;
     pub const H_AWAIT_DISKS: u8 = 0x0c;
+    pub const H_MOUNT: u8 = 0x0d;
 
     pub const D_HELLO: u8 = 0x81;
     pub const D_STDOUT: u8 = 0x82;
@@ -405,6 +413,16 @@ impl Message for Request {
                 out.push(kind::H_AWAIT_DISKS);
                 put_u32(out, *count);
             }
+            Request::Mount {
+                tag,
+                target,
+                readonly,
+            } => {
+                out.push(kind::H_MOUNT);
+                put_bytes(out, tag.as_bytes());
+                put_bytes(out, target.as_bytes());
+                out.push(u8::from(*readonly));
+            }
         }
     }
 
@@ -457,6 +475,11 @@ impl Message for Request {
             kind::H_SYNC => Request::Sync,
             kind::H_AWAIT_DISKS => Request::AwaitDisks {
                 count: b.u32("disk count")?,
+            },
+            kind::H_MOUNT => Request::Mount {
+                tag: b.string("tag")?,
+                target: b.os("target")?,
+                readonly: b.bool("read-only flag")?,
             },
             kind::H_RESUME => {
                 let hi = b.u32("seconds")?;
@@ -765,6 +788,11 @@ mod tests {
             Request::Shutdown,
             Request::Sync,
             Request::AwaitDisks { count: 3 },
+            Request::Mount {
+                tag: "supermin0".into(),
+                target: OsString::from_vec(b"/home/a b/\xff".to_vec()),
+                readonly: true,
+            },
             Request::Resume {
                 secs: 1_764_590_000,
                 nanos: 999_999_999,

@@ -83,6 +83,8 @@ impl Hostile {
             qemu_user: None,
             saved_machines: None,
             cold: false,
+            shares: Vec::new(),
+            cwd: None,
             on_notice: |_| {},
             appliance: self.dir.join("app"),
             accel: Accel::Tcg,

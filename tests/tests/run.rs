@@ -1057,6 +1057,8 @@ fn a_session_uploads_runs_and_downloads_files() {
         qemu_user: None,
         saved_machines: None,
         cold: false,
+        shares: Vec::new(),
+        cwd: None,
         on_notice: |n| panic!("no notice expected under TCG: {n}"),
         appliance: app,
         accel: Accel::Tcg,

@@ -53,11 +53,36 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         Some(t) => anyhow::bail!("--timeout {t} is not a positive number of seconds"),
         None => None,
     };
+    let qemu_user = qemu_user(args.qemu_user.as_deref())?;
+    let mut shares = Vec::new();
+    for spec in &args.share {
+        shares.push(launcher::parse_share_spec(spec).map_err(|e| anyhow::anyhow!("--share {e}"))?);
+    }
+    let mut cwd = None;
+    if args.cwd_share {
+        let here =
+            std::env::current_dir().context("--cwd-share: cannot tell the current directory")?;
+        shares.push(
+            launcher::parse_share_spec(here.as_os_str())
+                .map_err(|e| anyhow::anyhow!("--cwd-share: {e}"))?,
+        );
+        cwd = Some(here);
+    }
+    if let Some(user) = &qemu_user {
+        for share in &shares {
+            if let Some(why) = launcher::unreachable_by_others(&share.host, share.writable) {
+                anyhow::bail!(
+                    "qemu runs as {user}, which cannot {} {} ({why}): make it reachable, or pass --qemu-user root to share it as root",
+                    if share.writable { "write" } else { "read" },
+                    share.host.display()
+                );
+            }
+        }
+    }
     let appliance = match &args.appliance {
         Some(dir) => dir.clone(),
         None => default_appliance(args.verbose, false)?,
     };
-    let qemu_user = qemu_user(args.qemu_user.as_deref())?;
     let mut opts = RunOptions {
         env: LaunchEnv::from_process(),
         recheck_kvm: args.recheck_kvm,
@@ -68,6 +93,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             Err(_) => None,
         },
         cold: args.cold,
+        shares,
+        cwd,
         appliance,
         accel,
         memory_mib: args.memory,
