@@ -219,10 +219,10 @@ mod kind {
     pub const H_FILE_END: u8 = 0x07;
     pub const H_DOWNLOAD: u8 = 0x08;
     pub const H_SHUTDOWN: u8 = 0x09;
-    pub const H_SYNC: u8 = 0x0a;
-    pub const H_RESUME: u8 = 0x0b;
-    pub const H_AWAIT_DISKS: u8 = 0x0c;
-    pub const H_MOUNT: u8 = 0x0d;
+    pub const H_SYNC: u8 = 0x10;
+    pub const H_RESUME: u8 = 0x11;
+    pub const H_AWAIT_DISKS: u8 = 0x12;
+    pub const H_MOUNT: u8 = 0x13;
 
     pub const D_HELLO: u8 = 0x81;
     pub const D_STDOUT: u8 = 0x82;
