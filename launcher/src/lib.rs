@@ -646,6 +646,7 @@ impl Session {
             env: Vec::new(),
             cwd: None,
             stdin,
+            pty: None,
         }))?;
         let stop_stdin = Arc::new(AtomicBool::new(false));
         if stdin {
@@ -906,6 +907,7 @@ fn describe(reply: &Reply) -> String {
         Reply::FileEnd => "end of file".into(),
         Reply::Done => "done".into(),
         Reply::Error { message } => format!("error ({})", guest_text(message)),
+        Reply::Entries(e) => format!("directory entries ({})", e.len()),
     }
 }
 
