@@ -777,8 +777,8 @@ fn entry_name(path: &OsStr) -> OsString {
 
 fn lstat_entry(path: &Path, name: OsString) -> Result<Entry, String> {
     use std::os::unix::fs::MetadataExt;
-    let meta =
-        std::fs::symlink_metadata(path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
     let ft = meta.file_type();
     let (kind, target) = if ft.is_symlink() {
         let target = std::fs::read_link(path)
@@ -1414,7 +1414,10 @@ mod tests {
                 "stty size; read line; stty size; echo got-$line; exit 3".into(),
             ],
             stdin: true,
-            pty: Some(WinSize { rows: 30, cols: 100 }),
+            pty: Some(WinSize {
+                rows: 30,
+                cols: 100,
+            }),
             ..Default::default()
         }));
         let mut out = Vec::new();
@@ -1425,7 +1428,10 @@ mod tests {
                 end => break end,
             }
             if !sent && String::from_utf8_lossy(&out).contains("30 100") {
-                host.send(&Request::Resize(WinSize { rows: 40, cols: 120 }));
+                host.send(&Request::Resize(WinSize {
+                    rows: 40,
+                    cols: 120,
+                }));
                 host.send(&Request::Stdin(b"typed\r".to_vec()));
                 sent = true;
             }
@@ -1433,7 +1439,10 @@ mod tests {
         let text = String::from_utf8_lossy(&out).replace('\r', "");
         assert_eq!(end, Reply::Exit(ExitStatus::Code(3)), "{text}");
         // The terminal echoes what was typed; its size followed the resize.
-        assert!(text.contains("30 100\ntyped\n40 120\ngot-typed\n"), "{text:?}");
+        assert!(
+            text.contains("30 100\ntyped\n40 120\ngot-typed\n"),
+            "{text:?}"
+        );
         host.shutdown();
     }
 
@@ -1530,7 +1539,10 @@ mod tests {
         // The umask (022 in the appliance, whatever here) does not apply.
         assert_eq!((f.kind, f.mode, f.size), (EntryKind::File, 0o777, 4));
         assert_eq!(f.mtime, t);
-        assert_eq!((l.kind, l.target.as_os_str()), (EntryKind::Symlink, OsStr::new("f")));
+        assert_eq!(
+            (l.kind, l.target.as_os_str()),
+            (EntryKind::Symlink, OsStr::new("f"))
+        );
         assert_eq!(l.mtime, t);
         host.send(&Request::Lstat { path: d.into() });
         match host.recv() {

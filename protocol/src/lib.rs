@@ -951,7 +951,10 @@ mod tests {
                 env: vec![("A".into(), "b=c".into()), ("EMPTY".into(), "".into())],
                 cwd: Some("/tmp".into()),
                 stdin: true,
-                pty: Some(WinSize { rows: 30, cols: 100 }),
+                pty: Some(WinSize {
+                    rows: 30,
+                    cols: 100,
+                }),
             }),
             Request::Exec(ExecRequest::default()),
             Request::Stdin(b"line\n".to_vec()),
@@ -971,7 +974,9 @@ mod tests {
                 rows: 50,
                 cols: 132,
             }),
-            Request::Lstat { path: "/etc".into() },
+            Request::Lstat {
+                path: "/etc".into(),
+            },
             Request::ListDir { path: "/".into() },
             Request::Mkdir {
                 path: "/d".into(),
@@ -1052,7 +1057,10 @@ mod tests {
         let bytes = frame(&Reply::Entries(vec![e]));
         assert!(matches!(
             read_message::<Reply, _>(&mut &bytes[..]),
-            Err(ProtocolError::BadValue { what: "entry mode", .. })
+            Err(ProtocolError::BadValue {
+                what: "entry mode",
+                ..
+            })
         ));
         let mut e = entry("f", EntryKind::File, "");
         e.mtime.nsec = 1_000_000_000;

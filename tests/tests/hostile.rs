@@ -91,6 +91,12 @@ impl Hostile {
             verbose: false,
             argv: Vec::new(),
             stdin: false,
+            command_env: Vec::new(),
+            cwd: None,
+            interactive: None,
+            copy_in: Vec::new(),
+            copy_out: Vec::new(),
+            copy_out_limit: 1 << 30,
         }
     }
 
