@@ -30,7 +30,8 @@ pub enum Command {
     Build(BuildArgs),
     Mkfs(MkfsArgs),
     Kernel(KernelArgs),
-    Run(RunArgs),
+    // Boxed: the largest arguments by far, parsed once.
+    Run(Box<RunArgs>),
     UpdateAppliance(UpdateArgs),
 }
 
@@ -315,7 +316,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed, UsageError> {
     if SUBCOMMANDS.contains(&first) {
         return match Extended::try_parse_from(argv) {
             Ok(ext) => Ok(Parsed::Command(match ext.command {
-                Sub::Run(a) => Command::Run(a),
+                Sub::Run(a) => Command::Run(Box::new(a)),
                 Sub::Mkfs(a) => Command::Mkfs(a),
                 Sub::Kernel(a) => Command::Kernel(a),
                 Sub::UpdateAppliance(a) => Command::UpdateAppliance(a),
