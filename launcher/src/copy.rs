@@ -40,8 +40,11 @@ const MAX_LISTING: usize = 100_000;
 const MAX_ENTRIES: u64 = 1_000_000;
 /// Directory levels below the top of a copy-out.
 const MAX_DEPTH: usize = 128;
-/// Longest name a Linux filesystem takes.
+/// Longest name a Linux filesystem takes, and longest symlink target.
 const MAX_NAME: usize = 255;
+const MAX_TARGET: usize = 4095;
+/// Names and link targets one listing may hold in memory.
+const MAX_LISTING_BYTES: usize = 16 << 20;
 
 /// What is left of one copy-out's allowance.
 struct Budget {
@@ -140,6 +143,7 @@ impl Session {
     ) -> Result<Vec<Entry>, LaunchError> {
         self.vm.send(&req)?;
         let mut all = Vec::new();
+        let mut held = 0usize;
         loop {
             match self.next_reply()? {
                 Reply::Entries(entries) => {
@@ -153,7 +157,38 @@ impl Session {
                         });
                     }
                     for e in &entries {
-                        budget.take_bytes((e.name.len() + e.target.len()) as u64)?;
+                        // Checked as they arrive, so that a listing of long
+                        // names cannot make us hold much before it is refused.
+                        let why = if e.name.len() > MAX_NAME {
+                            Some("it is longer than 255 bytes")
+                        } else if e.target.len() > MAX_TARGET {
+                            Some("its symlink target is longer than 4095 bytes")
+                        } else {
+                            None
+                        };
+                        if let Some(why) = why {
+                            self.vm.stop();
+                            return Err(LaunchError::UnsafeName {
+                                name: vm_text(OsStr::from_bytes(
+                                    &e.name.as_bytes()[..e.name.len().min(64)],
+                                )),
+                                remote: budget.remote.clone(),
+                                why,
+                            });
+                        }
+                        held += e.name.len() + e.target.len();
+                        if let Err(err) = budget.take_bytes((e.name.len() + e.target.len()) as u64)
+                        {
+                            self.vm.stop();
+                            return Err(err);
+                        }
+                    }
+                    if held > MAX_LISTING_BYTES {
+                        self.vm.stop();
+                        return Err(LaunchError::CopyOutTooMany {
+                            remote: budget.remote.clone(),
+                            max: all.len() + entries.len(),
+                        });
                     }
                     all.extend(entries);
                 }

@@ -470,3 +470,38 @@ fn copy_out_never_follows_a_symlink_the_guest_had_us_make() {
     );
     h.assert_tmp_clean();
 }
+
+#[test]
+fn an_endless_copy_out_stops_at_its_limit_and_leaves_no_file() {
+    let h = Hostile::new("endless-copy-out");
+    let dest = h.dir.join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let spec = format!("/x:{}", dest.display());
+    let mut child = h
+        .command(
+            "endless-copy-out",
+            &[
+                "--copy-out",
+                &spec,
+                "--copy-out-limit",
+                "8M",
+                "--timeout",
+                "60",
+            ],
+            &["true"],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = stderr_of(&mut child);
+    let (status, peak) = wait_sampling(&mut child);
+    let stderr = err.recv().unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("8388608-byte limit"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(tree_of(&dest).is_empty(), "{:?}", tree_of(&dest));
+    assert!(peak < MEMORY_LIMIT_KIB, "the launcher grew to {peak} KiB");
+    h.assert_tmp_clean();
+}

@@ -17,7 +17,9 @@
 //!   `a/b`, ...);
 //! - `symlink-then-dir`: for two copy-outs of one path: the first finds a
 //!   symlink to `$HOSTILE_TARGET`, the second a directory holding a file
-//!   `pwned`, which must not land where the symlink points.
+//!   `pwned`, which must not land where the symlink points;
+//! - `endless-copy-out`: for copy-out: the command exits 0, the guest path
+//!   is a file that claims 1 byte and whose download never ends.
 //!
 //! `-help` prints a qemu-like first line and nothing else (no `-sandbox`),
 //! as the launcher asks once per run.
@@ -88,7 +90,16 @@ fn main() {
                     message: "\x1b]0;pwned\x07\x1b[2J\x1b[31mred\rover\nnext\x1b[0m".into(),
                 },
             ),
-            ("bad-name" | "symlink-then-dir", Request::Exec(_)) => {
+            ("endless-copy-out", Request::Lstat { .. }) => {
+                let mut e = entry("x", EntryKind::File, "");
+                e.size = 1;
+                send(&mut chan, &Reply::Entries(vec![e]));
+                send(&mut chan, &Reply::Done);
+            }
+            ("endless-copy-out", Request::Download { .. }) => loop {
+                send(&mut chan, &Reply::FileData(vec![b'd'; CHUNK]));
+            },
+            ("bad-name" | "symlink-then-dir" | "endless-copy-out", Request::Exec(_)) => {
                 send(&mut chan, &Reply::Exit(ExitStatus::Code(0)));
             }
             ("bad-name", Request::Lstat { .. }) => {
