@@ -267,49 +267,101 @@ fn has_prompt(screen: &str) -> bool {
     screen.lines().any(|l| l.trim_end().ends_with('#'))
 }
 
+/// `supermin run -i ARGS` in a 100x30 tmux pane, between two `stty -a`s of
+/// the pane's terminal; its exit status goes to a file.
+struct Session {
+    tmux: Tmux,
+    status: PathBuf,
+    before: PathBuf,
+    after: PathBuf,
+}
+
+impl Session {
+    fn start(s: &Scratch, app: &Path, args: &str) -> Session {
+        let status = s.dir.join("status");
+        let (before, after) = (s.dir.join("stty-before"), s.dir.join("stty-after"));
+        let script = s.dir.join("session.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nstty -a > '{before}'\n'{bin}' run --appliance '{app}' --accel tcg {args} -i\necho $? > '{status}.tmp'\nstty -a > '{after}'\nmv '{status}.tmp' '{status}'\nexec sleep 1000\n",
+                before = before.display(),
+                after = after.display(),
+                bin = supermin_bin().display(),
+                app = app.display(),
+                status = status.display(),
+            ),
+        )
+        .unwrap();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let tmux = Tmux {
+            socket: format!(
+                "supermin-rescue-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+        };
+        let started = tmux.cmd(&[
+            "new-session",
+            "-d",
+            "-s",
+            "rescue",
+            "-x",
+            "100",
+            "-y",
+            "30",
+            "-e",
+            &format!("TMPDIR={}", s.tmp().display()),
+            "-e",
+            "XDG_RUNTIME_DIR=",
+            "sh",
+            &script.display().to_string(),
+        ]);
+        assert!(started.status.success(), "{}", text(&started.stderr));
+        Session {
+            tmux,
+            status,
+            before,
+            after,
+        }
+    }
+
+    /// The launcher's exit status, once it has ended.
+    #[track_caller]
+    fn wait_exit(&self) -> i32 {
+        let until = Instant::now() + WATCHDOG;
+        while !self.status.exists() {
+            assert!(
+                Instant::now() < until,
+                "no exit; screen:\n{}",
+                self.tmux.screen()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::fs::read_to_string(&self.status)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[track_caller]
+    fn assert_terminal_restored(&self) {
+        assert_eq!(
+            std::fs::read_to_string(&self.before).unwrap(),
+            std::fs::read_to_string(&self.after).unwrap(),
+            "the terminal was not restored"
+        );
+    }
+}
+
 #[test]
 fn interactive_shell_has_a_real_terminal_job_control_and_returns_the_exit_status() {
     let s = Scratch::new("interactive");
     let app = s.appliance();
-    let status = s.dir.join("status");
-    let (before, after) = (s.dir.join("stty-before"), s.dir.join("stty-after"));
-    // What runs in the tmux pane: the launcher between two `stty -a`s of the
-    // pane's terminal, then its exit status into a file.
-    let script = s.dir.join("session.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nstty -a > '{before}'\n'{bin}' run --appliance '{app}' --accel tcg --timeout 170 -i\necho $? > '{status}.tmp'\nstty -a > '{after}'\nmv '{status}.tmp' '{status}'\nexec sleep 1000\n",
-            before = before.display(),
-            after = after.display(),
-            bin = supermin_bin().display(),
-            app = app.display(),
-            status = status.display(),
-        ),
-    )
-    .unwrap();
-    let tmux = Tmux {
-        socket: format!("supermin-rescue-{}", std::process::id()),
-    };
-    let tmp = s.tmp();
-    let started = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "rescue",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        "-e",
-        &format!("TMPDIR={}", tmp.display()),
-        "-e",
-        "XDG_RUNTIME_DIR=",
-        "sh",
-        &script.display().to_string(),
-    ]);
-    assert!(started.status.success(), "{}", text(&started.stderr));
-
+    let session = Session::start(&s, &app, "--timeout 170");
+    let tmux = &session.tmux;
+    let status = &session.status;
     tmux.wait_for("the shell's prompt", has_prompt);
     tmux.keys(&["stty size", "Enter"]);
     tmux.wait_for("stty size of the pane", |s| s.contains("\n30 100"));
@@ -332,20 +384,33 @@ fn interactive_shell_has_a_real_terminal_job_control_and_returns_the_exit_status
     tmux.cmd(&["resize-window", "-t", "rescue", "-x", "100", "-y", "30"]);
     std::thread::sleep(Duration::from_millis(500));
     tmux.keys(&["exit 3", "Enter"]);
-    let until = Instant::now() + WATCHDOG;
-    while !status.exists() {
-        assert!(
-            Instant::now() < until,
-            "no exit; screen:\n{}",
-            tmux.screen()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(std::fs::read_to_string(&status).unwrap().trim(), "3");
-    assert_eq!(
-        std::fs::read_to_string(&before).unwrap(),
-        std::fs::read_to_string(&after).unwrap(),
-        "the terminal was not restored"
-    );
+    assert_eq!(session.wait_exit(), 3);
+    session.assert_terminal_restored();
+    s.assert_tmp_clean();
+}
+
+#[test]
+fn the_escape_and_the_timeout_end_a_stuck_session_and_restore_the_terminal() {
+    let s = Scratch::new("escape");
+    let app = s.appliance();
+    let session = Session::start(&s, &app, "--timeout 170");
+    session.tmux.wait_for("the shell's prompt", has_prompt);
+    // A job that ignores Ctrl-C: only the escape gets out.
+    session.tmux.keys(&["trap '' INT; sleep 1000", "Enter"]);
+    std::thread::sleep(Duration::from_secs(1));
+    session.tmux.keys(&["C-c", "Enter", "~."]);
+    assert_eq!(session.wait_exit(), 255);
+    session.assert_terminal_restored();
+    let screen = session.tmux.screen();
+    assert!(screen.contains("escape"), "{screen}");
+    drop(session);
+    s.assert_tmp_clean();
+    std::fs::remove_file(s.dir.join("status")).unwrap();
+
+    let session = Session::start(&s, &app, "--timeout 40");
+    session.tmux.wait_for("the shell's prompt", has_prompt);
+    session.tmux.keys(&["sleep 1000", "Enter"]);
+    assert_eq!(session.wait_exit(), 124, "like timeout(1)");
+    session.assert_terminal_restored();
     s.assert_tmp_clean();
 }
