@@ -30,7 +30,8 @@ pub enum Command {
     Build(BuildArgs),
     Mkfs(MkfsArgs),
     Kernel(KernelArgs),
-    Run(RunArgs),
+    // Boxed: the largest arguments by far, parsed once.
+    Run(Box<RunArgs>),
     UpdateAppliance(UpdateArgs),
 }
 
@@ -291,8 +292,33 @@ pub struct RunArgs {
     /// Show the console and what is done
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
     pub verbose: u8,
-    /// The command and its arguments
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// Interactive: run CMD (default: a login shell) on a terminal in the appliance connected
+    /// to ours (stdin must be a terminal). Type ~. after Enter to end a stuck session
+    #[arg(short = 'i', long = "interactive")]
+    pub interactive: bool,
+    /// Set a variable for the command; repeatable
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// The command's working directory in the appliance (default: /)
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<OsString>,
+    /// Copy a host file or directory (modes, times and symlinks kept) into a directory of the
+    /// appliance before the command; repeatable
+    #[arg(long = "copy-in", value_name = "HOST_PATH:GUEST_DIR")]
+    pub copy_in: Vec<String>,
+    /// Copy an appliance file or directory into a host directory after the command, even when
+    /// it failed; repeatable. Set-id and sticky bits are dropped
+    #[arg(long = "copy-out", value_name = "GUEST_PATH:HOST_DIR")]
+    pub copy_out: Vec<String>,
+    /// Most bytes one --copy-out may bring (file data, names, link targets), e.g. 512M, 8G
+    #[arg(long = "copy-out-limit", value_name = "SIZE", default_value = "4G")]
+    pub copy_out_limit: String,
+    /// The command and its arguments (optional with -i)
+    #[arg(
+        last = true,
+        required_unless_present = "interactive",
+        value_name = "CMD"
+    )]
     pub argv: Vec<OsString>,
 }
 
@@ -336,7 +362,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed, UsageError> {
     if SUBCOMMANDS.contains(&first) {
         return match Extended::try_parse_from(argv) {
             Ok(ext) => Ok(Parsed::Command(match ext.command {
-                Sub::Run(a) => Command::Run(a),
+                Sub::Run(a) => Command::Run(Box::new(a)),
                 Sub::Mkfs(a) => Command::Mkfs(a),
                 Sub::Kernel(a) => Command::Kernel(a),
                 Sub::UpdateAppliance(a) => Command::UpdateAppliance(a),
@@ -615,6 +641,36 @@ mod tests {
         assert!(e.contains("supermin run --help"), "{e}");
         let e = parse_str(&["run", "uname"]).unwrap_err().to_string();
         assert!(e.contains("'uname'") && e.contains("after `--`"), "{e}");
+    }
+
+    #[test]
+    fn run_takes_interactive_files_env_and_cwd() {
+        match parse_str(&[
+            "run",
+            "-i",
+            "--env",
+            "A=b",
+            "--env",
+            "C=",
+            "--cwd",
+            "/tmp",
+            "--copy-in",
+            "x:/root",
+            "--copy-out",
+            "/etc/fstab:.",
+            "--copy-out-limit",
+            "1G",
+        ]) {
+            Ok(Parsed::Command(Command::Run(r))) => {
+                assert!(r.interactive && r.argv.is_empty());
+                assert_eq!(r.env, ["A=b", "C="]);
+                assert_eq!(r.cwd.as_deref(), Some(std::ffi::OsStr::new("/tmp")));
+                assert_eq!(r.copy_in, ["x:/root"]);
+                assert_eq!(r.copy_out, ["/etc/fstab:."]);
+                assert_eq!(r.copy_out_limit, "1G");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -27,8 +27,8 @@ use rustix::io::Errno;
 use rustix::process::{Pid, Signal, WaitOptions};
 
 use supermin_protocol::{
-    encode_frame, ExecRequest, ExitStatus, FrameDecoder, Hello, ProtocolError, Reply, Request,
-    CHUNK, PROTOCOL_VERSION,
+    encode_frame, entry_wire_len, Entry, EntryKind, ExecRequest, ExitStatus, FrameDecoder, Hello,
+    ProtocolError, Reply, Request, Time, WinSize, CHUNK, PROTOCOL_VERSION,
 };
 
 /// Output queued for the host above which the command's pipes and file
@@ -45,6 +45,8 @@ const NO_PIDFD_TICK_MS: i64 = 50;
 /// (`sh -c 'sleep 100 & echo hi'`) would otherwise hold the run until it ends, though the
 /// VM is thrown away after the command; output that keeps flowing is still relayed.
 const DRAIN_QUIET_MS: u64 = 500;
+/// Bytes of directory entries per `Entries` reply: well within a frame.
+const ENTRIES_PER_FRAME: usize = 4 * CHUNK;
 
 /// How the daemon behaves; [`AgentConfig::pid1`] is the appliance setting.
 #[derive(Debug, Clone)]
@@ -197,6 +199,12 @@ fn request_name(r: &Request) -> &'static str {
         Request::Resume { .. } => "a resume request",
         Request::AwaitDisks { .. } => "a disk wait",
         Request::Mount { .. } => "a mount request",
+        Request::Resize(_) => "a terminal resize",
+        Request::Lstat { .. } => "an lstat request",
+        Request::ListDir { .. } => "a directory listing request",
+        Request::Mkdir { .. } => "a mkdir request",
+        Request::Symlink { .. } => "a symlink request",
+        Request::SetTimes { .. } => "a set-times request",
     }
 }
 
@@ -207,6 +215,8 @@ struct Running {
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
     stdin: Option<OwnedFd>,
+    /// The pseudo-terminal's master side, when the command runs on one.
+    pty: Option<OwnedFd>,
     stdin_buf: Vec<u8>,
     stdin_eof: bool,
     status: Option<ExitStatus>,
@@ -456,14 +466,21 @@ impl Agent<'_> {
             (State::Idle, Request::Exec(exec)) => self.start(exec),
             (State::Idle, Request::Upload { path, mode }) => {
                 self.log(format_args!("upload {}", Path::new(&path).display()));
+                let shown = Path::new(&path).display();
                 State::Uploading(
                     std::fs::OpenOptions::new()
                         .write(true)
                         .create(true)
                         .truncate(true)
-                        .mode(mode)
+                        .mode(mode & 0o7777)
                         .open(&path)
-                        .map_err(|e| format!("cannot create {}: {e}", Path::new(&path).display())),
+                        .map_err(|e| format!("cannot create {shown}: {e}"))
+                        .and_then(|f| {
+                            // The umask must not change what the host asked for.
+                            rustix::fs::fchmod(&f, rustix::fs::Mode::from_raw_mode(mode & 0o7777))
+                                .map_err(|e| format!("cannot set the mode of {shown}: {e}"))?;
+                            Ok(f)
+                        }),
                 )
             }
             (State::Idle, Request::Download { path }) => {
@@ -478,8 +495,42 @@ impl Agent<'_> {
                     }
                 }
             }
-            // Stdin that raced with the command's exit has nowhere to go.
-            (State::Idle, Request::Stdin(_) | Request::StdinEof) => State::Idle,
+            (State::Idle, Request::Lstat { path }) => {
+                match lstat_entry(Path::new(&path), entry_name(&path)) {
+                    Ok(entry) => {
+                        self.queue(&Reply::Entries(vec![entry]));
+                        self.queue(&Reply::Done);
+                    }
+                    Err(message) => self.queue(&Reply::Error { message }),
+                }
+                State::Idle
+            }
+            (State::Idle, Request::ListDir { path }) => {
+                self.list_dir(Path::new(&path));
+                State::Idle
+            }
+            (State::Idle, Request::Mkdir { path, mode }) => {
+                self.answer(make_dir(Path::new(&path), mode));
+                State::Idle
+            }
+            (State::Idle, Request::Symlink { target, path }) => {
+                self.answer(make_symlink(&target, Path::new(&path)));
+                State::Idle
+            }
+            (State::Idle, Request::SetTimes { path, atime, mtime }) => {
+                self.answer(set_times(Path::new(&path), atime, mtime));
+                State::Idle
+            }
+            // Stdin or a resize that raced with the command's exit has nowhere to go.
+            (State::Idle, Request::Stdin(_) | Request::StdinEof | Request::Resize(_)) => {
+                State::Idle
+            }
+            (State::Running(run), Request::Resize(size)) => {
+                if let Some(pty) = &run.pty {
+                    let _ = rustix::termios::tcsetwinsize(pty, winsize(size));
+                }
+                State::Running(run)
+            }
             (State::Running(mut run), Request::Stdin(data)) => {
                 if run.stdin.is_some() {
                     run.stdin_buf.extend_from_slice(&data);
@@ -575,6 +626,53 @@ impl Agent<'_> {
             }
         };
         Ok(())
+    }
+
+    fn answer(&mut self, result: Result<(), String>) {
+        match result {
+            Ok(()) => self.queue(&Reply::Done),
+            Err(message) => self.queue(&Reply::Error { message }),
+        }
+    }
+
+    /// Queues the entries of `dir` in frames of at most [`ENTRIES_PER_FRAME`]
+    /// bytes, then `Done`; or one `Error`.
+    fn list_dir(&mut self, dir: &Path) {
+        let read = match std::fs::read_dir(dir) {
+            Ok(r) => r,
+            Err(e) => {
+                return self.queue(&Reply::Error {
+                    message: format!("cannot list {}: {e}", dir.display()),
+                })
+            }
+        };
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for item in read {
+            let item = match item {
+                Ok(i) => i,
+                Err(e) => {
+                    return self.queue(&Reply::Error {
+                        message: format!("cannot list {}: {e}", dir.display()),
+                    })
+                }
+            };
+            let entry = match lstat_entry(&item.path(), item.file_name()) {
+                Ok(e) => e,
+                Err(message) => return self.queue(&Reply::Error { message }),
+            };
+            let len = entry_wire_len(&entry);
+            if !batch.is_empty() && bytes + len > ENTRIES_PER_FRAME {
+                self.queue(&Reply::Entries(std::mem::take(&mut batch)));
+                bytes = 0;
+            }
+            bytes += len;
+            batch.push(entry);
+        }
+        if !batch.is_empty() {
+            self.queue(&Reply::Entries(batch));
+        }
+        self.queue(&Reply::Done);
     }
 
     fn start(&mut self, exec: ExecRequest) -> State {
@@ -709,6 +807,116 @@ impl Agent<'_> {
     }
 }
 
+fn winsize(size: WinSize) -> rustix::termios::Winsize {
+    rustix::termios::Winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+/// The last component of `path`, or the path itself for `/`.
+fn entry_name(path: &OsStr) -> OsString {
+    Path::new(path)
+        .file_name()
+        .map(OsStr::to_os_string)
+        .unwrap_or_else(|| path.to_os_string())
+}
+
+fn lstat_entry(path: &Path, name: OsString) -> Result<Entry, String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    let ft = meta.file_type();
+    let (kind, target) = if ft.is_symlink() {
+        let target = std::fs::read_link(path)
+            .map_err(|e| format!("cannot read the symlink {}: {e}", path.display()))?;
+        (EntryKind::Symlink, target.into_os_string())
+    } else if ft.is_dir() {
+        (EntryKind::Dir, OsString::new())
+    } else if ft.is_file() {
+        (EntryKind::File, OsString::new())
+    } else {
+        (EntryKind::Other, OsString::new())
+    };
+    let time = |sec: i64, nsec: i64| Time {
+        sec,
+        nsec: nsec.clamp(0, 999_999_999) as u32,
+    };
+    Ok(Entry {
+        name,
+        kind,
+        mode: meta.mode() & 0o7777,
+        size: meta.size(),
+        atime: time(meta.atime(), meta.atime_nsec()),
+        mtime: time(meta.mtime(), meta.mtime_nsec()),
+        target,
+    })
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |e: io::Error| format!("cannot create the directory {}: {e}", path.display());
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let is_dir = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+            if !is_dir {
+                return Err(err(e));
+            }
+        }
+        Err(e) => return Err(err(e)),
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777)).map_err(err)
+}
+
+fn make_symlink(target: &OsStr, path: &Path) -> Result<(), String> {
+    let err = |e: io::Error| format!("cannot create the symlink {}: {e}", path.display());
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.is_dir() {
+            return Err(format!(
+                "cannot create the symlink {}: a directory is in the way",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    std::os::unix::fs::symlink(target, path).map_err(err)
+}
+
+fn set_times(path: &Path, atime: Time, mtime: Time) -> Result<(), String> {
+    use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
+    let ts = |t: Time| Timespec {
+        tv_sec: t.sec,
+        tv_nsec: i64::from(t.nsec),
+    };
+    let times = Timestamps {
+        last_access: ts(atime),
+        last_modification: ts(mtime),
+    };
+    rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| format!("cannot set the times of {}: {e}", path.display()))
+}
+
+/// A new pseudo-terminal of `size`: (master, slave). The master is
+/// non-blocking, like the pipes the loop reads.
+fn open_pty(size: WinSize) -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    rustix::termios::tcsetwinsize(&master, winsize(size))?;
+    set_nonblocking(master.as_fd())?;
+    Ok((master, slave))
+}
+
 /// Starts the command; on failure returns the message for the host.
 fn spawn(exec: &ExecRequest, base_env: &[(OsString, OsString)]) -> Result<Running, String> {
     let Some(program) = exec.argv.first() else {
@@ -726,8 +934,34 @@ fn spawn(exec: &ExecRequest, base_env: &[(OsString, OsString)]) -> Result<Runnin
         .env_clear()
         .envs(base_env.iter().map(|(k, v)| (k, v)))
         .envs(exec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(cwd)
-        .stdin(if exec.stdin {
+        .current_dir(cwd);
+    let mut master = None;
+    if let Some(size) = exec.pty {
+        let (m, slave) =
+            open_pty(size).map_err(|e| format!("cannot allocate a pseudo-terminal: {e}"))?;
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map_err(|e| format!("cannot allocate a pseudo-terminal: {e}"))
+        };
+        cmd.stdin(Stdio::from(dup(&slave)?))
+            .stdout(Stdio::from(dup(&slave)?))
+            .stderr(Stdio::from(slave));
+        // SAFETY: runs in the child between fork and exec and makes only two
+        // system calls (setsid, ioctl) on a descriptor the child owns.
+        unsafe {
+            cmd.pre_exec(|| {
+                // A session of its own whose controlling terminal is the pty
+                // (stdin by now): job control, and ^C reaches its foreground
+                // job. setsid also makes it a process group leader, which
+                // `Running::kill` relies on.
+                rustix::process::setsid()?;
+                rustix::process::ioctl_tiocsctty(std::io::stdin())?;
+                Ok(())
+            });
+        }
+        master = Some(m);
+    } else {
+        cmd.stdin(if exec.stdin {
             Stdio::piped()
         } else {
             Stdio::null()
@@ -735,15 +969,25 @@ fn spawn(exec: &ExecRequest, base_env: &[(OsString, OsString)]) -> Result<Runnin
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    }
     let mut child = cmd
         .spawn()
         .map_err(|e| spawn_message(program, exec, base_env, &e))?;
+    // Our copies of the slave go with `cmd`: the master reads EIO once the
+    // command and everything it started have closed the terminal.
+    drop(cmd);
     let pid = Pid::from_child(&child);
-    let pipes = [
-        child.stdout.take().map(OwnedFd::from),
-        child.stderr.take().map(OwnedFd::from),
-        child.stdin.take().map(OwnedFd::from),
-    ];
+    let pipes = match &master {
+        Some(m) => {
+            let dup = |fd: &OwnedFd| fd.try_clone().ok();
+            [dup(m), None, if exec.stdin { dup(m) } else { None }]
+        }
+        None => [
+            child.stdout.take().map(OwnedFd::from),
+            child.stderr.take().map(OwnedFd::from),
+            child.stdin.take().map(OwnedFd::from),
+        ],
+    };
     for fd in pipes.iter().flatten() {
         // A pipe left blocking could stall the whole loop; better to lose the stream.
         let _ = set_nonblocking(fd.as_fd());
@@ -757,6 +1001,7 @@ fn spawn(exec: &ExecRequest, base_env: &[(OsString, OsString)]) -> Result<Runnin
         stdout,
         stderr,
         stdin,
+        pty: master,
         stdin_buf: Vec::new(),
         stdin_eof: false,
         status: None,
@@ -847,6 +1092,7 @@ mod tests {
                 env: vec![("GREETING".into(), "hi".into())],
                 cwd: None,
                 stdin: stdin.is_some(),
+                pty: None,
             }));
             // Like the launcher, feed stdin from another thread while reading
             // output here: the daemon applies back-pressure both ways.
@@ -1196,6 +1442,176 @@ mod tests {
         assert_eq!(out, b"next\n");
         assert_eq!(end, Reply::Exit(ExitStatus::Code(0)));
         host.shutdown();
+    }
+
+    fn expect_done(host: &mut Host) {
+        match host.recv() {
+            Reply::Done => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_command_on_a_pty_has_it_as_controlling_terminal_of_the_asked_size() {
+        let mut host = connect();
+        host.send(&Request::Exec(ExecRequest {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                // The first line proves the pty and its size; the read waits
+                // for the resize and for input typed on the terminal.
+                "stty size; read line; stty size; echo got-$line; exit 3".into(),
+            ],
+            stdin: true,
+            pty: Some(WinSize {
+                rows: 30,
+                cols: 100,
+            }),
+            ..Default::default()
+        }));
+        let mut out = Vec::new();
+        let mut sent = false;
+        let end = loop {
+            match host.recv() {
+                Reply::Stdout(d) => out.extend(d),
+                end => break end,
+            }
+            if !sent && String::from_utf8_lossy(&out).contains("30 100") {
+                host.send(&Request::Resize(WinSize {
+                    rows: 40,
+                    cols: 120,
+                }));
+                host.send(&Request::Stdin(b"typed\r".to_vec()));
+                sent = true;
+            }
+        };
+        let text = String::from_utf8_lossy(&out).replace('\r', "");
+        assert_eq!(end, Reply::Exit(ExitStatus::Code(3)), "{text}");
+        // The terminal echoes what was typed; its size followed the resize.
+        assert!(
+            text.contains("30 100\ntyped\n40 120\ngot-typed\n"),
+            "{text:?}"
+        );
+        host.shutdown();
+    }
+
+    #[test]
+    fn ctrl_c_on_a_pty_interrupts_the_foreground_job_only() {
+        let mut host = connect();
+        host.send(&Request::Exec(ExecRequest {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "trap 'echo trapped' INT; echo ready; sleep 30; echo after; exit 5".into(),
+            ],
+            stdin: true,
+            pty: Some(WinSize { rows: 24, cols: 80 }),
+            ..Default::default()
+        }));
+        let mut out = Vec::new();
+        let mut sent = false;
+        let start = std::time::Instant::now();
+        let end = loop {
+            match host.recv() {
+                Reply::Stdout(d) => out.extend(d),
+                end => break end,
+            }
+            if !sent && String::from_utf8_lossy(&out).contains("ready") {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                host.send(&Request::Stdin(vec![0x03]));
+                sent = true;
+            }
+        };
+        let text = String::from_utf8_lossy(&out).into_owned();
+        assert_eq!(end, Reply::Exit(ExitStatus::Code(5)), "{text}");
+        assert!(text.contains("after"), "{text:?}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(20));
+        host.shutdown();
+    }
+
+    #[test]
+    fn files_directories_symlinks_and_times_are_made_and_listed() {
+        let dir = std::env::temp_dir().join(format!("supermin-agent-tree-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut host = connect();
+        let d = dir.join("d");
+        host.send(&Request::Mkdir {
+            path: d.clone().into(),
+            mode: 0o751,
+        });
+        expect_done(&mut host);
+        // An existing directory is kept and gets the asked mode.
+        host.send(&Request::Mkdir {
+            path: d.clone().into(),
+            mode: 0o755,
+        });
+        expect_done(&mut host);
+        host.send(&Request::Upload {
+            path: d.join("f").into(),
+            mode: 0o777,
+        });
+        host.send(&Request::FileData(b"data".to_vec()));
+        host.send(&Request::FileEnd);
+        expect_done(&mut host);
+        host.send(&Request::Symlink {
+            target: "f".into(),
+            path: d.join("l").into(),
+        });
+        expect_done(&mut host);
+        let t = Time {
+            sec: 1_000_000_000,
+            nsec: 5,
+        };
+        for name in ["f", "l"] {
+            host.send(&Request::SetTimes {
+                path: d.join(name).into(),
+                atime: t,
+                mtime: t,
+            });
+            expect_done(&mut host);
+        }
+        host.send(&Request::ListDir {
+            path: d.clone().into(),
+        });
+        let mut entries = Vec::new();
+        loop {
+            match host.recv() {
+                Reply::Entries(e) => entries.extend(e),
+                Reply::Done => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(entries.len(), 2);
+        let (f, l) = (&entries[0], &entries[1]);
+        // The umask (022 in the appliance, whatever here) does not apply.
+        assert_eq!((f.kind, f.mode, f.size), (EntryKind::File, 0o777, 4));
+        assert_eq!(f.mtime, t);
+        assert_eq!(
+            (l.kind, l.target.as_os_str()),
+            (EntryKind::Symlink, OsStr::new("f"))
+        );
+        assert_eq!(l.mtime, t);
+        host.send(&Request::Lstat { path: d.into() });
+        match host.recv() {
+            Reply::Entries(e) => {
+                assert_eq!(e.len(), 1);
+                assert_eq!((e[0].kind, e[0].mode), (EntryKind::Dir, 0o755));
+                assert_eq!(e[0].name, "d");
+            }
+            other => panic!("{other:?}"),
+        }
+        expect_done(&mut host);
+        host.send(&Request::Lstat {
+            path: dir.join("missing").into(),
+        });
+        match host.recv() {
+            Reply::Error { message } => assert!(message.contains("missing"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        host.shutdown();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -12,11 +12,13 @@
 //! directory.
 
 mod accel;
+mod copy;
 mod qemu;
 mod qmp;
 mod signals;
 mod snapshot;
 mod stop;
+mod terminal;
 mod vm;
 
 use std::ffi::{OsStr, OsString};
@@ -28,8 +30,9 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use supermin_protocol::ExecRequest;
 pub use supermin_protocol::ExitStatus;
-use supermin_protocol::{ExecRequest, ProtocolError, Reply, Request, CHUNK};
+use supermin_protocol::{ProtocolError, Reply, Request, CHUNK};
 
 pub use qemu::{Disk, DiskFormat};
 use vm::{Event, Vm, WaitError};
@@ -148,8 +151,6 @@ pub struct RunOptions {
     pub cold: bool,
     /// Host directories mounted in the guest (9p).
     pub shares: Vec<Share>,
-    /// The command's directory in the appliance; `/` when `None`.
-    pub cwd: Option<PathBuf>,
     /// Directory with `kernel`, `initrd`, `root` and maybe `vmlinux`.
     pub appliance: PathBuf,
     pub accel: Accel,
@@ -161,9 +162,66 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
     /// Show the console on stderr as it comes, and what the launcher does.
     pub verbose: bool,
+    /// The command; empty with `interactive` means a login shell.
     pub argv: Vec<OsString>,
     /// Pass our stdin to the command (otherwise it reads `/dev/null`).
     pub stdin: bool,
+    /// Added to the appliance's environment for the command (`--env`).
+    pub command_env: Vec<(OsString, OsString)>,
+    /// The command's working directory in the appliance (`--cwd`; `/` without).
+    pub cwd: Option<OsString>,
+    /// Run the command on a terminal in the appliance connected to ours
+    /// (`-i`); stdin must be a terminal.
+    pub interactive: Option<Interactive>,
+    /// Host paths copied into appliance directories before the command.
+    pub copy_in: Vec<CopyIn>,
+    /// Appliance paths copied into host directories after the command.
+    pub copy_out: Vec<CopyOut>,
+    /// Bytes (file data, names, link targets) one copy-out may bring.
+    pub copy_out_limit: u64,
+}
+
+/// `-i`: what the interactive session needs from our environment.
+#[derive(Debug, Clone, Default)]
+pub struct Interactive {
+    /// Our `$TERM`, passed to the command (the appliance's default is `dumb`).
+    pub term: Option<OsString>,
+}
+
+/// `--copy-in HOST_PATH:GUEST_DIR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyIn {
+    pub host: PathBuf,
+    pub guest_dir: PathBuf,
+}
+
+/// `--copy-out GUEST_PATH:HOST_DIR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOut {
+    pub guest: PathBuf,
+    pub host_dir: PathBuf,
+}
+
+/// Splits `A:B` at its last colon (a host path may hold colons; the guest
+/// side of a copy rarely does); both sides must be non-empty.
+pub fn parse_copy_spec(spec: &str) -> Result<(PathBuf, PathBuf), String> {
+    match spec.rsplit_once(':') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a.into(), b.into())),
+        _ => Err(format!("{spec:?}: expected SOURCE:DIRECTORY")),
+    }
+}
+
+/// The command `-i` runs without one: a login shell, bash when the
+/// appliance has it.
+pub fn login_shell() -> Vec<OsString> {
+    [
+        "/bin/sh",
+        "-c",
+        "if command -v bash >/dev/null 2>&1; then exec bash -l; fi; exec sh -l",
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect()
 }
 
 /// Why a run failed (the command's own failure is not an error: it is the
@@ -249,6 +307,30 @@ pub enum LaunchError {
         #[source]
         source: io::Error,
     },
+    #[error("copying {remote} out of the appliance brought more than its {limit}-byte limit; the VM was stopped (raise --copy-out-limit)")]
+    CopyOutTooLarge { remote: PathBuf, limit: u64 },
+    #[error("copying {remote} out of the appliance: more than {max} entries; the VM was stopped")]
+    CopyOutTooMany { remote: PathBuf, max: usize },
+    #[error(
+        "copying {remote} out of the appliance: deeper than {max} directories; the VM was stopped"
+    )]
+    CopyOutTooDeep { remote: PathBuf, max: usize },
+    #[error("the appliance listed {name:?} in {remote}, which is not a safe file name ({why}); refused, the VM was stopped, nothing was written outside the destination")]
+    UnsafeName {
+        name: String,
+        remote: PathBuf,
+        why: &'static str,
+    },
+    #[error("{what}")]
+    Copy {
+        what: String,
+        #[source]
+        source: Box<LaunchError>,
+    },
+    #[error("-i needs a terminal on stdin (it is a pipe or a file); drop -i to run a command with stdin passed through")]
+    NotATerminal,
+    #[error("session ended with the escape sequence (~.); the VM was killed")]
+    Escaped,
 }
 
 impl LaunchError {
@@ -260,6 +342,9 @@ impl LaunchError {
             LaunchError::CommandNotStarted { .. } => 127,
             LaunchError::Timeout { .. } => 124,
             LaunchError::Interrupted { signal } => 128 + signal,
+            LaunchError::Copy { source, .. } => source.exit_code(),
+            // Like ssh's own `~.`.
+            LaunchError::Escaped => 255,
             _ => 1,
         }
     }
@@ -961,14 +1046,65 @@ fn check_disk(disk: &Disk, notice: fn(&Notice)) -> Result<Disk, LaunchError> {
 
 /// Boots the appliance, runs `opts.argv` in it, and returns the command's
 /// exit status (128+N when a signal killed it).
+///
+/// With `opts.copy_in`, the copies are made before the command; with
+/// `opts.copy_out`, after it, whether it succeeded, failed or could not be
+/// started (not after a timeout, a signal or a VM that died).
 pub fn run(opts: &RunOptions) -> Result<i32, LaunchError> {
-    if opts.argv.is_empty() {
+    if opts.argv.is_empty() && opts.interactive.is_none() {
         return Err(LaunchError::NoCommand);
     }
+    if opts.interactive.is_some() && !terminal::stdin_is_terminal() {
+        return Err(LaunchError::NotATerminal);
+    }
     let mut session = Session::boot(opts)?;
-    let status = session.exec_in(&opts.argv, opts.stdin, opts.cwd.as_deref())?;
+    for c in &opts.copy_in {
+        session
+            .copy_in(&c.host, &c.guest_dir)
+            .map_err(|e| LaunchError::Copy {
+                what: format!("--copy-in {}:{}", c.host.display(), c.guest_dir.display()),
+                source: Box::new(e),
+            })?;
+    }
+    let mut env = opts.command_env.clone();
+    let argv = match &opts.interactive {
+        Some(i) => {
+            if let Some(term) = &i.term {
+                env.insert(0, ("TERM".into(), term.clone()));
+            }
+            if opts.argv.is_empty() {
+                login_shell()
+            } else {
+                opts.argv.clone()
+            }
+        }
+        None => opts.argv.clone(),
+    };
+    let req = ExecRequest {
+        argv,
+        env,
+        cwd: opts.cwd.clone(),
+        stdin: opts.stdin || opts.interactive.is_some(),
+        pty: None,
+    };
+    let result = match &opts.interactive {
+        Some(_) => session.interactive(req),
+        None => session.exec_request(req),
+    };
+    match &result {
+        Ok(_) | Err(LaunchError::CommandNotStarted { .. }) => {}
+        Err(_) => return result.map(ExitStatus::shell_code),
+    }
+    for c in &opts.copy_out {
+        session
+            .copy_out(&c.guest, &c.host_dir, opts.copy_out_limit)
+            .map_err(|e| LaunchError::Copy {
+                what: format!("--copy-out {}:{}", c.guest.display(), c.host_dir.display()),
+                source: Box::new(e),
+            })?;
+    }
     session.shutdown();
-    Ok(status.shell_code())
+    result.map(ExitStatus::shell_code)
 }
 
 /// A booted appliance whose daemon has answered: run commands, copy files
@@ -1192,44 +1328,56 @@ impl Session {
 
     /// The next reply, with every other way a wait can end made an error.
     fn next_reply(&mut self) -> Result<Reply, LaunchError> {
-        match self.vm.next_reply(&self.rx, self.stop.deadline()) {
-            Ok(r) => Ok(r),
-            Err(WaitError::Deadline) => Err(halted(&self.stop, stop::Halt::Deadline)),
-            Err(WaitError::Signal(signal)) => Err(halted(&self.stop, stop::Halt::Signal(signal))),
-            Err(WaitError::Closed(None)) => {
+        let result = self.vm.next_reply(&self.rx, self.stop.deadline());
+        result.map_err(|e| self.wait_error(e))
+    }
+
+    /// Like [`Session::next_reply`], but `Ok(None)` at `tick` (before the
+    /// run's deadline), for waits that have something else to look at.
+    fn next_reply_by(&mut self, tick: Instant) -> Result<Option<Reply>, LaunchError> {
+        let deadline = self.stop.deadline();
+        match self.vm.next_reply(&self.rx, earliest(deadline, Some(tick))) {
+            Ok(r) => Ok(Some(r)),
+            Err(WaitError::Deadline) if deadline.is_none_or(|d| Instant::now() < d) => Ok(None),
+            Err(e) => Err(self.wait_error(e)),
+        }
+    }
+
+    fn wait_error(&mut self, e: WaitError) -> LaunchError {
+        match e {
+            WaitError::Deadline => halted(&self.stop, stop::Halt::Deadline),
+            WaitError::Signal(signal) => halted(&self.stop, stop::Halt::Signal(signal)),
+            WaitError::Closed(None) => {
                 self.vm.stop();
-                Err(LaunchError::VmDied {
+                LaunchError::VmDied {
                     console: self.vm.console_tail(),
-                })
+                }
             }
-            Err(WaitError::Closed(Some(source))) => Err(LaunchError::Protocol { source }),
-            Err(WaitError::Launch(e)) => Err(e),
+            WaitError::Closed(Some(source)) => LaunchError::Protocol { source },
+            WaitError::Launch(e) => e,
         }
     }
 
     /// Runs `argv` in the appliance with our stdout and stderr as its own
     /// (and our stdin when `stdin`); returns how it ended.
     pub fn exec(&mut self, argv: &[OsString], stdin: bool) -> Result<ExitStatus, LaunchError> {
-        self.exec_in(argv, stdin, None)
+        self.exec_request(ExecRequest {
+            argv: argv.to_vec(),
+            stdin,
+            ..ExecRequest::default()
+        })
     }
 
-    /// [`Session::exec`] in the directory `cwd` of the appliance (`/` when `None`).
-    pub fn exec_in(
-        &mut self,
-        argv: &[OsString],
-        stdin: bool,
-        cwd: Option<&Path>,
-    ) -> Result<ExitStatus, LaunchError> {
-        if argv.is_empty() {
+    /// Runs `req` (its environment and working directory; not on a
+    /// terminal: see [`Session::interactive`]) like [`Session::exec`].
+    pub fn exec_request(&mut self, mut req: ExecRequest) -> Result<ExitStatus, LaunchError> {
+        if req.argv.is_empty() {
             return Err(LaunchError::NoCommand);
         }
-        self.log(format_args!("exec {argv:?}"));
-        self.vm.send(&Request::Exec(ExecRequest {
-            argv: argv.to_vec(),
-            env: Vec::new(),
-            cwd: cwd.map(|c| c.as_os_str().to_os_string()),
-            stdin,
-        }))?;
+        req.pty = None;
+        self.log(format_args!("exec {:?}", req.argv));
+        let stdin = req.stdin;
+        self.vm.send(&Request::Exec(req))?;
         let stop_stdin = Arc::new(AtomicBool::new(false));
         if stdin {
             pump_stdin(self.vm.writer(), stop_stdin.clone());
@@ -1489,6 +1637,7 @@ fn describe(reply: &Reply) -> String {
         Reply::FileEnd => "end of file".into(),
         Reply::Done => "done".into(),
         Reply::Error { message } => format!("error ({})", guest_text(message)),
+        Reply::Entries(e) => format!("directory entries ({})", e.len()),
     }
 }
 
@@ -1694,6 +1843,17 @@ mod tests {
     }
 
     #[test]
+    fn copy_specs_split_at_the_last_colon() {
+        assert_eq!(
+            parse_copy_spec("/a:b/c:/d").unwrap(),
+            (PathBuf::from("/a:b/c"), PathBuf::from("/d"))
+        );
+        assert!(parse_copy_spec("nocolon").is_err());
+        assert!(parse_copy_spec(":/d").is_err());
+        assert!(parse_copy_spec("/a:").is_err());
+    }
+
+    #[test]
     fn accel_names_parse_and_others_are_refused() {
         assert_eq!("auto".parse::<Accel>().unwrap(), Accel::Auto);
         assert_eq!("kvm".parse::<Accel>().unwrap(), Accel::Kvm);
@@ -1737,7 +1897,6 @@ mod tests {
             saved_machines: None,
             cold: false,
             shares: Vec::new(),
-            cwd: None,
             appliance: "/nonexistent".into(),
             accel: Accel::Tcg,
             memory_mib: 512,
@@ -1747,6 +1906,12 @@ mod tests {
             verbose: false,
             argv: vec![],
             stdin: false,
+            command_env: vec![],
+            cwd: None,
+            interactive: None,
+            copy_in: vec![],
+            copy_out: vec![],
+            copy_out_limit: 1 << 30,
         };
         assert!(matches!(run(&opts), Err(LaunchError::NoCommand)));
     }

@@ -22,7 +22,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 
 /// Bumped on any incompatible change to frames or messages.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Opens every [`Hello`], so that garbage on the channel (a console
 /// misrouted to it, a different agent) is recognised at once.
@@ -115,6 +115,48 @@ impl ExitStatus {
     }
 }
 
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WinSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// A point in time as `stat(2)` gives it: seconds since the epoch and nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Time {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+/// What a directory entry is; everything that is not a regular file, a
+/// directory or a symlink (devices, fifos, sockets) is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// One directory entry as `lstat(2)` saw it. Sent by the daemon, so on the
+/// host every field is untrusted: the name in particular is checked before
+/// it is used as a host path (see the launcher's copy-out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The entry's name in its directory (for [`Request::Lstat`], the last
+    /// component of the path).
+    pub name: OsString,
+    pub kind: EntryKind,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub size: u64,
+    pub atime: Time,
+    pub mtime: Time,
+    /// A symlink's target; empty otherwise.
+    pub target: OsString,
+}
+
 /// A command to run in the appliance.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ExecRequest {
@@ -127,6 +169,11 @@ pub struct ExecRequest {
     /// When true the host follows with [`Request::Stdin`] chunks and one
     /// [`Request::StdinEof`]; otherwise the command's stdin is `/dev/null`.
     pub stdin: bool,
+    /// Run the command on a new pseudo-terminal of this size, as its
+    /// controlling terminal (a session leader): its output comes back as
+    /// `Stdout` (the terminal merges stdout and stderr), stdin goes to the
+    /// terminal and [`Request::Resize`] changes its size. Needs `stdin`.
+    pub pty: Option<WinSize>,
 }
 
 /// Host to daemon.
@@ -174,6 +221,38 @@ pub enum Request {
         target: OsString,
         readonly: bool,
     },
+    /// The terminal of the running command (see [`ExecRequest::pty`]) changed
+    /// size. No answer.
+    Resize(WinSize),
+    /// Answered by one `Entries` holding the path's own entry (not followed
+    /// if it is a symlink) and `Done`, or by `Error`.
+    Lstat {
+        path: OsString,
+    },
+    /// Answered by `Entries` chunks (any number, each within a frame) and
+    /// `Done`, or by `Error`. `.` and `..` are not listed.
+    ListDir {
+        path: OsString,
+    },
+    /// Creates a directory (an existing directory is kept) with exactly
+    /// these permission bits; answered by `Done` or `Error`.
+    Mkdir {
+        path: OsString,
+        mode: u32,
+    },
+    /// Creates `path` as a symlink to `target`, replacing a non-directory
+    /// already there; answered by `Done` or `Error`.
+    Symlink {
+        target: OsString,
+        path: OsString,
+    },
+    /// Sets the access and modification times of `path`, not following a
+    /// symlink; answered by `Done` or `Error`.
+    SetTimes {
+        path: OsString,
+        atime: Time,
+        mtime: Time,
+    },
 }
 
 /// Daemon to host.
@@ -193,6 +272,8 @@ pub enum Reply {
     Error {
         message: String,
     },
+    /// Part of the answer to `Lstat` or `ListDir`.
+    Entries(Vec<Entry>),
 }
 
 impl Reply {
@@ -223,6 +304,12 @@ mod kind {
     pub const H_RESUME: u8 = 0x11;
     pub const H_AWAIT_DISKS: u8 = 0x12;
     pub const H_MOUNT: u8 = 0x13;
+    pub const H_RESIZE: u8 = 0x0a;
+    pub const H_LSTAT: u8 = 0x0b;
+    pub const H_LIST_DIR: u8 = 0x0c;
+    pub const H_MKDIR: u8 = 0x0d;
+    pub const H_SYMLINK: u8 = 0x0e;
+    pub const H_SET_TIMES: u8 = 0x0f;
 
     pub const D_HELLO: u8 = 0x81;
     pub const D_STDOUT: u8 = 0x82;
@@ -233,10 +320,45 @@ mod kind {
     pub const D_FILE_END: u8 = 0x87;
     pub const D_DONE: u8 = 0x88;
     pub const D_ERROR: u8 = 0x89;
+    pub const D_ENTRIES: u8 = 0x8a;
 }
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_be_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+fn put_time(out: &mut Vec<u8>, t: Time) {
+    put_u64(out, t.sec as u64);
+    put_u32(out, t.nsec);
+}
+
+fn put_winsize(out: &mut Vec<u8>, w: WinSize) {
+    out.extend_from_slice(&w.rows.to_be_bytes());
+    out.extend_from_slice(&w.cols.to_be_bytes());
+}
+
+/// Bytes an entry takes on the wire, for senders that fill frames with them.
+pub fn entry_wire_len(e: &Entry) -> usize {
+    4 + e.name.len() + 1 + 4 + 8 + 2 * 12 + 4 + e.target.len()
+}
+
+fn put_entry(out: &mut Vec<u8>, e: &Entry) {
+    put_bytes(out, e.name.as_bytes());
+    out.push(match e.kind {
+        EntryKind::File => 0,
+        EntryKind::Dir => 1,
+        EntryKind::Symlink => 2,
+        EntryKind::Other => 3,
+    });
+    put_u32(out, e.mode);
+    put_u64(out, e.size);
+    put_time(out, e.atime);
+    put_time(out, e.mtime);
+    put_bytes(out, e.target.as_bytes());
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -279,6 +401,75 @@ impl<'a> Body<'a> {
     fn u32(&mut self, what: &'static str) -> Result<u32, ProtocolError> {
         let b = self.take(4, what)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u16(&mut self, what: &'static str) -> Result<u16, ProtocolError> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, ProtocolError> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+
+    fn time(&mut self, what: &'static str) -> Result<Time, ProtocolError> {
+        let sec = self.u64(what)? as i64;
+        let nsec = self.u32(what)?;
+        if nsec >= 1_000_000_000 {
+            return Err(ProtocolError::BadValue {
+                kind: self.kind,
+                what,
+                value: nsec.into(),
+            });
+        }
+        Ok(Time { sec, nsec })
+    }
+
+    fn winsize(&mut self) -> Result<WinSize, ProtocolError> {
+        let rows = self.u16("rows")?;
+        let cols = self.u16("columns")?;
+        Ok(WinSize { rows, cols })
+    }
+
+    fn entry(&mut self) -> Result<Entry, ProtocolError> {
+        let name = self.os("entry name")?;
+        let kind = match self.u8("entry kind")? {
+            0 => EntryKind::File,
+            1 => EntryKind::Dir,
+            2 => EntryKind::Symlink,
+            3 => EntryKind::Other,
+            v => {
+                return Err(ProtocolError::BadValue {
+                    kind: self.kind,
+                    what: "entry kind",
+                    value: v.into(),
+                })
+            }
+        };
+        let mode = self.u32("entry mode")?;
+        if mode & !0o7777 != 0 {
+            return Err(ProtocolError::BadValue {
+                kind: self.kind,
+                what: "entry mode",
+                value: mode.into(),
+            });
+        }
+        let size = self.u64("entry size")?;
+        let atime = self.time("entry atime")?;
+        let mtime = self.time("entry mtime")?;
+        let target = self.os("symlink target")?;
+        Ok(Entry {
+            name,
+            kind,
+            mode,
+            size,
+            atime,
+            mtime,
+            target,
+        })
     }
 
     fn i32(&mut self, what: &'static str) -> Result<i32, ProtocolError> {
@@ -377,6 +568,13 @@ impl Message for Request {
                     None => out.push(0),
                 }
                 out.push(u8::from(e.stdin));
+                match e.pty {
+                    Some(w) => {
+                        out.push(1);
+                        put_winsize(out, w);
+                    }
+                    None => out.push(0),
+                }
             }
             Request::Stdin(data) => {
                 out.push(kind::H_STDIN);
@@ -423,6 +621,34 @@ impl Message for Request {
                 put_bytes(out, target.as_bytes());
                 out.push(u8::from(*readonly));
             }
+            Request::Resize(w) => {
+                out.push(kind::H_RESIZE);
+                put_winsize(out, *w);
+            }
+            Request::Lstat { path } => {
+                out.push(kind::H_LSTAT);
+                put_bytes(out, path.as_bytes());
+            }
+            Request::ListDir { path } => {
+                out.push(kind::H_LIST_DIR);
+                put_bytes(out, path.as_bytes());
+            }
+            Request::Mkdir { path, mode } => {
+                out.push(kind::H_MKDIR);
+                put_bytes(out, path.as_bytes());
+                put_u32(out, *mode);
+            }
+            Request::Symlink { target, path } => {
+                out.push(kind::H_SYMLINK);
+                put_bytes(out, target.as_bytes());
+                put_bytes(out, path.as_bytes());
+            }
+            Request::SetTimes { path, atime, mtime } => {
+                out.push(kind::H_SET_TIMES);
+                put_bytes(out, path.as_bytes());
+                put_time(out, *atime);
+                put_time(out, *mtime);
+            }
         }
     }
 
@@ -452,11 +678,17 @@ impl Message for Request {
                     None
                 };
                 let stdin = b.bool("stdin flag")?;
+                let pty = if b.bool("pty flag")? {
+                    Some(b.winsize()?)
+                } else {
+                    None
+                };
                 Request::Exec(ExecRequest {
                     argv,
                     env,
                     cwd,
                     stdin,
+                    pty,
                 })
             }
             kind::H_STDIN => Request::Stdin(std::mem::take(&mut b.rest).to_vec()),
@@ -507,6 +739,29 @@ impl Message for Request {
                     entropy,
                 }
             }
+            kind::H_RESIZE => Request::Resize(b.winsize()?),
+            kind::H_LSTAT => Request::Lstat {
+                path: b.os("path")?,
+            },
+            kind::H_LIST_DIR => Request::ListDir {
+                path: b.os("path")?,
+            },
+            kind::H_MKDIR => {
+                let path = b.os("path")?;
+                let mode = b.u32("mode")?;
+                Request::Mkdir { path, mode }
+            }
+            kind::H_SYMLINK => {
+                let target = b.os("target")?;
+                let path = b.os("path")?;
+                Request::Symlink { target, path }
+            }
+            kind::H_SET_TIMES => {
+                let path = b.os("path")?;
+                let atime = b.time("atime")?;
+                let mtime = b.time("mtime")?;
+                Request::SetTimes { path, atime, mtime }
+            }
             other => return Err(ProtocolError::UnknownKind { kind: other }),
         };
         b.finish(msg)
@@ -550,6 +805,13 @@ impl Message for Reply {
             Reply::Error { message } => {
                 out.push(kind::D_ERROR);
                 put_bytes(out, message.as_bytes());
+            }
+            Reply::Entries(entries) => {
+                out.push(kind::D_ENTRIES);
+                put_u32(out, entries.len() as u32);
+                for e in entries {
+                    put_entry(out, e);
+                }
             }
         }
     }
@@ -600,6 +862,15 @@ impl Message for Reply {
             kind::D_ERROR => Reply::Error {
                 message: b.string("message")?,
             },
+            kind::D_ENTRIES => {
+                // An entry is at least its fixed fields and two empty strings.
+                let n = b.count("entry count", 45)?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    entries.push(b.entry()?);
+                }
+                Reply::Entries(entries)
+            }
             other => return Err(ProtocolError::UnknownKind { kind: other }),
         };
         b.finish(msg)
@@ -771,6 +1042,10 @@ mod tests {
                 env: vec![("A".into(), "b=c".into()), ("EMPTY".into(), "".into())],
                 cwd: Some("/tmp".into()),
                 stdin: true,
+                pty: Some(WinSize {
+                    rows: 30,
+                    cols: 100,
+                }),
             }),
             Request::Exec(ExecRequest::default()),
             Request::Stdin(b"line\n".to_vec()),
@@ -803,7 +1078,43 @@ mod tests {
                 nanos: 0,
                 entropy: Vec::new(),
             },
+            Request::Resize(WinSize {
+                rows: 50,
+                cols: 132,
+            }),
+            Request::Lstat {
+                path: "/etc".into(),
+            },
+            Request::ListDir { path: "/".into() },
+            Request::Mkdir {
+                path: "/d".into(),
+                mode: 0o1777,
+            },
+            Request::Symlink {
+                target: "../x".into(),
+                path: "/l".into(),
+            },
+            Request::SetTimes {
+                path: "/f".into(),
+                atime: Time { sec: -5, nsec: 1 },
+                mtime: Time {
+                    sec: 1 << 40,
+                    nsec: 999_999_999,
+                },
+            },
         ]
+    }
+
+    fn entry(name: &str, kind: EntryKind, target: &str) -> Entry {
+        Entry {
+            name: name.into(),
+            kind,
+            mode: 0o4755,
+            size: 1 << 33,
+            atime: Time { sec: 1, nsec: 2 },
+            mtime: Time { sec: -3, nsec: 4 },
+            target: target.into(),
+        }
     }
 
     fn all_replies() -> Vec<Reply> {
@@ -827,7 +1138,45 @@ mod tests {
             Reply::Error {
                 message: "é".into(),
             },
+            Reply::Entries(vec![
+                entry("f", EntryKind::File, ""),
+                entry("d", EntryKind::Dir, ""),
+                entry("l", EntryKind::Symlink, "/etc"),
+                entry("p", EntryKind::Other, ""),
+            ]),
+            Reply::Entries(Vec::new()),
         ]
+    }
+
+    #[test]
+    fn entry_wire_len_is_what_an_entry_takes_in_a_frame() {
+        let e = entry("name", EntryKind::Symlink, "target");
+        let mut one = Vec::new();
+        Reply::Entries(vec![e.clone()]).encode_body(&mut one);
+        let mut none = Vec::new();
+        Reply::Entries(Vec::new()).encode_body(&mut none);
+        assert_eq!(one.len() - none.len(), entry_wire_len(&e));
+    }
+
+    #[test]
+    fn entries_with_mode_bits_beyond_permissions_or_bad_times_are_refused() {
+        let mut e = entry("f", EntryKind::File, "");
+        e.mode = 0o170000;
+        let bytes = frame(&Reply::Entries(vec![e]));
+        assert!(matches!(
+            read_message::<Reply, _>(&mut &bytes[..]),
+            Err(ProtocolError::BadValue {
+                what: "entry mode",
+                ..
+            })
+        ));
+        let mut e = entry("f", EntryKind::File, "");
+        e.mtime.nsec = 1_000_000_000;
+        let bytes = frame(&Reply::Entries(vec![e]));
+        assert!(matches!(
+            read_message::<Reply, _>(&mut &bytes[..]),
+            Err(ProtocolError::BadValue { .. })
+        ));
     }
 
     // Regression: Exit(Signal(i32::MAX)) from a hostile daemon overflowed
@@ -1033,7 +1382,7 @@ mod tests {
             matches!(
                 err,
                 ProtocolError::BadValue {
-                    what: "stdin flag",
+                    what: "pty flag",
                     value: 2,
                     ..
                 }
@@ -1053,7 +1402,10 @@ mod tests {
         let enders: Vec<bool> = all_replies().iter().map(Reply::ends_request).collect();
         assert_eq!(
             enders,
-            [false, false, false, true, true, true, true, true, false, true, true, true]
+            [
+                false, false, false, true, true, true, true, true, false, true, true, true, false,
+                false
+            ]
         );
     }
 }

@@ -84,7 +84,6 @@ impl Hostile {
             saved_machines: None,
             cold: false,
             shares: Vec::new(),
-            cwd: None,
             on_notice: |_| {},
             appliance: self.dir.join("app"),
             accel: Accel::Tcg,
@@ -95,6 +94,12 @@ impl Hostile {
             verbose: false,
             argv: Vec::new(),
             stdin: false,
+            command_env: Vec::new(),
+            cwd: None,
+            interactive: None,
+            copy_in: Vec::new(),
+            copy_out: Vec::new(),
+            copy_out_limit: 1 << 30,
         }
     }
 
@@ -393,4 +398,113 @@ fn with_mode<T>(mode: &str, f: impl FnOnce() -> T) -> T {
     let r = f();
     std::env::remove_var("HOSTILE_MODE");
     r
+}
+
+/// Every path under `dir`, relative, for "nothing was created here" checks.
+fn tree_of(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(p.clone());
+            }
+            out.push(p.strip_prefix(dir).unwrap().to_path_buf());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn copy_out_refuses_names_that_would_leave_the_destination() {
+    for (name, why) in [("../escape", "slash"), ("a/b", "slash"), ("..", "parent")] {
+        let h = Hostile::new("bad-name");
+        let outer = h.dir.join("outer");
+        let dest = outer.join("dest");
+        std::fs::create_dir_all(&dest).unwrap();
+        let spec = format!("/x:{}", dest.display());
+        let out = h
+            .command("bad-name", &["--copy-out", &spec], &["true"])
+            .env("HOSTILE_NAME", name)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains("not a safe file name"), "{stderr}");
+        assert!(stderr.contains(why), "{name}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        // The top directory is ours (named by the host); nothing else was made.
+        assert_eq!(tree_of(&outer), [PathBuf::from("dest"), "dest/x".into()]);
+        h.assert_tmp_clean();
+    }
+}
+
+#[test]
+fn copy_out_never_follows_a_symlink_the_guest_had_us_make() {
+    let h = Hostile::new("symlink-then-dir");
+    let elsewhere = h.dir.join("elsewhere");
+    let dest = h.dir.join("dest");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(&dest).unwrap();
+    // The first copy-out makes dest/x -> elsewhere; the second finds x a
+    // directory holding `pwned` and must not write through the link.
+    let spec = format!("/x:{}", dest.display());
+    let out = h
+        .command(
+            "symlink-then-dir",
+            &["--copy-out", &spec, "--copy-out", &spec],
+            &["true"],
+        )
+        .env("HOSTILE_TARGET", &elsewhere)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(tree_of(&elsewhere).is_empty(), "{:?}", tree_of(&elsewhere));
+    assert_eq!(
+        std::fs::read_link(dest.join("x")).unwrap(),
+        elsewhere,
+        "the symlink itself is kept as a symlink"
+    );
+    h.assert_tmp_clean();
+}
+
+#[test]
+fn an_endless_copy_out_stops_at_its_limit_and_leaves_no_file() {
+    let h = Hostile::new("endless-copy-out");
+    let dest = h.dir.join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let spec = format!("/x:{}", dest.display());
+    let mut child = h
+        .command(
+            "endless-copy-out",
+            &[
+                "--copy-out",
+                &spec,
+                "--copy-out-limit",
+                "8M",
+                "--timeout",
+                "60",
+            ],
+            &["true"],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = stderr_of(&mut child);
+    let (status, peak) = wait_sampling(&mut child);
+    let stderr = err.recv().unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("8388608-byte limit"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(tree_of(&dest).is_empty(), "{:?}", tree_of(&dest));
+    assert!(peak < MEMORY_LIMIT_KIB, "the launcher grew to {peak} KiB");
+    h.assert_tmp_clean();
 }

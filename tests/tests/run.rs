@@ -1058,7 +1058,6 @@ fn a_session_uploads_runs_and_downloads_files() {
         saved_machines: None,
         cold: false,
         shares: Vec::new(),
-        cwd: None,
         on_notice: |n| panic!("no notice expected under TCG: {n}"),
         appliance: app,
         accel: Accel::Tcg,
@@ -1069,6 +1068,12 @@ fn a_session_uploads_runs_and_downloads_files() {
         verbose: false,
         argv: Vec::new(),
         stdin: false,
+        command_env: Vec::new(),
+        cwd: None,
+        interactive: None,
+        copy_in: Vec::new(),
+        copy_out: Vec::new(),
+        copy_out_limit: 1 << 30,
     };
     let mut session = Session::boot(&opts).unwrap_or_else(|e| panic!("boot: {e}"));
     assert!(session.daemon_info().contains(&host_kernel().version));

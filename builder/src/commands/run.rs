@@ -9,7 +9,10 @@ use anyhow::Context;
 use supermin::appliance::{self, BuildRequest, Source};
 use supermin::cli::{Format, RunArgs};
 use supermin_cache::Durability;
-use supermin_launcher::{self as launcher, Accel, LaunchEnv, LaunchError, Notice, RunOptions};
+use supermin_launcher::{
+    self as launcher, Accel, CopyIn, CopyOut, Interactive, LaunchEnv, LaunchError, Notice,
+    RunOptions,
+};
 
 /// The default appliance's directory inside the runtime cache (beside libguestfs's own
 /// `appliance.d`, which it must not clobber).
@@ -66,7 +69,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             launcher::parse_share_spec(here.as_os_str())
                 .map_err(|e| anyhow::anyhow!("--cwd-share: {e}"))?,
         );
-        cwd = Some(here);
+        cwd = Some(here.into_os_string());
     }
     if let Some(user) = &qemu_user {
         for share in &shares {
@@ -79,6 +82,46 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let mut command_env = Vec::new();
+    for kv in &args.env {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => command_env.push((k.into(), v.into())),
+            _ => anyhow::bail!("--env {kv:?}: expected NAME=VALUE"),
+        }
+    }
+    let mut copy_in = Vec::new();
+    for spec in &args.copy_in {
+        let (host, guest_dir) =
+            launcher::parse_copy_spec(spec).map_err(|e| anyhow::anyhow!("--copy-in {e}"))?;
+        // Checked before the boot, where the message costs nothing.
+        std::fs::symlink_metadata(&host)
+            .with_context(|| format!("--copy-in {spec}: cannot read {}", host.display()))?;
+        copy_in.push(CopyIn { host, guest_dir });
+    }
+    let mut copy_out = Vec::new();
+    for spec in &args.copy_out {
+        let (guest, host_dir) =
+            launcher::parse_copy_spec(spec).map_err(|e| anyhow::anyhow!("--copy-out {e}"))?;
+        if !host_dir.is_dir() {
+            anyhow::bail!(
+                "--copy-out {spec}: {} is not a directory (create it first)",
+                host_dir.display()
+            );
+        }
+        copy_out.push(CopyOut { guest, host_dir });
+    }
+    let copy_out_limit = supermin_ext2::parse_size(&args.copy_out_limit)
+        .map_err(|e| anyhow::anyhow!("--copy-out-limit {}: {e}", args.copy_out_limit))?;
+    let interactive = if args.interactive {
+        if !rustix::termios::isatty(std::io::stdin()) {
+            anyhow::bail!(LaunchError::NotATerminal);
+        }
+        Some(Interactive {
+            term: std::env::var_os("TERM").filter(|t| !t.is_empty()),
+        })
+    } else {
+        None
+    };
     let appliance = match &args.appliance {
         Some(dir) => dir.clone(),
         None => default_appliance(args.verbose, false)?,
@@ -94,7 +137,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         },
         cold: args.cold,
         shares,
-        cwd,
         appliance,
         accel,
         memory_mib: args.memory,
@@ -104,6 +146,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         verbose: args.verbose > 0,
         argv: args.argv.clone(),
         stdin: true,
+        command_env,
+        // --cwd wins over --cwd-share's directory.
+        cwd: args.cwd.clone().or(cwd),
+        interactive,
+        copy_in,
+        copy_out,
+        copy_out_limit,
     };
     // The command's own status, or the shell's codes for what kept it from finishing
     // (127 not started, 124 timed out, 128+N interrupted by signal N), like `timeout(1)`.

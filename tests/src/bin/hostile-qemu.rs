@@ -11,7 +11,15 @@
 //! - `endless-download`: answers a download with endless file data;
 //! - `signal-overflow`: answers an exec with `Exit(Signal(i32::MAX))`;
 //! - `escape-text`: answers an exec with an exec failure full of terminal
-//!   escape sequences.
+//!   escape sequences;
+//! - `bad-name`: for copy-out: the command exits 0, the guest path is a
+//!   directory whose listing holds a file named `$HOSTILE_NAME` (`../escape`,
+//!   `a/b`, ...);
+//! - `symlink-then-dir`: for two copy-outs of one path: the first finds a
+//!   symlink to `$HOSTILE_TARGET`, the second a directory holding a file
+//!   `pwned`, which must not land where the symlink points;
+//! - `endless-copy-out`: for copy-out: the command exits 0, the guest path
+//!   is a file that claims 1 byte and whose download never ends.
 //!
 //! `-help` prints a qemu-like first line and nothing else (no `-sandbox`),
 //! as the launcher asks once per run.
@@ -22,7 +30,8 @@ use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 
 use supermin_protocol::{
-    encode_frame, read_message, ExitStatus, Hello, Message, Reply, Request, CHUNK, PROTOCOL_VERSION,
+    encode_frame, read_message, Entry, EntryKind, ExitStatus, Hello, Message, Reply, Request, Time,
+    CHUNK, PROTOCOL_VERSION,
 };
 
 fn main() {
@@ -59,6 +68,7 @@ fn main() {
         std::thread::sleep(std::time::Duration::from_secs(3600));
         return;
     }
+    let mut lstats = 0;
     loop {
         let req = match read_message::<Request, _>(&mut chan) {
             Ok(Some(req)) => req,
@@ -80,12 +90,73 @@ fn main() {
                     message: "\x1b]0;pwned\x07\x1b[2J\x1b[31mred\rover\nnext\x1b[0m".into(),
                 },
             ),
+            ("endless-copy-out", Request::Lstat { .. }) => {
+                let mut e = entry("x", EntryKind::File, "");
+                e.size = 1;
+                send(&mut chan, &Reply::Entries(vec![e]));
+                send(&mut chan, &Reply::Done);
+            }
+            ("endless-copy-out", Request::Download { .. }) => loop {
+                send(&mut chan, &Reply::FileData(vec![b'd'; CHUNK]));
+            },
+            ("bad-name" | "symlink-then-dir" | "endless-copy-out", Request::Exec(_)) => {
+                send(&mut chan, &Reply::Exit(ExitStatus::Code(0)));
+            }
+            ("bad-name", Request::Lstat { .. }) => {
+                send(
+                    &mut chan,
+                    &Reply::Entries(vec![entry("x", EntryKind::Dir, "")]),
+                );
+                send(&mut chan, &Reply::Done);
+            }
+            ("bad-name", Request::ListDir { .. }) => {
+                let name = std::env::var("HOSTILE_NAME").unwrap_or_default();
+                send(
+                    &mut chan,
+                    &Reply::Entries(vec![entry(&name, EntryKind::File, "")]),
+                );
+                send(&mut chan, &Reply::Done);
+            }
+            ("symlink-then-dir", Request::Lstat { .. }) => {
+                lstats += 1;
+                let top = if lstats == 1 {
+                    let target = std::env::var("HOSTILE_TARGET").unwrap_or_default();
+                    entry("x", EntryKind::Symlink, &target)
+                } else {
+                    entry("x", EntryKind::Dir, "")
+                };
+                send(&mut chan, &Reply::Entries(vec![top]));
+                send(&mut chan, &Reply::Done);
+            }
+            ("symlink-then-dir", Request::ListDir { .. }) => {
+                send(
+                    &mut chan,
+                    &Reply::Entries(vec![entry("pwned", EntryKind::File, "")]),
+                );
+                send(&mut chan, &Reply::Done);
+            }
+            ("bad-name" | "symlink-then-dir", Request::Download { .. }) => {
+                send(&mut chan, &Reply::FileData(b"from the guest\n".to_vec()));
+                send(&mut chan, &Reply::FileEnd);
+            }
             (_, Request::Shutdown) => {
                 send(&mut chan, &Reply::Done);
                 return;
             }
             _ => {}
         }
+    }
+}
+
+fn entry(name: &str, kind: EntryKind, target: &str) -> Entry {
+    Entry {
+        name: name.into(),
+        kind,
+        mode: 0o755,
+        size: 15,
+        atime: Time::default(),
+        mtime: Time::default(),
+        target: target.into(),
     }
 }
 
