@@ -273,10 +273,18 @@ pub fn build_with(req: &BuildRequest, opts: &BuildOptions) -> Result<Outcome, Bu
     let log_ref = &log;
     let dir_ref = &dir;
     std::thread::scope(|scope| -> Result<(), BuildError> {
+        // The kernel file too: extracting the vmlinux is decompression, CPU work like the
+        // initrd's, and needs nothing from the root.
         let initrd_job = match (&req.format, &kernel) {
-            (Format::Ext2, Some(k)) => Some(
-                scope.spawn(move || write_initrd(k, &dir_ref.join("initrd"), &req.source, log_ref)),
-            ),
+            (Format::Ext2, Some(k)) => Some(scope.spawn(move || {
+                write_initrd(k, &dir_ref.join("initrd"), &req.source, log_ref)?;
+                let choice = write_kernel(k, dir_ref, req, opts)?;
+                log_ref.at(1, || format!("kernel format: {}", choice.describe(&k.path)));
+                if req.fixed {
+                    write_readme_fixed(dir_ref, k, req, &choice)?;
+                }
+                Ok::<(), BuildError>(())
+            })),
             _ => None,
         };
         let root = write_root(req, opts, &dir, kernel.as_ref(), &log, &mut warnings);
@@ -334,8 +342,9 @@ fn check_output(req: &BuildRequest) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// Resolves the inputs, assembles the tree and writes the root image (or the chroot), the
-/// kernel and the optional extras into `dir`.
+/// Resolves the inputs, assembles the tree and writes the root image (or the chroot) and, for
+/// the launcher, the `vmlinux` beside `kernel` into `dir` (the kernel file and README.fixed
+/// are written beside the initrd).
 fn write_root(
     req: &BuildRequest,
     bopts: &BuildOptions,
@@ -446,13 +455,8 @@ fn write_root(
                     ext2::format_uuid(&summary.uuid)
                 )
             });
-            let choice = write_kernel(k, dir, req, bopts)?;
-            log.at(1, || format!("kernel format: {}", choice.describe(&k.path)));
             if req.vmlinux {
                 write_vmlinux(k, dir, log, warnings);
-            }
-            if req.fixed {
-                write_readme_fixed(dir, k, req, &choice)?;
             }
         }
         _ => {
@@ -691,4 +695,30 @@ fn write_readme_fixed(
             .display(),
     );
     std::fs::write(&dest, text).map_err(io_err("write", &dest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pvh_is_wanted_only_for_inputs_on_x86_64_with_the_auto_format() {
+        let inputs = Source::Inputs(vec![PathBuf::from("supermin.d")]);
+        let auto = BuildOptions::default();
+        if std::env::consts::ARCH == "x86_64" {
+            assert_eq!(pvh_wanted(&inputs, &auto, None), Ok(()));
+            assert_eq!(pvh_wanted(&inputs, &auto, Some("x86_64")), Ok(()));
+        }
+        let bz = BuildOptions {
+            kernel_format: KernelFormat::Bzimage,
+            ..auto
+        };
+        assert!(pvh_wanted(&inputs, &bz, None)
+            .unwrap_err()
+            .contains("--kernel-format bzimage"));
+        assert!(pvh_wanted(&inputs, &auto, Some("aarch64"))
+            .unwrap_err()
+            .contains("aarch64"));
+        assert!(pvh_wanted(&Source::Default, &auto, None).is_err());
+    }
 }
