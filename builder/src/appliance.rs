@@ -23,7 +23,7 @@ use supermin_kernel_probe as kprobe;
 
 use crate::assemble::{open_base_image, AssembleError, Assembler};
 use crate::chroot::{self, ChrootError};
-use crate::cli::Format;
+use crate::cli::{Format, KernelFormat};
 use crate::default_appliance;
 use crate::initrd::{self, InitrdError, InitrdModule};
 
@@ -62,6 +62,68 @@ pub struct BuildRequest {
     /// `SOURCE_DATE_EPOCH` when set: the root's times are clamped to it, so that the same
     /// inputs give a bit-identical image.
     pub clamp_times: Option<i64>,
+}
+
+/// The choices beyond supermin 5's options that shape an appliance built from inputs. Kept
+/// apart from [`BuildRequest`] so that callers building the embedded default appliance (no
+/// packages, a `vmlinux` beside `kernel`) need not name them; both are in the fingerprint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// What `kernel` is (`--kernel-format`).
+    pub kernel_format: KernelFormat,
+    /// How package dependencies are followed (`--complete-deps`).
+    pub deps: hostfiles::DepRule,
+}
+
+/// Why an appliance's `kernel` is what it is, for `-v` and `supermin kernel`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelChoice {
+    /// The PVH-bootable ELF extracted from the bzImage.
+    Pvh {
+        compression: &'static str,
+        entry: u64,
+        size: u64,
+    },
+    /// The bzImage, and why.
+    BzImage { why: String },
+}
+
+impl KernelChoice {
+    /// One line: what `kernel` is and why.
+    pub fn describe(&self, bzimage: &Path) -> String {
+        match self {
+            KernelChoice::Pvh {
+                compression,
+                entry,
+                size,
+            } => format!(
+                "PVH vmlinux (ELF, {} MiB, PVH entry {entry:#x}) decompressed from the {compression} payload of {}: qemu boots it without firmware or the emulated decompressor (--kernel-format bzimage keeps the bzImage)",
+                size >> 20,
+                bzimage.display()
+            ),
+            KernelChoice::BzImage { why } => format!("bzImage {}: {why}", bzimage.display()),
+        }
+    }
+}
+
+/// Whether an appliance gets the PVH `vmlinux` as `kernel`, before looking at the kernel
+/// itself: `Err(why not)` when it keeps the bzImage whatever the kernel carries.
+pub fn pvh_wanted(
+    source: &Source,
+    opts: &BuildOptions,
+    host_cpu: Option<&str>,
+) -> Result<(), String> {
+    if matches!(source, Source::Default) {
+        return Err("the default appliance keeps the bzImage; its vmlinux sits beside it".into());
+    }
+    if opts.kernel_format == KernelFormat::Bzimage {
+        return Err("--kernel-format bzimage".into());
+    }
+    let cpu = host_cpu.unwrap_or(std::env::consts::ARCH);
+    if std::env::consts::ARCH != "x86_64" || !matches!(cpu, "x86_64" | "amd64") {
+        return Err(format!("PVH boot is for x86_64 hosts (host CPU {cpu})"));
+    }
+    Ok(())
 }
 
 #[derive(Debug)]
@@ -143,8 +205,13 @@ impl Log {
     }
 }
 
-/// Runs one build (or finds it unnecessary).
+/// Runs one build (or finds it unnecessary) with the default [`BuildOptions`].
 pub fn build(req: &BuildRequest) -> Result<Outcome, BuildError> {
+    build_with(req, &BuildOptions::default())
+}
+
+/// Runs one build (or finds it unnecessary).
+pub fn build_with(req: &BuildRequest, opts: &BuildOptions) -> Result<Outcome, BuildError> {
     let log = Log {
         verbose: req.verbose,
     };
@@ -168,7 +235,7 @@ pub fn build(req: &BuildRequest) -> Result<Outcome, BuildError> {
         }
         Format::Chroot => None,
     };
-    let fp = fingerprint(req, kernel.as_ref())?;
+    let fp = fingerprint(req, opts, kernel.as_ref())?;
     log.at(2, || format!("fingerprint: {fp}"));
 
     let _lock = match &req.lock {
@@ -206,13 +273,21 @@ pub fn build(req: &BuildRequest) -> Result<Outcome, BuildError> {
     let log_ref = &log;
     let dir_ref = &dir;
     std::thread::scope(|scope| -> Result<(), BuildError> {
+        // The kernel file too: extracting the vmlinux is decompression, CPU work like the
+        // initrd's, and needs nothing from the root.
         let initrd_job = match (&req.format, &kernel) {
-            (Format::Ext2, Some(k)) => Some(
-                scope.spawn(move || write_initrd(k, &dir_ref.join("initrd"), &req.source, log_ref)),
-            ),
+            (Format::Ext2, Some(k)) => Some(scope.spawn(move || {
+                write_initrd(k, &dir_ref.join("initrd"), &req.source, log_ref)?;
+                let choice = write_kernel(k, dir_ref, req, opts)?;
+                log_ref.at(1, || format!("kernel format: {}", choice.describe(&k.path)));
+                if req.fixed {
+                    write_readme_fixed(dir_ref, k, req, &choice)?;
+                }
+                Ok::<(), BuildError>(())
+            })),
             _ => None,
         };
-        let root = write_root(req, &dir, kernel.as_ref(), &log, &mut warnings);
+        let root = write_root(req, opts, &dir, kernel.as_ref(), &log, &mut warnings);
         if let Some(job) = initrd_job {
             match job.join() {
                 Ok(result) => result?,
@@ -267,10 +342,12 @@ fn check_output(req: &BuildRequest) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// Resolves the inputs, assembles the tree and writes the root image (or the chroot), the
-/// kernel and the optional extras into `dir`.
+/// Resolves the inputs, assembles the tree and writes the root image (or the chroot) and, for
+/// the launcher, the `vmlinux` beside `kernel` into `dir` (the kernel file and README.fixed
+/// are written beside the initrd).
 fn write_root(
     req: &BuildRequest,
+    bopts: &BuildOptions,
     dir: &Path,
     kernel: Option<&kprobe::Kernel>,
     log: &Log,
@@ -295,6 +372,7 @@ fn write_root(
             .host_cpu
             .clone()
             .unwrap_or_else(|| std::env::consts::ARCH.to_string()),
+        deps: bopts.deps,
         ..hostfiles::ResolveOptions::default()
     };
     // Decompressing the base images needs nothing from the resolution: do both at once.
@@ -382,12 +460,8 @@ fn write_root(
                     "the root holds files that only their owners may read, so root is mode 0600 and only this user can boot it; exclude them (an excludefiles input) to share the appliance".into(),
                 );
             }
-            write_kernel(k, dir, req.copy_kernel)?;
             if req.vmlinux {
                 write_vmlinux(k, dir, log, warnings);
-            }
-            if req.fixed {
-                write_readme_fixed(dir, k, req)?;
             }
         }
         _ => {
@@ -402,6 +476,7 @@ fn write_root(
 /// out on purpose).
 pub fn fingerprint(
     req: &BuildRequest,
+    opts: &BuildOptions,
     kernel: Option<&kprobe::Kernel>,
 ) -> Result<Fingerprint, BuildError> {
     let mut fb = FingerprintBuilder::new(env!("CARGO_PKG_VERSION"));
@@ -422,6 +497,8 @@ pub fn fingerprint(
             req.copy_kernel, req.fixed, req.include_packagelist, req.vmlinux
         ),
     );
+    fb.str("kernel-format", &format!("{:?}", opts.kernel_format));
+    fb.str("deps", &format!("{:?}", opts.deps));
     for var in [
         "SUPERMIN_KERNEL",
         "SUPERMIN_KERNEL_VERSION",
@@ -499,8 +576,57 @@ fn write_initrd(
     Ok(())
 }
 
-fn write_kernel(k: &kprobe::Kernel, dir: &Path, copy: bool) -> Result<(), BuildError> {
+/// Writes `kernel`: the PVH vmlinux where [`pvh_wanted`] allows it and the kernel has the
+/// note (always a file), else the bzImage, copied with `--copy-kernel`/`--fixed` or
+/// symlinked as supermin does.
+fn write_kernel(
+    k: &kprobe::Kernel,
+    dir: &Path,
+    req: &BuildRequest,
+    opts: &BuildOptions,
+) -> Result<KernelChoice, BuildError> {
     let dest = dir.join("kernel");
+    let choice = choose_kernel(k, &dest, &req.source, opts, req.host_cpu.as_deref())?;
+    if let KernelChoice::BzImage { .. } = choice {
+        write_bzimage(k, &dest, req.copy_kernel)?;
+    }
+    Ok(choice)
+}
+
+/// Decides what `kernel` is and, for the PVH vmlinux, writes it to `dest` (left absent
+/// otherwise).
+pub fn choose_kernel(
+    k: &kprobe::Kernel,
+    dest: &Path,
+    source: &Source,
+    opts: &BuildOptions,
+    host_cpu: Option<&str>,
+) -> Result<KernelChoice, BuildError> {
+    let why = match pvh_wanted(source, opts, host_cpu) {
+        Err(why) => why,
+        Ok(()) => match kprobe::extract_vmlinux(&k.path, dest) {
+            Ok(info) => match info.pvh_entry {
+                Some(entry) => {
+                    return Ok(KernelChoice::Pvh {
+                        compression: info.compression.as_str(),
+                        entry,
+                        size: info.size,
+                    })
+                }
+                None => {
+                    std::fs::remove_file(dest).map_err(io_err("remove", dest))?;
+                    "the kernel has no PVH entry note (CONFIG_PVH is off)".to_string()
+                }
+            },
+            // The bzImage still boots: a payload we cannot decompress is no reason to fail.
+            Err(e) => format!("its payload could not be turned into a vmlinux ({e})"),
+        },
+    };
+    Ok(KernelChoice::BzImage { why })
+}
+
+fn write_bzimage(k: &kprobe::Kernel, dest: &Path, copy: bool) -> Result<(), BuildError> {
+    let dest = dest.to_path_buf();
     if copy {
         std::fs::copy(&k.path, &dest).map_err(io_err("copy the kernel to", &dest))?;
     } else {
@@ -535,6 +661,7 @@ fn write_readme_fixed(
     dir: &Path,
     k: &kprobe::Kernel,
     req: &BuildRequest,
+    choice: &KernelChoice,
 ) -> Result<(), BuildError> {
     let dest = dir.join("README.fixed");
     let inputs = match &req.source {
@@ -549,7 +676,7 @@ fn write_readme_fixed(
         "This is a fixed appliance for libguestfs, built by supermin-rs {version}.\n\
          \n\
          It contains:\n\
-         \x20 kernel  a copy of {kernel} (version {kversion})\n\
+         \x20 kernel  {kernel_what} {kernel} (version {kversion})\n\
          \x20 initrd  the modules needed to boot and a small init\n\
          \x20 root    the ext2 root filesystem\n\
          \n\
@@ -562,6 +689,10 @@ fn write_readme_fixed(
          It does not change when the host is updated: rebuild it with\n\
          `supermin update-appliance {dir}` after updating the kernel or libguestfs.\n",
         version = env!("CARGO_PKG_VERSION"),
+        kernel_what = match choice {
+            KernelChoice::Pvh { .. } => "the PVH-bootable vmlinux decompressed from",
+            KernelChoice::BzImage { .. } => "a copy of",
+        },
         kernel = k.path.display(),
         kversion = k.version,
         dir = std::path::absolute(&req.output)
@@ -569,4 +700,30 @@ fn write_readme_fixed(
             .display(),
     );
     std::fs::write(&dest, text).map_err(io_err("write", &dest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pvh_is_wanted_only_for_inputs_on_x86_64_with_the_auto_format() {
+        let inputs = Source::Inputs(vec![PathBuf::from("supermin.d")]);
+        let auto = BuildOptions::default();
+        if std::env::consts::ARCH == "x86_64" {
+            assert_eq!(pvh_wanted(&inputs, &auto, None), Ok(()));
+            assert_eq!(pvh_wanted(&inputs, &auto, Some("x86_64")), Ok(()));
+        }
+        let bz = BuildOptions {
+            kernel_format: KernelFormat::Bzimage,
+            ..auto
+        };
+        assert!(pvh_wanted(&inputs, &bz, None)
+            .unwrap_err()
+            .contains("--kernel-format bzimage"));
+        assert!(pvh_wanted(&inputs, &auto, Some("aarch64"))
+            .unwrap_err()
+            .contains("aarch64"));
+        assert!(pvh_wanted(&Source::Default, &auto, None).is_err());
+    }
 }

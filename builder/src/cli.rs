@@ -21,6 +21,17 @@ pub enum Format {
     Chroot,
 }
 
+/// What `kernel` is in an `-f ext2` appliance built from inputs (`--kernel-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelFormat {
+    /// The PVH-bootable ELF `vmlinux` when the kernel carries the PVH note and the host is
+    /// x86_64 (qemu boots it without firmware and the emulated decompressor), else the bzImage
+    #[default]
+    Auto,
+    /// The distribution's bzImage, always (supermin 5's behaviour)
+    Bzimage,
+}
+
 /// What the user asked for, fully parsed.
 #[derive(Debug)]
 pub enum Command {
@@ -55,6 +66,8 @@ pub struct BuildArgs {
     pub size: Option<u64>,
     pub host_cpu: Option<String>,
     pub include_packagelist: bool,
+    pub kernel_format: KernelFormat,
+    pub complete_deps: bool,
     pub output: PathBuf,
     pub inputs: Vec<PathBuf>,
 }
@@ -136,6 +149,13 @@ struct Legacy {
     /// Add a file with the list of packages
     #[arg(long)]
     include_packagelist: bool,
+    /// What `kernel` is: auto (the PVH vmlinux where it boots, else the bzImage) or bzimage
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = KernelFormat::Auto)]
+    kernel_format: KernelFormat,
+    /// Follow every package dependency (`:any`, virtual packages, any installed
+    /// alternative) instead of supermin 5's rules
+    #[arg(long)]
+    complete_deps: bool,
     /// Display the list of package handlers and exit
     #[arg(long)]
     list_drivers: bool,
@@ -229,6 +249,12 @@ pub struct UpdateArgs {
     /// libguestfs's supermin.d; default: found in the usual places
     #[arg(long, value_name = "DIR")]
     pub supermin_d: Option<PathBuf>,
+    /// What `kernel` is: auto (the PVH vmlinux where it boots, else the bzImage) or bzimage
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = KernelFormat::Auto)]
+    pub kernel_format: KernelFormat,
+    /// Follow every package dependency instead of supermin 5's rules
+    #[arg(long)]
+    pub complete_deps: bool,
     /// Print what is done
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
     pub verbose: u8,
@@ -441,6 +467,8 @@ fn legacy_command(l: Legacy) -> Result<Command, UsageError> {
                 (l.fixed, "--fixed"),
                 (l.size.is_some(), "--size"),
                 (l.include_packagelist, "--include-packagelist"),
+                (l.complete_deps, "--complete-deps"),
+                (l.kernel_format != KernelFormat::Auto, "--kernel-format"),
             ] {
                 if set {
                     return Err(UsageError::BuildOnly { option });
@@ -487,6 +515,8 @@ fn legacy_command(l: Legacy) -> Result<Command, UsageError> {
                 size,
                 host_cpu: l.host_cpu,
                 include_packagelist: l.include_packagelist,
+                kernel_format: l.kernel_format,
+                complete_deps: l.complete_deps,
                 output: strip_trailing_slash(output),
                 inputs: l.inputs.into_iter().map(PathBuf::from).collect(),
             }))
@@ -591,6 +621,29 @@ mod tests {
     fn fixed_implies_copy_kernel() {
         let b = build(&["--build", "-f", "ext2", "--fixed", "-o", "d"]);
         assert!(b.fixed && b.copy_kernel);
+    }
+
+    #[test]
+    fn kernel_format_and_complete_deps_parse_with_auto_and_supermin_rules_by_default() {
+        let b = build(&["--build", "-f", "ext2", "-o", "d"]);
+        assert_eq!(b.kernel_format, KernelFormat::Auto);
+        assert!(!b.complete_deps);
+        let b = build(&[
+            "--build",
+            "-f",
+            "ext2",
+            "--kernel-format",
+            "bzimage",
+            "--complete-deps",
+            "-o",
+            "d",
+        ]);
+        assert_eq!(b.kernel_format, KernelFormat::Bzimage);
+        assert!(b.complete_deps);
+        let e = parse_str(&["--build", "-f", "ext2", "--kernel-format=elf", "-o", "d"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("elf") && !e.contains('\n'), "{e}");
     }
 
     #[test]

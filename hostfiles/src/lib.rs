@@ -23,7 +23,7 @@ pub use error::HostfilesError;
 pub use inputs::{
     open_base_image, read_inputs, safe_tar_path, BaseImage, BaseImageGuard, Compression, Inputs,
 };
-pub use packages::Handler;
+pub use packages::{DepRule, Handler};
 pub use pattern::{fnmatch, glob};
 pub use prepare::{prepare, PrepareOptions};
 pub use resolve::{elf_closure, resolve, ElfClosure, FileSet, ResolveOptions};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::elf::Closure;
 use crate::error::{HostfilesError, Result};
 use crate::inputs::{BaseImage, Inputs};
-use crate::packages::{self, Handler};
+use crate::packages::{self, DepRule, Handler};
 use crate::pattern::{fnmatch, glob, join_root};
 use crate::tree::{FileKind, HostFile, Tree};
 
@@ -24,6 +24,8 @@ pub struct ResolveOptions {
     pub elf_closure: bool,
     /// Use this package handler instead of detecting one.
     pub handler: Option<Handler>,
+    /// How package dependencies are followed: like supermin 5 (the default) or completely.
+    pub deps: DepRule,
 }
 
 impl Default for ResolveOptions {
@@ -33,6 +35,7 @@ impl Default for ResolveOptions {
             host_cpu: std::env::consts::ARCH.to_string(),
             elf_closure: true,
             handler: None,
+            deps: DepRule::default(),
         }
     }
 }
@@ -90,7 +93,7 @@ pub fn resolve(inputs: &Inputs, opts: &ResolveOptions) -> Result<FileSet> {
         };
         handler_name = Some(h.name());
         let db = packages::load(h, root)?;
-        let (set, missing) = db.closure(&inputs.packages);
+        let (set, missing) = db.closure_with(&inputs.packages, opts.deps);
         for m in missing {
             warnings.push(format!(
                 "package {m} is not installed on this system; ignored"

@@ -391,3 +391,84 @@ pub fn zstd_modules_copy(kernel: &Kernel, dir: &Path) -> PathBuf {
     }
     dst
 }
+
+/// The newest installed kernel of each `MAJOR.MINOR` series that has its modules (Debian 12
+/// with backports: 6.1 and 6.12), chosen through `SUPERMIN_KERNEL`/`SUPERMIN_MODULES` as a
+/// user would; found at run time, so a machine with other kernels tests those. Panics when
+/// there is none.
+pub fn kernel_series() -> Vec<Kernel> {
+    let mut newest: std::collections::BTreeMap<String, String> = Default::default();
+    for entry in std::fs::read_dir("/boot").into_iter().flatten().flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let Some(version) = name.strip_prefix("vmlinuz-") else {
+            continue;
+        };
+        if !Path::new("/lib/modules").join(version).is_dir() {
+            continue;
+        }
+        let series: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
+        let slot = newest.entry(series).or_default();
+        if slot.is_empty() || supermin_kernel_probe::compare_versions(version, slot).is_gt() {
+            *slot = version.to_owned();
+        }
+    }
+    assert!(
+        !newest.is_empty(),
+        "no /boot/vmlinuz-* with its /lib/modules on this machine; run .ci/setup"
+    );
+    newest
+        .values()
+        .map(|version| {
+            let kernel = Path::new("/boot").join(format!("vmlinuz-{version}"));
+            let modules = Path::new("/lib/modules").join(version);
+            probe_with(&[("SUPERMIN_KERNEL", &kernel), ("SUPERMIN_MODULES", &modules)])
+        })
+        .collect()
+}
+
+/// A bzImage-shaped kernel that carries `version` in its setup header and whose payload (gzip,
+/// via the `gzip` tool) is a minimal x86_64 ELF without the PVH entry note: what a kernel
+/// built without `CONFIG_PVH` looks like to the builder. It does not boot.
+pub fn fake_bzimage_without_pvh(version: &str, out: &Path) {
+    // ELF64 header, no program headers, then filler standing in for the kernel text.
+    let mut elf = vec![0u8; 64];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2; // ELFCLASS64
+    elf[5] = 1; // little-endian
+    elf[6] = 1;
+    elf[0x10..0x12].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf[0x12..0x14].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    elf[0x34..0x36].copy_from_slice(&64u16.to_le_bytes());
+    elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+    elf.extend((0..64_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
+    let mut gzip = Command::new("gzip")
+        .arg("-c")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run gzip");
+    let mut stdin = gzip.stdin.take().expect("gzip stdin");
+    let writer = std::thread::spawn(move || io::Write::write_all(&mut stdin, &elf));
+    let payload = gzip.wait_with_output().expect("gzip output").stdout;
+    writer.join().expect("gzip writer").expect("write to gzip");
+
+    // Boot protocol 2.15 setup header (Documentation/arch/x86/boot.rst): 4 setup sectors,
+    // the version string in the setup code, the payload right after the setup sectors.
+    let setup_sects = 4usize;
+    let mut img = vec![0u8; (setup_sects + 1) * 512];
+    img[0x1f1] = setup_sects as u8;
+    img[0x1fe] = 0x55;
+    img[0x1ff] = 0xaa;
+    img[0x202..0x206].copy_from_slice(b"HdrS");
+    img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    let text = format!("{version} (test@example) #1 SMP fake kernel without PVH\0");
+    img[0x400..0x400 + text.len()].copy_from_slice(text.as_bytes());
+    img[0x20e..0x210].copy_from_slice(&0x200u16.to_le_bytes());
+    img[0x248..0x24c].copy_from_slice(&0u32.to_le_bytes());
+    img[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    img.extend_from_slice(&payload);
+    img.extend_from_slice(&[0xcc; 64]);
+    std::fs::write(out, img).unwrap_or_else(|err| panic!("writing {}: {err}", out.display()));
+}

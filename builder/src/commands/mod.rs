@@ -8,7 +8,7 @@ use anyhow::Context;
 
 mod run;
 
-use supermin::appliance::{self, BuildRequest, Source};
+use supermin::appliance::{self, BuildOptions, BuildRequest, Source};
 use supermin::cli::{BuildArgs, Command, Format, KernelArgs, MkfsArgs, PrepareArgs, UpdateArgs};
 use supermin_cache::Durability;
 
@@ -130,11 +130,23 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
         time: now_or_epoch()?,
         clamp_times: source_date_epoch()?,
     };
-    run_build(&req)
+    run_build(&req, &build_options(args.kernel_format, args.complete_deps))
 }
 
-fn run_build(req: &BuildRequest) -> anyhow::Result<ExitCode> {
-    appliance::build(req).with_context(|| format!("cannot build {}", req.output.display()))?;
+fn build_options(kernel_format: supermin::cli::KernelFormat, complete_deps: bool) -> BuildOptions {
+    BuildOptions {
+        kernel_format,
+        deps: if complete_deps {
+            supermin_hostfiles::DepRule::Complete
+        } else {
+            supermin_hostfiles::DepRule::Supermin
+        },
+    }
+}
+
+fn run_build(req: &BuildRequest, opts: &BuildOptions) -> anyhow::Result<ExitCode> {
+    appliance::build_with(req, opts)
+        .with_context(|| format!("cannot build {}", req.output.display()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -143,10 +155,36 @@ fn kernel(args: &KernelArgs) -> anyhow::Result<ExitCode> {
     let env = kp::ProbeEnv::from_env(args.host_cpu.as_deref());
     let k = kp::probe(&env)?;
     let set = kp::module_set(&k, &[])?;
+    // What `kernel` becomes in an appliance built from inputs (libguestfs's) with the
+    // default options: finding out means decompressing the payload once, into a scratch file.
+    let scratch = std::env::temp_dir().join(format!(".supermin-kernel-{}", std::process::id()));
+    let choice = appliance::choose_kernel(
+        &k,
+        &scratch,
+        &Source::Inputs(Vec::new()),
+        &BuildOptions::default(),
+        args.host_cpu.as_deref(),
+    );
+    let _ = std::fs::remove_file(&scratch);
+    let choice = choice.context("cannot tell what the appliance's kernel would be")?;
     if args.json {
-        println!("{}", kp::report_json_set(&k, &set));
+        let mut report: serde_json::Value = serde_json::from_str(&kp::report_json_set(&k, &set))
+            .context("internal error: the kernel report is not JSON")?;
+        let (format, detail) = match &choice {
+            appliance::KernelChoice::Pvh { .. } => ("pvh-vmlinux", choice.describe(&k.path)),
+            appliance::KernelChoice::BzImage { why } => ("bzimage", why.clone()),
+        };
+        if let Some(obj) = report.as_object_mut() {
+            obj.insert("appliance_kernel_format".into(), format.into());
+            obj.insert("appliance_kernel_reason".into(), detail.into());
+        }
+        println!("{report}");
     } else {
         print!("{}", kp::report_text_set(&k, &set));
+        println!(
+            "appliance kernel (-f ext2, --kernel-format auto): {}",
+            choice.describe(&k.path)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -199,7 +237,7 @@ fn update_appliance(args: &UpdateArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
     }
-    run_build(&req)?;
+    run_build(&req, &build_options(args.kernel_format, args.complete_deps))?;
     let dir = std::path::absolute(&args.dir).unwrap_or_else(|_| args.dir.clone());
     println!("export LIBGUESTFS_PATH={}", dir.display());
     Ok(ExitCode::SUCCESS)

@@ -28,6 +28,22 @@ pub enum Handler {
     Pacman,
 }
 
+/// How dependencies become packages of the closure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DepRule {
+    /// What supermin 5 puts in the appliance, so that it holds what libguestfs was built and
+    /// tested with. For dpkg (src/ph_dpkg.ml): version constraints are dropped, only the
+    /// first alternative of each clause counts, and a name counts only when a package of
+    /// that exact name is installed for the native architecture (or `all`): a virtual name
+    /// or an architecture-qualified one (`perl:any`) adds nothing. Other handlers resolve
+    /// completely, as supermin's rpm and pacman handlers ask their package manager.
+    #[default]
+    Supermin,
+    /// Every dependency: `:any` and other qualifiers, virtual names (to an installed
+    /// provider) and the first installed alternative of each clause.
+    Complete,
+}
+
 impl Handler {
     pub fn name(self) -> &'static str {
         match self {
@@ -248,6 +264,7 @@ pub(crate) enum ProviderPick {
 }
 
 pub(crate) struct Db {
+    pub handler: Handler,
     pub pkgs: Vec<Pkg>,
     /// Architectures usable without a qualifier, e.g. ["amd64", "all"]; empty = any.
     pub native: Vec<String>,
@@ -276,8 +293,8 @@ impl Db {
                 }
             }
         }
-        let _ = handler;
         Db {
+            handler,
             pkgs,
             native,
             pick,
@@ -340,8 +357,36 @@ impl Db {
         ok.first().copied()
     }
 
-    /// The dependency closure of `names`: (package indexes, names that are not installed).
+    /// supermin's dpkg lookup (`dpkg_package_of_string`): an installed package of exactly
+    /// this name, for the native architecture or `all`. A qualified name such as `perl:any`
+    /// is looked up whole, so it never matches.
+    fn lookup_exact(&self, dep: &Dep) -> Option<usize> {
+        if dep.arch.is_some() {
+            return None;
+        }
+        self.by_name
+            .get(&dep.name)?
+            .iter()
+            .copied()
+            .find(|&c| self.arch_ok(c, None))
+    }
+
+    /// The dependency closure of `names`, completely resolved (see [`DepRule::Complete`]).
     pub fn closure(&self, names: &[String]) -> (BTreeSet<usize>, Vec<String>) {
+        self.closure_with(names, DepRule::Complete)
+    }
+
+    /// The dependency closure of `names` under `rule`: (package indexes, names that are not
+    /// installed).
+    pub fn closure_with(&self, names: &[String], rule: DepRule) -> (BTreeSet<usize>, Vec<String>) {
+        let supermin_dpkg = rule == DepRule::Supermin && self.handler == Handler::Dpkg;
+        let lookup = |d: &Dep| {
+            if supermin_dpkg {
+                self.lookup_exact(d)
+            } else {
+                self.lookup(d)
+            }
+        };
         let mut set = BTreeSet::new();
         let mut missing = Vec::new();
         let mut queue = VecDeque::new();
@@ -350,7 +395,7 @@ impl Db {
                 name: n.clone(),
                 arch: None,
             });
-            match self.lookup(&dep) {
+            match lookup(&dep) {
                 Some(i) => {
                     if set.insert(i) {
                         queue.push_back(i);
@@ -361,8 +406,14 @@ impl Db {
         }
         while let Some(i) = queue.pop_front() {
             for clause in &self.pkgs[i].deps {
-                // Alternatives: the first installed one, as apt would have picked.
-                if let Some(j) = clause.iter().find_map(|d| self.lookup(d)) {
+                // Alternatives: the first installed one, as apt would have picked; supermin
+                // looks at the first one only.
+                let picked = if supermin_dpkg {
+                    clause.first().and_then(lookup)
+                } else {
+                    clause.iter().find_map(lookup)
+                };
+                if let Some(j) = picked {
                     if set.insert(j) {
                         queue.push_back(j);
                     }
@@ -507,6 +558,61 @@ pub(crate) mod tests {
             ProviderPick::FirstByName,
         );
         assert_eq!(names(&db, &db.closure(&["app".into()]).0), ["app", "exim"]);
+    }
+
+    #[test]
+    fn supermin_rule_drops_qualified_virtual_and_later_alternatives_like_supermin_5() {
+        // Debian 12's libguestfs appliance: sleuthkit `Depends: perl:any`, initscripts
+        // `Depends: lsb-base` (virtual since sysvinit-utils provides it), init-system-helpers
+        // `Depends: usr-is-merged | ...`-style alternatives.
+        let db = Db::new(
+            Handler::Dpkg,
+            vec![
+                pkg(
+                    "app",
+                    &[
+                        &["perl:any"],
+                        &["lsb-base"],
+                        &["notinstalled", "usr-is-merged"],
+                        &["libc6 (>= 2.36)"],
+                    ],
+                    &[],
+                    &[],
+                ),
+                pkg("perl", &[], &[], &[]),
+                pkg("sysvinit-utils", &[], &["lsb-base"], &[]),
+                pkg("usr-is-merged", &[], &[], &[]),
+                pkg("libc6", &[], &[], &[]),
+            ],
+            vec!["amd64".into(), "all".into()],
+            ProviderPick::FirstByName,
+        );
+        let supermin = db.closure_with(&["app".into()], DepRule::Supermin).0;
+        assert_eq!(names(&db, &supermin), ["app", "libc6"]);
+        let complete = db.closure_with(&["app".into()], DepRule::Complete).0;
+        assert_eq!(
+            names(&db, &complete),
+            ["app", "libc6", "perl", "sysvinit-utils", "usr-is-merged"]
+        );
+        // A virtual name in the `packages` list itself is not installed for supermin either.
+        let (set, missing) = db.closure_with(&["lsb-base".into()], DepRule::Supermin);
+        assert!(set.is_empty());
+        assert_eq!(missing, ["lsb-base"]);
+    }
+
+    #[test]
+    fn supermin_rule_is_complete_for_other_handlers() {
+        let db = Db::new(
+            Handler::Rpm,
+            vec![
+                pkg("app", &[&["mail-transport-agent"]], &[], &[]),
+                pkg("postfix", &[], &["mail-transport-agent"], &[]),
+            ],
+            vec![],
+            ProviderPick::ShortestName,
+        );
+        let set = db.closure_with(&["app".into()], DepRule::Supermin).0;
+        assert_eq!(names(&db, &set), ["app", "postfix"]);
     }
 
     #[test]
