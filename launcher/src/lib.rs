@@ -12,6 +12,7 @@
 //! directory.
 
 mod accel;
+pub mod diag;
 mod qemu;
 mod signals;
 mod stop;
