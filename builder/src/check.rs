@@ -150,7 +150,11 @@ struct ImageView<'t> {
 /// A regular file of the tree, read where its bytes come from.
 enum TreeFile {
     Host(File),
-    Range { file: Arc<File>, offset: u64, len: u64 },
+    Range {
+        file: Arc<File>,
+        offset: u64,
+        len: u64,
+    },
     Bytes(Arc<[u8]>),
 }
 
@@ -158,7 +162,11 @@ impl FileExt for TreeFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         match self {
             TreeFile::Host(f) => f.read_at(buf, offset),
-            TreeFile::Range { file, offset: base, len } => {
+            TreeFile::Range {
+                file,
+                offset: base,
+                len,
+            } => {
                 if offset >= *len {
                     return Ok(0);
                 }
