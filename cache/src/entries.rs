@@ -51,9 +51,7 @@ pub const ENTRY_KINDS: [EntryKind; 2] = [DEFAULT_ENTRY, LIBGUESTFS_ENTRY];
 /// `$TMPDIR` when set (libguestfs and `supermin run` use the first; the other may hold
 /// entries from runs without it), `/var/tmp` only when neither is set. Each is
 /// `BASE/.guestfs-<euid>`; those that do not exist are left out, none is created.
-pub fn user_cache_dirs(
-    env: impl Fn(&str) -> Option<OsString>,
-) -> Vec<(PathBuf, BaseOrigin)> {
+pub fn user_cache_dirs(env: impl Fn(&str) -> Option<OsString>) -> Vec<(PathBuf, BaseOrigin)> {
     let set = |name: &str| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     let mut bases = Vec::new();
     if let Some(b) = set("LIBGUESTFS_CACHEDIR") {
@@ -176,7 +174,9 @@ pub fn disk_usage(path: &Path) -> io::Result<u64> {
 /// What [`remove_entry`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removal {
-    Removed { bytes: u64 },
+    Removed {
+        bytes: u64,
+    },
     /// A builder holds the lock: left alone.
     InUse,
 }

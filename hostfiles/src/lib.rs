@@ -20,12 +20,12 @@ mod tree;
 use std::path::Path;
 
 pub use elf::{read_elf, read_elf_from, ElfInfo};
-pub use linkcheck::{
-    check_links, elf_info_in, resolve_in, LinkProblem, Missing, TreeView, ViewNode,
-};
 pub use error::HostfilesError;
 pub use inputs::{
     open_base_image, read_inputs, safe_tar_path, BaseImage, BaseImageGuard, Compression, Inputs,
+};
+pub use linkcheck::{
+    check_links, elf_info_in, resolve_in, LinkProblem, Missing, TreeView, ViewNode,
 };
 pub use packages::Handler;
 pub use pattern::{fnmatch, glob};

@@ -207,7 +207,12 @@ impl TreeLdConfig {
             .unwrap_or_default();
         let mut conf_dirs = Vec::new();
         let mut seen = HashSet::new();
-        read_conf(view, Path::new("/etc/ld.so.conf"), &mut conf_dirs, &mut seen);
+        read_conf(
+            view,
+            Path::new("/etc/ld.so.conf"),
+            &mut conf_dirs,
+            &mut seen,
+        );
         TreeLdConfig { cache, conf_dirs }
     }
 }
@@ -351,8 +356,7 @@ mod tests {
             let p = PathBuf::from(path);
             self.dirs_for(&p);
             let data = std::fs::read(&p).unwrap();
-            self.nodes
-                .insert(p, (ViewNode::File { mode: 0o755 }, data));
+            self.nodes.insert(p, (ViewNode::File { mode: 0o755 }, data));
         }
         fn link(&mut self, path: &str, target: &str) {
             let p = PathBuf::from(path);
@@ -444,8 +448,10 @@ mod tests {
         t.host(&host_lib("libc.so.6"));
         let problems = check_links(&t);
         assert!(
-            problems.iter().any(|p| p.object == Path::new("/usr/bin/true")
-                && matches!(&p.missing, Missing::Interpreter(i) if i.contains("ld-linux"))),
+            problems
+                .iter()
+                .any(|p| p.object == Path::new("/usr/bin/true")
+                    && matches!(&p.missing, Missing::Interpreter(i) if i.contains("ld-linux"))),
             "{problems:?}"
         );
     }

@@ -66,7 +66,8 @@ pub fn qemu_starts(q: &QemuFound, timeout: Duration) -> Result<(), String> {
     };
     let mut stderr = String::new();
     if let Some(mut pipe) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut std::io::Read::take(&mut pipe, 8192), &mut stderr);
+        let _ =
+            std::io::Read::read_to_string(&mut std::io::Read::take(&mut pipe, 8192), &mut stderr);
     }
     if status.success() {
         Ok(())
