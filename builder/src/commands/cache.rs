@@ -179,6 +179,14 @@ fn explain_change(entry: &Entry, kernel: &kprobe::Kernel) -> String {
 
 /// supermin 5 writes no stamp; its `--if-newer` compares times, and so does this.
 fn judge_by_times(entry: &Entry, kernel: &kprobe::Kernel) -> (bool, String) {
+    if let Ok(target) = std::fs::read_link(entry.dir.join("kernel")) {
+        if !target.exists() {
+            return (
+                false,
+                format!("stale: its kernel {} was removed", target.display()),
+            );
+        }
+    }
     for f in cache::APPLIANCE_FILES {
         if std::fs::metadata(entry.dir.join(f)).is_err() {
             return (false, format!("stale: it lacks {f} (built by supermin 5)"));
