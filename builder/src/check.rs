@@ -50,8 +50,9 @@ pub enum InitError {
 #[derive(Debug, Default)]
 pub struct CheckReport {
     pub warnings: Vec<String>,
-    /// Regular files in the tree, and how long the check took.
+    /// Regular files in the tree, the ELF objects among them, and how long the check took.
     pub files: usize,
+    pub elf_objects: usize,
     pub elapsed: std::time::Duration,
 }
 
@@ -59,7 +60,8 @@ impl CheckReport {
     /// One line for `-v`.
     pub fn summary(&self) -> String {
         format!(
-            "checked /init and the ELF objects among {} files in {:.1} ms: {} warning(s)",
+            "checked /init and {} ELF objects among {} files in {:.1} ms: {} warning(s)",
+            self.elf_objects,
             self.files,
             self.elapsed.as_secs_f64() * 1e3,
             self.warnings.len()
@@ -72,11 +74,12 @@ impl CheckReport {
 pub fn check_tree(tree: &Tree) -> Result<CheckReport, InitError> {
     let start = std::time::Instant::now();
     let view = ImageView { tree };
+    let links = hostfiles::check_links(&view);
     let mut report = CheckReport {
-        files: view.files().len(),
+        files: links.files,
+        elf_objects: links.elf_objects,
         ..CheckReport::default()
     };
-    let problems = hostfiles::check_links(&view);
 
     // The objects /init depends on to start: itself and its interpreter (a script's, and
     // an ELF's PT_INTERP), each followed to its canonical path.
@@ -115,7 +118,7 @@ pub fn check_tree(tree: &Tree) -> Result<CheckReport, InitError> {
         }
         Some(_) => return Err(InitError::NotAFile),
     }
-    for p in problems {
+    for p in links.problems {
         if vital.contains(&p.object) {
             let what = match &p.missing {
                 Missing::Interpreter(i) => format!("{} needs {i}", p.object.display()),
@@ -233,6 +236,14 @@ impl TreeView for ImageView<'_> {
                 .map(|(name, _)| std::ffi::OsStr::from_bytes(name).to_os_string())
                 .collect(),
             None => Vec::new(),
+        }
+    }
+
+    fn host_path(&self, path: &Path) -> Option<PathBuf> {
+        let id = self.tree.lookup(path.as_os_str().as_bytes())?;
+        match self.tree.kind(id) {
+            NodeKind::File(FileData::Host { path, .. }) => Some(path.clone()),
+            _ => None,
         }
     }
 

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use goblin::container::{Container, Ctx, Endian};
 use goblin::elf::dynamic::{DT_NEEDED, DT_NULL, DT_RPATH, DT_RUNPATH, DT_STRSZ, DT_STRTAB};
@@ -419,6 +419,17 @@ pub(crate) fn expand_dst(entry: &str, origin: &Path, abi: Abi) -> Vec<PathBuf> {
         .collect()
 }
 
+/// ELF facts of the host files a closure parsed in this process, by host path (`None`: not
+/// ELF): the builder's check of the assembled tree asks about the same files moments later,
+/// and reading them again was most of its cost.
+static PARSED: Mutex<Option<HashMap<PathBuf, Option<Arc<ElfInfo>>>>> = Mutex::new(None);
+
+/// What a closure in this process found at host path `path`: `None` when it did not parse
+/// it, `Some(None)` when it is not ELF.
+pub fn parsed_host_elf(path: &Path) -> Option<Option<Arc<ElfInfo>>> {
+    PARSED.lock().ok()?.as_ref()?.get(path).cloned()
+}
+
 /// One object waiting for its dependencies: where it was found (for `$ORIGIN`) and the
 /// executable's DT_RPATH that glibc also searches for every library the program loads.
 struct Pending {
@@ -480,6 +491,10 @@ impl<'t> Closure<'t> {
                 }
             };
             self.abis.insert(p.clone(), info.as_ref().map(|i| i.abi()));
+            if let Ok(mut memo) = PARSED.lock() {
+                memo.get_or_insert_with(HashMap::new)
+                    .insert(join_root(&root, &p), info.clone());
+            }
             self.infos.insert(p, info);
         }
         Ok(())

@@ -25,7 +25,7 @@ pub use inputs::{
     open_base_image, read_inputs, safe_tar_path, BaseImage, BaseImageGuard, Compression, Inputs,
 };
 pub use linkcheck::{
-    check_links, elf_info_in, resolve_in, LinkProblem, Missing, TreeView, ViewNode,
+    check_links, elf_info_in, resolve_in, LinkProblem, LinkReport, Missing, TreeView, ViewNode,
 };
 pub use packages::Handler;
 pub use pattern::{fnmatch, glob};

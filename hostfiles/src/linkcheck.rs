@@ -41,6 +41,11 @@ pub trait TreeView: Sync {
     fn list(&self, path: &Path) -> Vec<OsString>;
     /// Every regular file: canonical path and mode.
     fn files(&self) -> Vec<(PathBuf, u32)>;
+    /// The host file whose bytes the regular file at `path` has, when there is one: its ELF
+    /// facts may be known already from the resolution.
+    fn host_path(&self, _path: &Path) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// Follows symlinks inside the tree (at most 40, like the kernel): the canonical path of
@@ -126,12 +131,22 @@ pub fn elf_info_in<V: TreeView + ?Sized>(view: &V, path: &Path) -> Option<ElfInf
     read_elf_from(&file, path).ok().flatten()
 }
 
+/// What [`check_links`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkReport {
+    pub problems: Vec<LinkProblem>,
+    /// Regular files in the tree, and the ELF objects among them.
+    pub files: usize,
+    pub elf_objects: usize,
+}
+
 /// Checks every ELF object of the tree; problems in tree order.
-pub fn check_links<V: TreeView>(view: &V) -> Vec<LinkProblem> {
+pub fn check_links<V: TreeView>(view: &V) -> LinkReport {
+    let files = view.files();
+    let nfiles = files.len();
     // Only what can be an ELF object is opened, as in the resolution: executables and
     // anything named like a shared object.
-    let mut candidates: Vec<PathBuf> = view
-        .files()
+    let mut candidates: Vec<PathBuf> = files
         .into_iter()
         .filter(|(p, mode)| {
             mode & 0o111 != 0
@@ -144,12 +159,23 @@ pub fn check_links<V: TreeView>(view: &V) -> Vec<LinkProblem> {
     candidates.sort();
     let infos: HashMap<PathBuf, ElfInfo> = candidates
         .par_iter()
-        .filter_map(|p| elf_info_in(view, p).map(|i| (p.clone(), i)))
+        .filter_map(|p| {
+            let known = view
+                .host_path(p)
+                .and_then(|h| crate::elf::parsed_host_elf(&h));
+            let info = match known {
+                Some(known) => known.map(|i| (*i).clone()),
+                None => elf_info_in(view, p),
+            };
+            info.map(|i| (p.clone(), i))
+        })
         .collect();
     let ld = TreeLdConfig::load(view);
     let mut problems = Vec::new();
     let mut found_names: HashSet<String> = HashSet::new();
     let mut unresolved: Vec<(PathBuf, String)> = Vec::new();
+    // Most objects have no RPATH/RUNPATH: their search depends on the name and ABI only.
+    let mut plain: HashMap<(String, Abi), bool> = HashMap::new();
     for path in &candidates {
         let Some(info) = infos.get(path) else {
             continue;
@@ -173,7 +199,14 @@ pub fn check_links<V: TreeView>(view: &V) -> Vec<LinkProblem> {
         }
         dirs.extend(info.runpath.iter().flat_map(|e| expand_dst(e, origin, abi)));
         for name in &info.needed {
-            if find_library(view, &infos, &ld, name, &dirs, abi) {
+            let found = if dirs.is_empty() {
+                *plain
+                    .entry((name.clone(), abi))
+                    .or_insert_with(|| find_library(view, &infos, &ld, name, &dirs, abi))
+            } else {
+                find_library(view, &infos, &ld, name, &dirs, abi)
+            };
+            if found {
                 found_names.insert(name.clone());
             } else {
                 unresolved.push((path.clone(), name.clone()));
@@ -191,7 +224,11 @@ pub fn check_links<V: TreeView>(view: &V) -> Vec<LinkProblem> {
             });
         }
     }
-    problems
+    LinkReport {
+        problems,
+        files: nfiles,
+        elf_objects: infos.len(),
+    }
 }
 
 /// The tree's own linker configuration.
@@ -427,7 +464,7 @@ mod tests {
         t.host("/usr/lib64/ld-linux-x86-64.so.2");
         t.host(&host_lib("libc.so.6"));
         t.host(&host_lib("libpcre2-8.so.0"));
-        let problems = check_links(&t);
+        let problems = check_links(&t).problems;
         // ls needs libselinux.so.1, which this tree lacks; libc and the interpreter are there.
         assert_eq!(
             problems,
@@ -438,7 +475,7 @@ mod tests {
             "{problems:?}"
         );
         t.host(&host_lib("libselinux.so.1"));
-        assert_eq!(check_links(&t), vec![]);
+        assert_eq!(check_links(&t).problems, vec![]);
     }
 
     #[test]
@@ -446,7 +483,7 @@ mod tests {
         let mut t = MemTree::default();
         t.host("/usr/bin/true");
         t.host(&host_lib("libc.so.6"));
-        let problems = check_links(&t);
+        let problems = check_links(&t).problems;
         assert!(
             problems
                 .iter()
