@@ -151,6 +151,8 @@ pub enum BuildError {
     Initrd(#[from] InitrdError),
     #[error(transparent)]
     Chroot(#[from] ChrootError),
+    #[error(transparent)]
+    Init(#[from] crate::check::InitError),
     #[error("cannot {what} {path}")]
     Io {
         what: &'static str,
@@ -431,6 +433,9 @@ fn write_root(
         tree.clamp_times(epoch);
     }
     log.at(1, || "tree assembled".into());
+    let checked = crate::check::check_tree(&tree)?;
+    log.at(1, || checked.summary());
+    warnings.extend(checked.warnings);
 
     match (&req.format, kernel) {
         (Format::Ext2, Some(k)) => {

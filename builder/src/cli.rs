@@ -44,6 +44,8 @@ pub enum Command {
     // Boxed: the largest arguments by far, parsed once.
     Run(Box<RunArgs>),
     UpdateAppliance(UpdateArgs),
+    Doctor(DoctorArgs),
+    Cache(CacheArgs),
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +124,8 @@ Subcommands (beyond supermin 5):
   supermin mkfs SRC_DIR -o IMAGE           ext2 image from a directory, no root needed
   supermin kernel [--json]                 which kernel and modules would be used, and why
   supermin update-appliance [DIR]          build libguestfs's fixed appliance system-wide
+  supermin doctor [--json]                 check qemu, KVM, kernel, cache, libguestfs; boot
+  supermin cache list|gc|clean             what is cached, its size and freshness; remove it
 Run `supermin SUBCOMMAND --help` for each one's options."
 )]
 struct Legacy {
@@ -208,6 +212,57 @@ enum Sub {
     Kernel(KernelArgs),
     /// Build libguestfs's appliance as a fixed appliance, system-wide
     UpdateAppliance(UpdateArgs),
+    /// Check qemu, KVM, the kernel, the cache and libguestfs, then build and boot the default
+    /// appliance; say what is wrong and the way out (paste the output into a bug report)
+    Doctor(DoctorArgs),
+    /// List or remove cached appliances (ours and libguestfs's)
+    Cache(CacheArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DoctorArgs {
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
+    /// Only the checks: do not build or boot the default appliance
+    #[arg(long)]
+    pub no_boot: bool,
+    /// Show the console and what is done while booting
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub action: CacheAction,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum CacheAction {
+    /// Each cached appliance: size on disk, last use, still fresh for this host
+    List {
+        /// Print one JSON object instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove stale entries (and, with --older-than, those unused for that long); never one
+    /// a builder holds
+    Gc {
+        /// Also remove entries not used for this long: N followed by s, m, h, d or w
+        /// (plain N means days)
+        #[arg(long, value_name = "D")]
+        older_than: Option<String>,
+        /// Say what would be removed, remove nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove every cached appliance of this user (but one a builder holds)
+    Clean {
+        /// Say what would be removed, remove nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -348,7 +403,14 @@ pub struct RunArgs {
     pub argv: Vec<OsString>,
 }
 
-const SUBCOMMANDS: &[&str] = &["run", "mkfs", "kernel", "update-appliance"];
+const SUBCOMMANDS: &[&str] = &[
+    "run",
+    "mkfs",
+    "kernel",
+    "update-appliance",
+    "doctor",
+    "cache",
+];
 
 /// The whole command line as one clap tree: supermin 5's options and inputs at the top,
 /// our subcommands beneath. It exists for what is generated from the CLI definition (man
@@ -392,6 +454,8 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed, UsageError> {
                 Sub::Mkfs(a) => Command::Mkfs(a),
                 Sub::Kernel(a) => Command::Kernel(a),
                 Sub::UpdateAppliance(a) => Command::UpdateAppliance(a),
+                Sub::Doctor(a) => Command::Doctor(a),
+                Sub::Cache(a) => Command::Cache(a),
             })),
             Err(e) => {
                 let unknown = e.kind() == clap::error::ErrorKind::UnknownArgument;

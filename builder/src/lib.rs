@@ -4,6 +4,7 @@
 
 pub mod appliance;
 pub mod assemble;
+pub mod check;
 pub mod chroot;
 pub mod cli;
 pub mod default_appliance;

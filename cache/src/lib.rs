@@ -8,6 +8,7 @@
 //! [`runtime_cache_dir`]. This crate builds nothing itself.
 
 mod dir;
+mod entries;
 mod error;
 mod fingerprint;
 mod lock;
@@ -16,6 +17,10 @@ mod stamp;
 
 pub use dir::{
     cache_base_from, check_cache_dir, runtime_cache_dir, runtime_cache_dir_in, BaseOrigin,
+};
+pub use entries::{
+    disk_usage, list_entries, remove_entry, user_cache_dirs, Entry, EntryKind, Removal,
+    DEFAULT_ENTRY, ENTRY_KINDS, LIBGUESTFS_ENTRY,
 };
 pub use error::CacheError;
 pub use fingerprint::{

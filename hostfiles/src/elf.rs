@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use goblin::container::{Container, Ctx, Endian};
 use goblin::elf::dynamic::{DT_NEEDED, DT_NULL, DT_RPATH, DT_RUNPATH, DT_STRSZ, DT_STRTAB};
@@ -37,7 +37,7 @@ pub struct ElfInfo {
 }
 
 impl ElfInfo {
-    fn abi(&self) -> Abi {
+    pub(crate) fn abi(&self) -> Abi {
         Abi {
             class64: self.class64,
             little_endian: self.little_endian,
@@ -48,7 +48,7 @@ impl ElfInfo {
 
 /// Objects can only load libraries of their own class, byte order and machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Abi {
+pub(crate) struct Abi {
     class64: bool,
     little_endian: bool,
     machine: u16,
@@ -95,7 +95,7 @@ impl Abi {
         v
     }
 
-    fn default_dirs(&self) -> Vec<PathBuf> {
+    pub(crate) fn default_dirs(&self) -> Vec<PathBuf> {
         let mut v = Vec::new();
         if let Some(t) = self.triplet() {
             v.push(PathBuf::from(format!("/lib/{t}")));
@@ -120,7 +120,7 @@ fn elf_err(path: &Path, message: impl Into<String>) -> HostfilesError {
     }
 }
 
-fn read_at(f: &File, path: &Path, off: u64, len: u64, what: &str) -> Result<Vec<u8>> {
+fn read_at(f: &impl FileExt, path: &Path, off: u64, len: u64, what: &str) -> Result<Vec<u8>> {
     let len = usize::try_from(len).map_err(|_| elf_err(path, format!("{what} too large")))?;
     let mut buf = vec![0u8; len];
     f.read_exact_at(&mut buf, off).map_err(|e| {
@@ -143,6 +143,12 @@ fn read_at(f: &File, path: &Path, off: u64, len: u64, what: &str) -> Result<Vec<
 /// an error if it claims to be ELF but is malformed or truncated.
 pub fn read_elf(path: &Path) -> Result<Option<ElfInfo>> {
     let f = File::open(path).map_err(read_err(path))?;
+    read_elf_from(&f, path)
+}
+
+/// [`read_elf`] of anything that reads at offsets (a file, a range of an archive, bytes in
+/// memory); `path` only names it in errors.
+pub fn read_elf_from(f: &impl FileExt, path: &Path) -> Result<Option<ElfInfo>> {
     let mut head = [0u8; 64];
     let mut n = 0;
     while n < head.len() {
@@ -186,7 +192,7 @@ pub fn read_elf(path: &Path) -> Result<Option<ElfInfo>> {
         ));
     }
     let phbuf = read_at(
-        &f,
+        f,
         path,
         hdr.e_phoff,
         hdr.e_phnum as u64 * phent as u64,
@@ -196,7 +202,7 @@ pub fn read_elf(path: &Path) -> Result<Option<ElfInfo>> {
         .map_err(|e| elf_err(path, format!("bad program headers: {e}")))?;
 
     if let Some(ph) = phdrs.iter().find(|p| p.p_type == PT_INTERP) {
-        let raw = read_at(&f, path, ph.p_offset, ph.p_filesz.min(4096), "PT_INTERP")?;
+        let raw = read_at(f, path, ph.p_offset, ph.p_filesz.min(4096), "PT_INTERP")?;
         let s = raw.split(|&c| c == 0).next().unwrap_or_default();
         if !s.is_empty() {
             info.interp = Some(String::from_utf8_lossy(s).into_owned());
@@ -208,7 +214,7 @@ pub fn read_elf(path: &Path) -> Result<Option<ElfInfo>> {
     if dynh.p_filesz > MAX_DYNAMIC {
         return Err(elf_err(path, "PT_DYNAMIC is implausibly large"));
     }
-    let dynbuf = read_at(&f, path, dynh.p_offset, dynh.p_filesz, "PT_DYNAMIC")?;
+    let dynbuf = read_at(f, path, dynh.p_offset, dynh.p_filesz, "PT_DYNAMIC")?;
     let word = if class64 { 8 } else { 4 };
     let rd = |b: &[u8]| -> u64 {
         match (class64, info.little_endian) {
@@ -249,7 +255,7 @@ pub fn read_elf(path: &Path) -> Result<Option<ElfInfo>> {
         .find(|p| p.p_vaddr <= strtab && strtab - p.p_vaddr < p.p_filesz)
         .ok_or_else(|| elf_err(path, "DT_STRTAB is not inside any PT_LOAD segment"))?;
     let off = strtab - load.p_vaddr + load.p_offset;
-    let strs = read_at(&f, path, off, strsz, "dynamic string table")?;
+    let strs = read_at(f, path, off, strsz, "dynamic string table")?;
     let get = |o: u64| -> Result<String> {
         let o = usize::try_from(o).unwrap_or(usize::MAX);
         let s = strs
@@ -391,7 +397,7 @@ fn read_ld_so_conf(
 
 /// Expand `$ORIGIN`, `$LIB`, `$PLATFORM` (also `${...}`) in one RPATH/RUNPATH entry.
 /// `$LIB` has several candidate expansions, so this returns a list.
-fn expand_dst(entry: &str, origin: &Path, abi: Abi) -> Vec<PathBuf> {
+pub(crate) fn expand_dst(entry: &str, origin: &Path, abi: Abi) -> Vec<PathBuf> {
     let origin = origin.display().to_string();
     let base = entry
         .replace("${ORIGIN}", &origin)
@@ -411,6 +417,17 @@ fn expand_dst(entry: &str, origin: &Path, abi: Abi) -> Vec<PathBuf> {
         .filter(|p| p.starts_with('/'))
         .map(PathBuf::from)
         .collect()
+}
+
+/// ELF facts of the host files a closure parsed in this process, by host path (`None`: not
+/// ELF): the builder's check of the assembled tree asks about the same files moments later,
+/// and reading them again was most of its cost.
+static PARSED: Mutex<Option<HashMap<PathBuf, Option<Arc<ElfInfo>>>>> = Mutex::new(None);
+
+/// What a closure in this process found at host path `path`: `None` when it did not parse
+/// it, `Some(None)` when it is not ELF.
+pub fn parsed_host_elf(path: &Path) -> Option<Option<Arc<ElfInfo>>> {
+    PARSED.lock().ok()?.as_ref()?.get(path).cloned()
 }
 
 /// One object waiting for its dependencies: where it was found (for `$ORIGIN`) and the
@@ -474,6 +491,10 @@ impl<'t> Closure<'t> {
                 }
             };
             self.abis.insert(p.clone(), info.as_ref().map(|i| i.abi()));
+            if let Ok(mut memo) = PARSED.lock() {
+                memo.get_or_insert_with(HashMap::new)
+                    .insert(join_root(&root, &p), info.clone());
+            }
             self.infos.insert(p, info);
         }
         Ok(())
@@ -644,7 +665,7 @@ impl<'t> Closure<'t> {
 }
 
 /// Only the class/byte order/machine of a file, for checking search candidates cheaply.
-fn read_abi(path: &Path) -> Option<Abi> {
+pub(crate) fn read_abi(path: &Path) -> Option<Abi> {
     let f = File::open(path).ok()?;
     let mut head = [0u8; 20];
     f.read_exact_at(&mut head, 0).ok()?;

@@ -8,6 +8,7 @@
 mod elf;
 mod error;
 mod inputs;
+mod linkcheck;
 mod packages;
 mod pattern;
 mod prepare;
@@ -18,10 +19,13 @@ mod tree;
 
 use std::path::Path;
 
-pub use elf::{read_elf, ElfInfo};
+pub use elf::{read_elf, read_elf_from, ElfInfo};
 pub use error::HostfilesError;
 pub use inputs::{
     open_base_image, read_inputs, safe_tar_path, BaseImage, BaseImageGuard, Compression, Inputs,
+};
+pub use linkcheck::{
+    check_links, elf_info_in, resolve_in, LinkProblem, LinkReport, Missing, TreeView, ViewNode,
 };
 pub use packages::{DepRule, Handler};
 pub use pattern::{fnmatch, glob};

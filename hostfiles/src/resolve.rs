@@ -166,21 +166,39 @@ pub fn resolve(inputs: &Inputs, opts: &ResolveOptions) -> Result<FileSet> {
         }
     }
 
+    let mut before_closure: Option<std::collections::HashSet<PathBuf>> = None;
     if opts.elf_closure {
         let mut objects: Vec<PathBuf> = tree
             .entries()
             .filter(|f| could_be_elf_object(f))
             .map(|f| f.path.clone())
             .collect();
+        if !inputs.excludes.is_empty() {
+            before_closure = Some(tree.entries().map(|f| f.path.clone()).collect());
+        }
         objects.extend(named);
         let mut c = Closure::new(&mut tree);
         c.run(&objects, false)?;
         warnings.append(&mut c.warnings);
     }
+    let mut files = tree.into_files();
+    // An excludefiles line is the user's word, also against the ELF closure: a library it
+    // names stays out (the builder's check of the assembled tree then warns about every
+    // object that needs it). Files named by hostfiles are kept, as excludes never apply
+    // to them.
+    if let Some(before) = before_closure {
+        files.retain(|f| {
+            before.contains(&f.path)
+                || !inputs
+                    .excludes
+                    .iter()
+                    .any(|pat| fnmatch(pat, &f.path.to_string_lossy()))
+        });
+    }
 
     Ok(FileSet {
         root: root.to_path_buf(),
-        files: tree.into_files(),
+        files,
         packages,
         base_images: inputs.base_images.clone(),
         handler: handler_name,

@@ -13,6 +13,7 @@
 
 mod accel;
 mod copy;
+pub mod diag;
 mod qemu;
 mod qmp;
 mod signals;

@@ -472,3 +472,35 @@ pub fn fake_bzimage_without_pvh(version: &str, out: &Path) {
     img.extend_from_slice(&[0xcc; 64]);
     std::fs::write(out, img).unwrap_or_else(|err| panic!("writing {}: {err}", out.display()));
 }
+
+/// `supermin ARGS` with an environment of its own: the cache (`LIBGUESTFS_CACHEDIR`), the
+/// launcher's scratch and the KVM verdict (`TMPDIR`) in `cache` and `tmp`, no
+/// `XDG_RUNTIME_DIR`, and none of the caller's `SUPERMIN_*` or `LIBGUESTFS_*` variables, so
+/// a test neither reads nor changes this user's real cache.
+pub fn supermin_in(cache: &Path, tmp: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(supermin_bin());
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("SUPERMIN_") && key != "SUPERMIN_BIN" || key.starts_with("LIBGUESTFS_") {
+            cmd.env_remove(&*key);
+        }
+    }
+    cmd.args(args)
+        .env("LIBGUESTFS_CACHEDIR", cache)
+        .env("TMPDIR", tmp)
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `cmd`, returning (exit code, stdout, stderr) as text.
+pub fn output_of(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+mod cache;
+mod doctor;
 mod run;
 
 use supermin::appliance::{self, BuildOptions, BuildRequest, Source};
@@ -36,6 +38,8 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Kernel(args) => kernel(&args),
         Command::UpdateAppliance(args) => update_appliance(&args),
         Command::Run(args) => run::run(&args),
+        Command::Doctor(args) => doctor::doctor(&args),
+        Command::Cache(args) => cache::cache(&args),
     }
 }
 

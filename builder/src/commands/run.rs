@@ -15,10 +15,11 @@ use supermin_launcher::{
 };
 
 /// The default appliance's directory inside the runtime cache (beside libguestfs's own
-/// `appliance.d`, which it must not clobber).
-const DEFAULT_DIR: &str = "supermin-rs-default.d";
+/// `appliance.d`, which it must not clobber), and its builders' lock.
+const DEFAULT_DIR: &str = supermin_cache::DEFAULT_ENTRY.name;
+const DEFAULT_LOCK: &str = supermin_cache::DEFAULT_ENTRY.lock;
 /// Saved machines (booted appliances, restored instead of booting), beside it.
-const SAVED_DIR: &str = "supermin-rs-saved";
+pub(super) const SAVED_DIR: &str = "supermin-rs-saved";
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let accel = match args.accel.clone().or_else(|| {
@@ -215,10 +216,24 @@ fn qemu_user(flag: Option<&str>) -> anyhow::Result<Option<String>> {
 
 /// Builds (or finds fresh, unless `force`) the embedded default appliance in the runtime
 /// cache.
-fn default_appliance(verbose: u8, force: bool) -> anyhow::Result<PathBuf> {
+pub(super) fn default_appliance(verbose: u8, force: bool) -> anyhow::Result<PathBuf> {
     let cache = supermin_cache::runtime_cache_dir()?;
+    let req = default_request(&cache, verbose, force)?;
+    let out = req.output.clone();
+    appliance::build(&req)
+        .with_context(|| format!("cannot build the default appliance in {}", out.display()))?;
+    Ok(out)
+}
+
+/// The build of the default appliance in the per-user cache directory `cache` (also what
+/// `supermin cache` compares a cached one against).
+pub(super) fn default_request(
+    cache: &std::path::Path,
+    verbose: u8,
+    force: bool,
+) -> anyhow::Result<BuildRequest> {
     let out = cache.join(DEFAULT_DIR);
-    let req = BuildRequest {
+    Ok(BuildRequest {
         format: Format::Ext2,
         source: Source::Default,
         output: out.clone(),
@@ -228,14 +243,11 @@ fn default_appliance(verbose: u8, force: bool) -> anyhow::Result<PathBuf> {
         fixed: false,
         include_packagelist: false,
         if_newer: !force,
-        lock: Some(cache.join("supermin-rs-default.lock")),
+        lock: Some(cache.join(DEFAULT_LOCK)),
         vmlinux: true,
         durability: Durability::Unsynced,
         verbose: verbose.saturating_sub(1),
         time: super::now_or_epoch()?,
         clamp_times: super::source_date_epoch()?,
-    };
-    appliance::build(&req)
-        .with_context(|| format!("cannot build the default appliance in {}", out.display()))?;
-    Ok(out)
+    })
 }

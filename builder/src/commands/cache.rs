@@ -1,0 +1,409 @@
+//! `supermin cache list|gc|clean`: what this user has cached (our default appliance and
+//! libguestfs's `appliance.d`), whether each entry is still fresh for this host, and removing
+//! stale or all entries without ever taking one from under a builder.
+//!
+//! Freshness is the builder's own answer: the entry's stamp against the fingerprint a build
+//! would compute now (the same request `supermin run` and libguestfs make). The fingerprint
+//! is one hash, so the reason shown for a change is what can be seen beside it: a `kernel`
+//! link to a removed file, a package database or a `supermin` binary newer than the build.
+//! An `appliance.d` built by supermin 5 has no stamp and is judged the way supermin 5
+//! judges it, by times.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use serde_json::json;
+use supermin::appliance::{self, BuildRequest, Source};
+use supermin::cli::{CacheAction, CacheArgs, Format};
+use supermin_cache::{self as cache, Durability, Entry, Freshness, Removal, StaleReason};
+use supermin_kernel_probe as kprobe;
+
+/// The package databases whose change means "packages were upgraded".
+const PACKAGE_DBS: &[&str] = &[
+    "/var/lib/dpkg/status",
+    "/var/lib/rpm/rpmdb.sqlite",
+    "/var/lib/rpm/Packages",
+    "/var/lib/pacman/local",
+];
+
+/// An entry and the verdict on it.
+pub(super) struct Judged {
+    pub entry: Entry,
+    pub fresh: bool,
+    pub why: String,
+}
+
+pub fn cache(args: &CacheArgs) -> anyhow::Result<ExitCode> {
+    match &args.action {
+        CacheAction::List { json } => list(*json),
+        CacheAction::Gc {
+            older_than,
+            dry_run,
+        } => {
+            let age = older_than
+                .as_deref()
+                .map(parse_age)
+                .transpose()
+                .context("invalid --older-than")?;
+            remove(
+                |j| !j.fresh || age.is_some_and(|a| unused_for(&j.entry) >= a),
+                *dry_run,
+            )
+        }
+        CacheAction::Clean { dry_run } => remove(|_| true, *dry_run),
+    }
+}
+
+/// Every entry of this user's cache directories, judged.
+pub(super) fn judge_all() -> anyhow::Result<Vec<(PathBuf, &'static str, Vec<Judged>)>> {
+    let kernel = kprobe::probe(&kprobe::ProbeEnv::from_env(None));
+    let mut out = Vec::new();
+    for (dir, origin) in cache::user_cache_dirs(|n| std::env::var_os(n)) {
+        let origin = origin_name(origin);
+        let entries = cache::list_entries(&dir)?;
+        let mut judged = Vec::new();
+        for entry in entries {
+            let (fresh, why) = judge(&entry, &dir, &kernel)?;
+            judged.push(Judged { entry, fresh, why });
+        }
+        out.push((dir, origin, judged));
+    }
+    Ok(out)
+}
+
+fn origin_name(o: cache::BaseOrigin) -> &'static str {
+    match o {
+        cache::BaseOrigin::LibguestfsCachedir => "LIBGUESTFS_CACHEDIR",
+        cache::BaseOrigin::Tmpdir => "TMPDIR",
+        cache::BaseOrigin::Default => "/var/tmp",
+    }
+}
+
+/// Whether `entry` would be reused as it is by its builder on this host now, and why not.
+fn judge(
+    entry: &Entry,
+    user_dir: &Path,
+    kernel: &Result<kprobe::Kernel, kprobe::ProbeError>,
+) -> anyhow::Result<(bool, String)> {
+    let kernel = match kernel {
+        Ok(k) => k,
+        Err(e) => return Ok((false, format!("no usable kernel on this host ({e})"))),
+    };
+    let req = if entry.kind == cache::DEFAULT_ENTRY {
+        super::run::default_request(user_dir, 0, false)?
+    } else {
+        let Some(supermin_d) = super::SUPERMIN_D_PLACES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_dir())
+        else {
+            return Ok((
+                false,
+                "libguestfs's supermin.d is not installed any more".into(),
+            ));
+        };
+        if entry.stamp.is_none() {
+            return Ok(judge_by_times(entry, kernel));
+        }
+        libguestfs_request(user_dir, supermin_d)?
+    };
+    // Both were built with the default options (libguestfs passes none of ours).
+    let fp = appliance::fingerprint(&req, &appliance::BuildOptions::default(), Some(kernel))?;
+    Ok(
+        match cache::is_fresh(&entry.dir, &fp, &cache::APPLIANCE_FILES)? {
+            Freshness::Fresh => (true, "fresh".into()),
+            Freshness::Stale(StaleReason::FingerprintChanged) => {
+                (false, explain_change(entry, kernel))
+            }
+            Freshness::Stale(r) => (false, r.to_string()),
+        },
+    )
+}
+
+/// What libguestfs asks of `/usr/bin/supermin` (`lib/appliance.c`).
+fn libguestfs_request(user_dir: &Path, supermin_d: PathBuf) -> anyhow::Result<BuildRequest> {
+    Ok(BuildRequest {
+        format: Format::Ext2,
+        source: Source::Inputs(vec![supermin_d]),
+        output: user_dir.join(cache::LIBGUESTFS_ENTRY.name),
+        size: None,
+        host_cpu: Some(std::env::consts::ARCH.to_string()),
+        copy_kernel: true,
+        fixed: false,
+        include_packagelist: false,
+        if_newer: true,
+        lock: Some(user_dir.join(cache::LIBGUESTFS_ENTRY.lock)),
+        vmlinux: false,
+        durability: Durability::Unsynced,
+        verbose: 0,
+        time: super::now_or_epoch()?,
+        clamp_times: super::source_date_epoch()?,
+    })
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// The visible causes of a fingerprint change.
+fn explain_change(entry: &Entry, kernel: &kprobe::Kernel) -> String {
+    let mut why = Vec::new();
+    if let Ok(target) = std::fs::read_link(entry.dir.join("kernel")) {
+        if !target.exists() {
+            why.push(format!("its kernel {} was removed", target.display()));
+        } else if target != kernel.path {
+            why.push(format!(
+                "this host now uses kernel {}",
+                kernel.path.display()
+            ));
+        }
+    }
+    let built = entry.built;
+    let newer = |p: &Path| matches!((mtime(p), built), (Some(m), Some(b)) if m > b);
+    if PACKAGE_DBS.iter().any(|p| newer(Path::new(p))) {
+        why.push("packages were installed, removed or upgraded since it was built".into());
+    }
+    let tool_changed = match &entry.stamp {
+        Some(Ok(s)) => s.tool_version != env!("CARGO_PKG_VERSION"),
+        _ => false,
+    } || std::env::current_exe().is_ok_and(|e| newer(&e));
+    if tool_changed {
+        why.push("supermin changed since it was built".into());
+    }
+    if why.is_empty() {
+        why.push("its inputs changed (supermin.d, SUPERMIN_* variables or options)".into());
+    }
+    format!("stale: {}", why.join("; "))
+}
+
+/// supermin 5 writes no stamp; its `--if-newer` compares times, and so does this.
+fn judge_by_times(entry: &Entry, kernel: &kprobe::Kernel) -> (bool, String) {
+    if let Ok(target) = std::fs::read_link(entry.dir.join("kernel")) {
+        if !target.exists() {
+            return (
+                false,
+                format!("stale: its kernel {} was removed", target.display()),
+            );
+        }
+    }
+    for f in cache::APPLIANCE_FILES {
+        if std::fs::metadata(entry.dir.join(f)).is_err() {
+            return (false, format!("stale: it lacks {f} (built by supermin 5)"));
+        }
+    }
+    let built = entry.built;
+    let newer = |p: &Path| matches!((mtime(p), built), (Some(m), Some(b)) if m > b);
+    if PACKAGE_DBS.iter().any(|p| newer(Path::new(p))) {
+        return (
+            false,
+            "stale: packages changed since supermin 5 built it".into(),
+        );
+    }
+    if newer(&kernel.path) {
+        return (
+            false,
+            "stale: the kernel changed since supermin 5 built it".into(),
+        );
+    }
+    (true, "fresh (built by supermin 5: judged by times)".into())
+}
+
+fn unused_for(e: &Entry) -> Duration {
+    e.last_used
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .unwrap_or(Duration::MAX)
+}
+
+/// `N[smhdw]`, plain `N` meaning days.
+fn parse_age(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "d"),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{s:?}: expected a number followed by s, m, h, d or w"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
+        _ => anyhow::bail!("{s:?}: unknown unit {unit:?} (use s, m, h, d or w)"),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
+}
+
+pub(super) fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn ago(t: Option<SystemTime>) -> String {
+    let Some(t) = t else {
+        return "never".into();
+    };
+    let secs = SystemTime::now()
+        .duration_since(t)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match secs {
+        0..60 => format!("{secs} s ago"),
+        60..3600 => format!("{} min ago", secs / 60),
+        3600..86400 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86400),
+    }
+}
+
+fn unix(t: Option<SystemTime>) -> Option<u64> {
+    t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+}
+
+fn list(as_json: bool) -> anyhow::Result<ExitCode> {
+    let all = judge_all()?;
+    if as_json {
+        let dirs: Vec<_> = all
+            .iter()
+            .map(|(dir, origin, entries)| {
+                json!({
+                    "dir": dir.to_string_lossy(),
+                    "from": origin,
+                    "free_bytes": free_bytes(dir),
+                    "entries": entries.iter().map(|j| json!({
+                        "name": j.entry.kind.name,
+                        "path": j.entry.dir.to_string_lossy(),
+                        "built_by": j.entry.kind.builder,
+                        "bytes_on_disk": j.entry.bytes,
+                        "last_used": unix(j.entry.last_used),
+                        "built": unix(j.entry.built),
+                        "fresh": j.fresh,
+                        "why": j.why,
+                        "in_use": j.entry.locked,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", json!({ "cache_dirs": dirs }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if all.is_empty() {
+        println!(
+            "nothing cached (no .guestfs-UID directory in the cache bases this environment names)"
+        );
+    }
+    for (dir, origin, entries) in &all {
+        let total: u64 = entries.iter().map(|j| j.entry.bytes).sum();
+        println!(
+            "{} (from {origin}): {} entr{}, {} on disk{}",
+            dir.display(),
+            entries.len(),
+            if entries.len() == 1 { "y" } else { "ies" },
+            human(total),
+            free_bytes(dir)
+                .map(|f| format!(", {} free", human(f)))
+                .unwrap_or_default()
+        );
+        for j in entries {
+            println!(
+                "  {:22} {:>10}  last used {:12}  {}{}",
+                j.entry.kind.name,
+                human(j.entry.bytes),
+                ago(j.entry.last_used),
+                j.why,
+                if j.entry.locked {
+                    "  [in use: a builder holds its lock]"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn free_bytes(dir: &Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(dir).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+fn remove(select: impl Fn(&Judged) -> bool, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let mut freed = 0u64;
+    let mut removed = 0usize;
+    for (dir, _, entries) in judge_all()? {
+        for j in entries.iter().filter(|j| select(j)) {
+            let name = j.entry.dir.display();
+            if dry_run {
+                let note = if j.entry.locked { " (in use now)" } else { "" };
+                println!(
+                    "would remove {name} ({}, {}){note}",
+                    human(j.entry.bytes),
+                    j.why
+                );
+                freed += j.entry.bytes;
+                removed += 1;
+                continue;
+            }
+            match cache::remove_entry(&j.entry)? {
+                Removal::Removed { bytes } => {
+                    println!("removed {name} ({}, {})", human(bytes), j.why);
+                    freed += bytes;
+                    removed += 1;
+                }
+                Removal::InUse => {
+                    println!(
+                        "kept {name}: in use (a builder holds {})",
+                        j.entry.lock.display()
+                    )
+                }
+            }
+        }
+        if !dry_run {
+            // Leftovers of killed builds beside each entry: removed unless a builder is alive.
+            for kind in cache::ENTRY_KINDS {
+                if let Ok(n) = cache::clean_debris(&dir.join(kind.name)) {
+                    if n > 0 {
+                        println!(
+                            "removed {n} leftover(s) of interrupted builds of {}",
+                            kind.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let verb = if dry_run { "would free" } else { "freed" };
+    println!(
+        "{verb} {} in {removed} entr{}",
+        human(freed),
+        if removed == 1 { "y" } else { "ies" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_take_units_and_default_to_days() {
+        assert_eq!(parse_age("30").unwrap(), Duration::from_secs(30 * 86400));
+        assert_eq!(parse_age("12h").unwrap(), Duration::from_secs(12 * 3600));
+        assert_eq!(parse_age("0s").unwrap(), Duration::ZERO);
+        assert!(parse_age("3y").is_err());
+        assert!(parse_age("h").is_err());
+    }
+}
