@@ -54,6 +54,10 @@ pub struct BuildRequest {
     pub lock: Option<PathBuf>,
     /// Also write `vmlinux` (the kernel's payload as a PVH-bootable ELF) for the launcher.
     pub vmlinux: bool,
+    /// Where extracted `vmlinux` files are kept between builds (in the runtime cache);
+    /// `None` extracts every time. It does not change the output, so it is not in the
+    /// fingerprint.
+    pub vmlinux_cache: Option<PathBuf>,
     /// fsync the output before publishing it (fixed appliances are meant to last).
     pub durability: Durability,
     pub verbose: u8,
@@ -466,7 +470,7 @@ fn write_root(
                 );
             }
             if req.vmlinux {
-                write_vmlinux(k, dir, log, warnings);
+                write_vmlinux(k, dir, req.vmlinux_cache.as_deref(), log, warnings);
             }
         }
         _ => {
@@ -591,7 +595,14 @@ fn write_kernel(
     opts: &BuildOptions,
 ) -> Result<KernelChoice, BuildError> {
     let dest = dir.join("kernel");
-    let choice = choose_kernel(k, &dest, &req.source, opts, req.host_cpu.as_deref())?;
+    let choice = choose_kernel(
+        k,
+        &dest,
+        &req.source,
+        opts,
+        req.host_cpu.as_deref(),
+        req.vmlinux_cache.as_deref(),
+    )?;
     if let KernelChoice::BzImage { .. } = choice {
         write_bzimage(k, &dest, req.copy_kernel)?;
     }
@@ -606,10 +617,11 @@ pub fn choose_kernel(
     source: &Source,
     opts: &BuildOptions,
     host_cpu: Option<&str>,
+    cache: Option<&Path>,
 ) -> Result<KernelChoice, BuildError> {
     let why = match pvh_wanted(source, opts, host_cpu) {
         Err(why) => why,
-        Ok(()) => match kprobe::extract_vmlinux(&k.path, dest) {
+        Ok(()) => match crate::vmlinux_cache::extract(&k.path, dest, cache) {
             Ok(info) => match info.pvh_entry {
                 Some(entry) => {
                     return Ok(KernelChoice::Pvh {
@@ -645,9 +657,15 @@ fn write_bzimage(k: &kprobe::Kernel, dest: &Path, copy: bool) -> Result<(), Buil
 /// The launcher boots `vmlinux` through PVH when it exists: under TCG that skips the
 /// emulated decompressor (DESIGN.md, "Where boot time goes"). Best effort: without it
 /// the launcher boots `kernel`.
-fn write_vmlinux(k: &kprobe::Kernel, dir: &Path, log: &Log, warnings: &mut Vec<String>) {
+fn write_vmlinux(
+    k: &kprobe::Kernel,
+    dir: &Path,
+    cache: Option<&Path>,
+    log: &Log,
+    warnings: &mut Vec<String>,
+) {
     let dest = dir.join("vmlinux");
-    match kprobe::extract_vmlinux(&k.path, &dest) {
+    match crate::vmlinux_cache::extract(&k.path, &dest, cache) {
         Ok(info) if info.pvh() => log.at(1, || "vmlinux: PVH entry found".into()),
         Ok(_) => {
             let _ = std::fs::remove_file(&dest);

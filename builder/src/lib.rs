@@ -10,3 +10,4 @@ pub mod cli;
 pub mod default_appliance;
 pub mod embedded;
 pub mod initrd;
+pub mod vmlinux_cache;

@@ -304,16 +304,16 @@ pub fn mount_share(tag: &str, target: &Path, readonly: bool) -> Result<(), Strin
         flags |= MountFlags::RDONLY;
     }
     // msize: larger messages than the 8 KiB default make reads of many
-    // files much faster; cache=loose keeps what was read (a share does not
-    // change under a short-lived VM's feet in the cases this serves).
-    rustix::mount::mount(
-        tag,
-        target,
-        "9p",
-        flags,
-        Some(c"trans=virtio,version=9p2000.L,msize=512000,cache=loose"),
-    )
-    .map_err(|e| format!("cannot mount the share {tag} on {}: {e}", target.display()))
+    // files much faster. A read-only share keeps what it read (cache=loose);
+    // a writable one writes through (cache=mmap), so the host has every write
+    // even if the run is killed.
+    let options = if readonly {
+        c"trans=virtio,version=9p2000.L,msize=512000,cache=loose"
+    } else {
+        c"trans=virtio,version=9p2000.L,msize=512000,cache=mmap"
+    };
+    rustix::mount::mount(tag, target, "9p", flags, Some(options))
+        .map_err(|e| format!("cannot mount the share {tag} on {}: {e}", target.display()))
 }
 
 /// `RNDADDENTROPY` (`_IOW('R', 0x03, int[2])`) and `RNDRESEEDCRNG` (`_IO('R', 0x07)`)

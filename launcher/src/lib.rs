@@ -36,6 +36,7 @@ pub use supermin_protocol::ExitStatus;
 use supermin_protocol::{ProtocolError, Reply, Request, CHUNK};
 
 pub use qemu::{Disk, DiskFormat};
+pub use snapshot::{list_saved, remove_saved, SavedInfo};
 use vm::{Event, Vm, WaitError};
 
 /// The signal a writer to a closed pipe gets (Linux, every architecture we boot).
@@ -594,6 +595,7 @@ fn boot_tcg(
         let t = Instant::now();
         match restore(b, &bare, &found, generation) {
             Ok(restored) => {
+                found.mark_used();
                 b.log(format_args!(
                     "restored saved machine {} in {:.3}s",
                     key.as_str(),

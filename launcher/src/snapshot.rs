@@ -80,6 +80,63 @@ pub fn key(plan: &Plan) -> io::Result<Key> {
     Ok(Key(hex[..32].to_string()))
 }
 
+/// One saved machine, as `supermin cache` shows it.
+#[derive(Debug, Clone)]
+pub struct SavedInfo {
+    pub dir: PathBuf,
+    /// Blocks on disk (the state file is sparse).
+    pub bytes: u64,
+    /// When it was saved or last restored.
+    pub last_used: Option<std::time::SystemTime>,
+}
+
+/// The saved machines in the store `dir` (none when it does not exist).
+pub fn list_saved(dir: &Path) -> Vec<SavedInfo> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        let hidden = e.file_name().as_bytes().first() == Some(&b'.');
+        if hidden || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let bytes = fs::read_dir(&path)
+            .map(|files| {
+                files
+                    .flatten()
+                    .filter_map(|f| f.metadata().ok())
+                    .map(|m| m.blocks() * 512)
+                    .sum()
+            })
+            .unwrap_or(0);
+        let last_used = fs::metadata(&path).and_then(|m| m.modified()).ok();
+        out.push(SavedInfo {
+            dir: path,
+            bytes,
+            last_used,
+        });
+    }
+    out.sort_by(|a, b| a.dir.cmp(&b.dir));
+    out
+}
+
+/// Removes a saved machine: renamed aside first, so a run looking for it
+/// finds it whole or not at all (a run restoring it holds what it needs open).
+pub fn remove_saved(dir: &Path) -> io::Result<()> {
+    let name = dir
+        .file_name()
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut aside = OsStr::new(".discard-").to_os_string();
+    aside.push(std::process::id().to_string());
+    aside.push("-");
+    aside.push(name);
+    let doomed = dir.with_file_name(aside);
+    fs::rename(dir, &doomed)?;
+    fs::remove_dir_all(&doomed)
+}
+
 /// This user's saved machines.
 pub struct Store {
     dir: PathBuf,
@@ -97,6 +154,12 @@ impl Saved {
 
     pub fn overlay(&self) -> PathBuf {
         self.dir.join("overlay.qcow2")
+    }
+
+    /// Records a use (its directory's time), for `supermin cache gc --older-than`.
+    pub fn mark_used(&self) {
+        let _ =
+            fs::File::open(&self.dir).and_then(|d| d.set_modified(std::time::SystemTime::now()));
     }
 
     /// The daemon's hello text, saved with the machine.

@@ -93,7 +93,7 @@ const GENERIC_EXIT: [(&str, &str); 2] = [
 ];
 
 const SEE_ALSO_ALL: &str = "supermin(1), supermin-run(1), supermin-mkfs(1), supermin-kernel(1), \
-     supermin-update-appliance(1), guestfs(3), libguestfs-test-tool(1), \
+     supermin-update-appliance(1), supermin-doctor(1), supermin-cache(1), guestfs(3), libguestfs-test-tool(1), \
      libguestfs-make-fixed-appliance(1), qemu(1), /usr/share/doc/supermin-rs/README.md.gz";
 
 const SUPERMIN: Page = Page {
@@ -279,8 +279,23 @@ const RUN: Page = Page {
              package). --accel auto, the default, tries KVM and falls back to TCG on any \
              failure before the appliance answers, saying so once and remembering the \
              verdict until the host reboots or qemu changes. When supermin runs as root, \
-             qemu runs as nobody once it has opened its files. The first boot of an \
-             appliance is a cold boot (2-3 s under TCG).",
+             qemu runs as nobody once it has opened its files.",
+        ),
+        Para(
+            "The first run of an appliance boots it (2-3 s under TCG) and saves the booted \
+             machine in the runtime cache (supermin-rs-saved, private to the user); later \
+             runs restore it instead, in a fraction of a second, with the host's clock and \
+             fresh entropy, --add disks hot-plugged and --share directories mounted \
+             afterwards. --cold boots without restoring. A saved machine that does not \
+             restore means a cold boot and a new one.",
+        ),
+        Para(
+            "--add disks are raw unless :format=qcow2 is named: the format is never guessed \
+             from the content, which a guest can write. --share mounts host directories \
+             over 9p, read-only unless :rw; --cwd-share shares the current directory and \
+             runs the command there (a cargo test runner). -i gives an interactive shell on \
+             a terminal in the appliance; ~. after a newline ends it. --copy-in and \
+             --copy-out copy trees before and after the command.",
         ),
     ],
     environment: &[
@@ -409,7 +424,56 @@ const UPDATE_APPLIANCE: Page = Page {
     see_also: "supermin(1), guestfs(3), libguestfs-make-fixed-appliance(1)",
 };
 
-const PAGES: [Page; 5] = [SUPERMIN, RUN, MKFS, KERNEL, UPDATE_APPLIANCE];
+const DOCTOR: Page = Page {
+    subcommand: Some("doctor"),
+    synopsis: None,
+    description: &[Para(
+        "supermin doctor checks, in order, what supermin run and libguestfs need: qemu \
+         (found, its version, whether it starts, whether KVM works or why it is not used), \
+         the kernel (which one and why, readable by this user, its modules), the cache \
+         directory (owner, mode, free space), libguestfs and the variables that steer it; \
+         then it builds (or reuses) the default appliance and boots it, timing each phase. \
+         Each check is one line, ok or a problem with the way out; on a failed boot the \
+         console's last lines and the matching libguestfs FAQ entry follow. --json prints \
+         the same for tools.",
+    )],
+    environment: &[
+        CACHE_ENV[0],
+        CACHE_ENV[1],
+        KERNEL_ENV[0],
+        KERNEL_ENV[1],
+        KERNEL_ENV[2],
+        (
+            "LIBGUESTFS_PATH, LIBGUESTFS_BACKEND",
+            "Checked for pointing at something usable, when set.",
+        ),
+    ],
+    exit_status: &[
+        ("0", "Everything supermin run needs works (libguestfs-only problems are reported, not fatal)."),
+        ("1", "Something supermin run needs does not work: the lines above say what and what to do."),
+    ],
+    extra: &[],
+    see_also: "supermin(1), supermin-run(1), libguestfs-test-tool(1)",
+};
+
+const CACHE: Page = Page {
+    subcommand: Some("cache"),
+    synopsis: None,
+    description: &[Para(
+        "supermin cache list shows what is cached for this user: supermin run's default \
+         appliance, libguestfs's appliance.d, and saved machines, with their size on disk, \
+         last use and whether they are still fresh for this host. supermin cache gc removes \
+         stale entries (and, with --older-than, old ones and saved machines not restored \
+         for that long), never one a builder holds the lock of; supermin cache clean removes \
+         everything. Both say what they freed; --dry-run only says what they would remove.",
+    )],
+    environment: &[CACHE_ENV[0], CACHE_ENV[1]],
+    exit_status: &GENERIC_EXIT,
+    extra: &[],
+    see_also: "supermin(1), supermin-run(1)",
+};
+
+const PAGES: [Page; 7] = [SUPERMIN, RUN, MKFS, KERNEL, UPDATE_APPLIANCE, DOCTOR, CACHE];
 
 /// `(file name, roff source)` of every page.
 pub fn pages(tree: &clap::Command, date: &str) -> Result<Vec<(String, String)>, String> {
@@ -619,7 +683,9 @@ mod tests {
                 "supermin-run.1",
                 "supermin-mkfs.1",
                 "supermin-kernel.1",
-                "supermin-update-appliance.1"
+                "supermin-update-appliance.1",
+                "supermin-doctor.1",
+                "supermin-cache.1"
             ]
         );
     }

@@ -47,13 +47,27 @@ pub fn cache(args: &CacheArgs) -> anyhow::Result<ExitCode> {
                 .map(parse_age)
                 .transpose()
                 .context("invalid --older-than")?;
+            remove_saved(
+                |s| age.is_some_and(|a| ago_duration(s.last_used) >= a),
+                *dry_run,
+            )?;
             remove(
                 |j| !j.fresh || age.is_some_and(|a| unused_for(&j.entry) >= a),
                 *dry_run,
             )
         }
-        CacheAction::Clean { dry_run } => remove(|_| true, *dry_run),
+        CacheAction::Clean { dry_run } => {
+            remove_saved(|_| true, *dry_run)?;
+            remove(|_| true, *dry_run)
+        }
     }
+}
+
+/// Saved machines (`supermin run`'s fast start) are not appliances: no lock, no
+/// fingerprint to judge. `gc --older-than` removes those not restored for that long,
+/// `clean` all of them; a run that finds one gone boots cold and saves a new one.
+fn saved_in(dir: &Path) -> Vec<supermin_launcher::SavedInfo> {
+    supermin_launcher::list_saved(&dir.join(super::run::SAVED_DIR))
 }
 
 /// Every entry of this user's cache directories, judged.
@@ -136,6 +150,7 @@ fn libguestfs_request(user_dir: &Path, supermin_d: PathBuf) -> anyhow::Result<Bu
         if_newer: true,
         lock: Some(user_dir.join(cache::LIBGUESTFS_ENTRY.lock)),
         vmlinux: false,
+        vmlinux_cache: None,
         durability: Durability::Unsynced,
         verbose: 0,
         time: super::now_or_epoch()?,
@@ -294,6 +309,11 @@ fn list(as_json: bool) -> anyhow::Result<ExitCode> {
                         "why": j.why,
                         "in_use": j.entry.locked,
                     })).collect::<Vec<_>>(),
+                    "saved_machines": saved_in(dir).iter().map(|s| json!({
+                        "path": s.dir.to_string_lossy(),
+                        "bytes_on_disk": s.bytes,
+                        "last_used": unix(s.last_used),
+                    })).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -331,8 +351,46 @@ fn list(as_json: bool) -> anyhow::Result<ExitCode> {
                 }
             );
         }
+        for s in saved_in(dir) {
+            println!(
+                "  saved machine {:8} {:>10}  last used {:12}  (supermin run's fast start)",
+                s.dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+                    .chars()
+                    .take(8)
+                    .collect::<String>(),
+                human(s.bytes),
+                ago(s.last_used),
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn ago_duration(t: Option<SystemTime>) -> Duration {
+    t.and_then(|t| SystemTime::now().duration_since(t).ok())
+        .unwrap_or(Duration::MAX)
+}
+
+fn remove_saved(
+    select: impl Fn(&supermin_launcher::SavedInfo) -> bool,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    for (dir, _) in cache::user_cache_dirs(|n| std::env::var_os(n)) {
+        for s in saved_in(&dir).iter().filter(|s| select(s)) {
+            let name = s.dir.display();
+            if dry_run {
+                println!("would remove saved machine {name} ({})", human(s.bytes));
+            } else {
+                supermin_launcher::remove_saved(&s.dir)
+                    .with_context(|| format!("cannot remove saved machine {name}"))?;
+                println!("removed saved machine {name} ({})", human(s.bytes));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn free_bytes(dir: &Path) -> Option<u64> {

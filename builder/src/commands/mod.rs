@@ -125,6 +125,7 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
         if_newer: args.if_newer,
         lock: args.lock.clone(),
         vmlinux: false,
+        vmlinux_cache: vmlinux_cache(),
         durability: if args.fixed {
             Durability::Synced
         } else {
@@ -135,6 +136,14 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
         clamp_times: source_date_epoch()?,
     };
     run_build(&req, &build_options(args.kernel_format, args.complete_deps))
+}
+
+/// Where extracted `vmlinux` files are kept between builds: the user's runtime cache, when
+/// it is usable (a build never fails for want of it).
+pub(crate) fn vmlinux_cache() -> Option<std::path::PathBuf> {
+    supermin_cache::runtime_cache_dir()
+        .ok()
+        .map(|d| d.join("supermin-rs-vmlinux"))
 }
 
 fn build_options(kernel_format: supermin::cli::KernelFormat, complete_deps: bool) -> BuildOptions {
@@ -168,6 +177,7 @@ fn kernel(args: &KernelArgs) -> anyhow::Result<ExitCode> {
         &Source::Inputs(Vec::new()),
         &BuildOptions::default(),
         args.host_cpu.as_deref(),
+        vmlinux_cache().as_deref(),
     );
     let _ = std::fs::remove_file(&scratch);
     let choice = choice.context("cannot tell what the appliance's kernel would be")?;
@@ -230,6 +240,7 @@ fn update_appliance(args: &UpdateArgs) -> anyhow::Result<ExitCode> {
         if_newer: false,
         lock: None,
         vmlinux: false,
+        vmlinux_cache: vmlinux_cache(),
         durability: Durability::Synced,
         verbose: args.verbose,
         time: now_or_epoch()?,

@@ -245,6 +245,7 @@ pub(super) fn default_request(
         if_newer: !force,
         lock: Some(cache.join(DEFAULT_LOCK)),
         vmlinux: true,
+        vmlinux_cache: super::vmlinux_cache(),
         durability: Durability::Unsynced,
         verbose: verbose.saturating_sub(1),
         time: super::now_or_epoch()?,
