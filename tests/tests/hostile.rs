@@ -62,12 +62,15 @@ impl Hostile {
             .arg("--appliance")
             .arg(self.dir.join("app"))
             .args(["--accel", "tcg"])
+            // The fake qemu plays a daemon, not qemu's monitor: no saved machines here.
+            .arg("--cold")
             .args(extra)
             .arg("--")
             .args(cmd)
             .env("PATH", self.path_var())
             .env("HOSTILE_MODE", mode)
             .env("TMPDIR", self.dir.join("tmp"))
+            .env("LIBGUESTFS_CACHEDIR", self.dir.path())
             .env_remove("XDG_RUNTIME_DIR")
             .env_remove("SUPERMIN_ACCEL");
         c

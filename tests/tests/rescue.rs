@@ -39,6 +39,7 @@ impl Scratch {
             .args(["--build", "-f", "ext2", "-o"])
             .arg(&out)
             .env("TMPDIR", self.tmp())
+            .env("LIBGUESTFS_CACHEDIR", self.dir.path())
             .stdin(Stdio::null())
             .output()
             .expect("run supermin --build");
@@ -61,6 +62,7 @@ impl Scratch {
             .args(["--accel", "tcg", "--timeout", "150"])
             .args(args)
             .env("TMPDIR", self.tmp())
+            .env("LIBGUESTFS_CACHEDIR", self.dir.path())
             .env_remove("XDG_RUNTIME_DIR")
             .env_remove("SUPERMIN_ACCEL")
             .stdin(Stdio::null());
@@ -312,6 +314,8 @@ impl Session {
             "30",
             "-e",
             &format!("TMPDIR={}", s.tmp().display()),
+            "-e",
+            &format!("LIBGUESTFS_CACHEDIR={}", s.dir.path().display()),
             "-e",
             "XDG_RUNTIME_DIR=",
             "sh",

@@ -63,6 +63,7 @@ impl Scratch {
         cmd.args(["--build", "-f", "ext2", "-o"])
             .arg(&out)
             .env("TMPDIR", self.tmp())
+            .env("LIBGUESTFS_CACHEDIR", self.dir.join("cache"))
             .stdin(Stdio::null());
         if let Some(k) = kernel {
             cmd.env("SUPERMIN_KERNEL", &k.path)

@@ -125,7 +125,12 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
         if_newer: args.if_newer,
         lock: args.lock.clone(),
         vmlinux: false,
-        vmlinux_cache: vmlinux_cache(),
+        // Only an ext2 appliance has a kernel to turn into a vmlinux.
+        vmlinux_cache: if args.format == Format::Ext2 {
+            vmlinux_cache()
+        } else {
+            None
+        },
         durability: if args.fixed {
             Durability::Synced
         } else {
