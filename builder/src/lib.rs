@@ -10,3 +10,4 @@ pub mod default_appliance;
 pub mod embedded;
 pub mod initrd;
 pub mod launcher;
+mod sparse;
