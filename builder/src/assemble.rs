@@ -6,7 +6,8 @@
 //! Nothing here copies file contents: regular files are references (a host path, or a byte
 //! range of a decompressed base image), read once when the output is written. The two
 //! exceptions, a compressed base image (decompressed into one scratch file) and a GNU sparse
-//! member (expanded into its own), are written sparse: zeros and holes cost no disk.
+//! member (expanded into its own), are written sparse: zeros and holes cost no disk, and
+//! the build's [`InputBudget`] bounds what is decompressed and how large a member may be.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use supermin_ext2::{FileData, Meta, NodeId, NodeKind, Timestamp, Tree, TreeError};
-use supermin_hostfiles::{BaseImage, FileKind, FileSet, HostFile};
+use supermin_hostfiles::{BaseImage, FileKind, FileSet, HostFile, HostfilesError, InputBudget};
 
 use crate::sparse::{CopyError, SparseWriter};
 
@@ -79,6 +80,9 @@ pub enum AssembleError {
         member: String,
         reason: &'static str,
     },
+    /// Past the build's [`InputBudget`]: what was too large, the limit, and the way out.
+    #[error(transparent)]
+    TooLarge(HostfilesError),
 }
 
 /// The metadata of directories the tree needs but no input describes (root-owned, 0755).
@@ -202,12 +206,13 @@ impl Assembler {
     /// Overlays one base image (a tar archive), given as the seekable view
     /// [`open_base_image`] made of it. Members are referenced where they lie in that view;
     /// a GNU sparse member is expanded into its own scratch file in `scratch_dir`, holes
-    /// kept.
+    /// kept. A member declaring more than `budget`'s limit is refused.
     pub fn add_base_image(
         &mut self,
         img: &BaseImage,
         file: File,
         scratch_dir: &Path,
+        budget: &InputBudget,
     ) -> Result<usize, AssembleError> {
         let archive_len = file
             .metadata()
@@ -258,6 +263,9 @@ impl Assembler {
                     // regions where its map puts them and leave the rest a hole.
                     let member = abs.display().to_string();
                     let len = entry.size(); // the expanded size
+                    budget
+                        .check_member(&img.path, &member, len)
+                        .map_err(AssembleError::TooLarge)?;
                     let scratch_err = |source| AssembleError::Scratch {
                         image: img.path.clone(),
                         dir: scratch_dir.to_path_buf(),
@@ -295,6 +303,9 @@ impl Assembler {
                 }
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let (offset, len) = (entry.raw_file_position(), entry.size());
+                    budget
+                        .check_member(&img.path, &abs.display().to_string(), len)
+                        .map_err(AssembleError::TooLarge)?;
                     // Members are read later, in place: a cut archive must fail now, not
                     // leave zeros where its bytes should be.
                     if offset.saturating_add(len) > archive_len {
@@ -578,9 +589,13 @@ fn readable(f: &HostFile, host_path: &Path) -> bool {
 
 /// A seekable, uncompressed view of a base image: the file itself, or an unlinked
 /// scratch copy in `scratch_dir` of its decompressed bytes (never a directory of extracted
-/// files), with its zero blocks left as holes. Needs no assembler, so it can run while the
-/// file set is being resolved.
-pub fn open_base_image(img: &BaseImage, scratch_dir: &Path) -> Result<File, AssembleError> {
+/// files), with its zero blocks left as holes. Decompression stops at `budget`'s limit.
+/// Needs no assembler, so it can run while the file set is being resolved.
+pub fn open_base_image(
+    img: &BaseImage,
+    scratch_dir: &Path,
+    budget: &InputBudget,
+) -> Result<File, AssembleError> {
     let io_err = |source| AssembleError::BaseImage {
         path: img.path.clone(),
         source,
@@ -588,8 +603,8 @@ pub fn open_base_image(img: &BaseImage, scratch_dir: &Path) -> Result<File, Asse
     if img.compression == supermin_hostfiles::Compression::None {
         return File::open(&img.path).map_err(io_err);
     }
-    let mut reader =
-        supermin_hostfiles::open_base_image(img).map_err(|e| io_err(io::Error::other(e)))?;
+    let mut reader = supermin_hostfiles::open_base_image(img, budget)
+        .map_err(|e| io_err(io::Error::other(e)))?;
     let scratch_err = |source| AssembleError::Scratch {
         image: img.path.clone(),
         dir: scratch_dir.to_path_buf(),
@@ -600,7 +615,12 @@ pub fn open_base_image(img: &BaseImage, scratch_dir: &Path) -> Result<File, Asse
     let mut w = SparseWriter::new(&scratch);
     match w.copy_from(&mut reader) {
         Ok(_) => {}
-        Err(CopyError::Read(e)) => return Err(io_err(e)),
+        Err(CopyError::Read(e)) => {
+            return Err(match supermin_hostfiles::too_large(e) {
+                Ok(limit) => AssembleError::TooLarge(limit),
+                Err(e) => io_err(e),
+            })
+        }
         Err(CopyError::Write(e)) => return Err(scratch_err(e)),
     }
     let len = w.position();
@@ -840,11 +860,15 @@ mod tests {
     }
 
     /// Opens and adds `img` as a build does; the assembler and the opened view.
-    fn assemble(img: &BaseImage, dir: &Path) -> Result<(Assembler, File), AssembleError> {
-        let view = open_base_image(img, dir)?;
+    fn assemble(
+        img: &BaseImage,
+        dir: &Path,
+        budget: &InputBudget,
+    ) -> Result<(Assembler, File), AssembleError> {
+        let view = open_base_image(img, dir, budget)?;
         let kept = view.try_clone().unwrap();
         let mut a = Assembler::new(0);
-        a.add_base_image(img, view, dir)?;
+        a.add_base_image(img, view, dir, budget)?;
         Ok((a, kept))
     }
 
@@ -864,7 +888,8 @@ mod tests {
         let gz = gzip(&sparse_tar("hole", TIB, &[(TIB, b"")]));
         assert!(gz.len() <= 137, "{} bytes", gz.len());
         let img = image(d.path(), "base.tar.gz", &gz);
-        let (a, view) = assemble(&img, d.path()).unwrap();
+        let budget = InputBudget::new(2 * TIB);
+        let (a, view) = assemble(&img, d.path(), &budget).unwrap();
         let (file, offset, len) = file_data(&a, b"/hole");
         assert_eq!((offset, len), (0, TIB));
         assert_eq!(file.metadata().unwrap().len(), TIB);
@@ -885,7 +910,7 @@ mod tests {
             .collect();
         regions.push((len, b""));
         let img = image(d.path(), "base.tar", &sparse_tar("dir/f", len, &regions));
-        let (a, _) = assemble(&img, d.path()).unwrap();
+        let (a, _) = assemble(&img, d.path(), &InputBudget::default()).unwrap();
         let (file, _, got_len) = file_data(&a, b"/dir/f");
         assert_eq!(got_len, len);
         let mut buf = vec![0u8; 1024];
@@ -899,9 +924,51 @@ mod tests {
     }
 
     #[test]
-    fn zeros_of_a_compressed_image_cost_no_scratch_disk() {
+    fn a_member_declaring_more_than_the_limit_is_refused_before_anything_is_written() {
         let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("zeros.tar.gz");
+        let budget = InputBudget::new(1 << 20);
+        let img = image(
+            d.path(),
+            "sparse.tar",
+            &sparse_tar("hole", TIB, &[(TIB, b"")]),
+        );
+        let e = assemble(&img, d.path(), &budget).err().unwrap();
+        assert!(
+            matches!(
+                &e,
+                AssembleError::TooLarge(HostfilesError::MemberTooLarge { member, size, limit, .. })
+                    if member == "/hole" && *size == TIB && *limit == 1 << 20
+            ),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("1 TiB") && msg.contains("SUPERMIN_MAX_INPUT_SIZE=1T"),
+            "{msg}"
+        );
+
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2 << 20);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "big", &vec![1u8; 2 << 20][..])
+            .unwrap();
+        let img = image(d.path(), "regular.tar", &b.into_inner().unwrap());
+        let e = assemble(&img, d.path(), &budget).err().unwrap();
+        assert!(
+            matches!(
+                e,
+                AssembleError::TooLarge(HostfilesError::MemberTooLarge { .. })
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_gzip_bomb_stops_at_the_limit_and_its_zeros_cost_no_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("bomb.tar.gz");
         // A member header, then 64 MiB of zeros, compressed as they are written.
         let mut e = flate2::write::GzEncoder::new(
             File::create(&path).unwrap(),
@@ -919,10 +986,18 @@ mod tests {
         e.write_all(&[0; 1024]).unwrap();
         e.finish().unwrap();
         let img = BaseImage {
-            path,
+            path: path.clone(),
             compression: Compression::Gzip,
         };
-        let (a, view) = assemble(&img, d.path()).unwrap();
+        let e = open_base_image(&img, d.path(), &InputBudget::new(8 << 20)).unwrap_err();
+        assert!(
+            matches!(&e, AssembleError::TooLarge(HostfilesError::InputTooLarge { path: p, limit })
+                if p == &path && *limit == 8 << 20),
+            "{e}"
+        );
+        // Allowed, the zeros are holes in the view and in the member.
+        let budget = InputBudget::new(65 << 20);
+        let (a, view) = assemble(&img, d.path(), &budget).unwrap();
         assert!(disk_bytes(&view) <= 4096, "{}", disk_bytes(&view));
         assert_eq!(file_data(&a, b"/zeros").2, 64 << 20);
     }
@@ -934,7 +1009,9 @@ mod tests {
         let mut tar = sparse_tar("f", 1 << 20, &[(0, &data), (1 << 20, b"")]);
         tar.truncate(512 + 1024);
         let img = image(d.path(), "cut.tar", &tar);
-        let e = assemble(&img, d.path()).err().unwrap();
+        let e = assemble(&img, d.path(), &InputBudget::default())
+            .err()
+            .unwrap();
         assert!(matches!(e, AssembleError::Truncated { .. }), "{e}");
     }
 
