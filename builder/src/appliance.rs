@@ -33,8 +33,13 @@ pub const DEFAULT_SIZE: u64 = 4 << 30;
 /// Where the appliance's contents come from.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// supermin.d inputs (files or directories).
-    Inputs(Vec<PathBuf>),
+    /// supermin.d inputs (files or directories), and how many bytes their compressed files
+    /// may decompress to, together, and any one file in their base images may declare
+    /// (`SUPERMIN_MAX_INPUT_SIZE`, or [`hostfiles::DEFAULT_MAX_INPUT_SIZE`]).
+    Inputs {
+        paths: Vec<PathBuf>,
+        max_input_size: u64,
+    },
     /// The definition embedded in this binary (for `supermin run`).
     Default,
 }
@@ -318,7 +323,7 @@ fn check_output(req: &BuildRequest) -> Result<(), BuildError> {
         Ok(m) if !m.is_dir() => return Err(BuildError::OutputNotDir(req.output.clone())),
         _ => {}
     }
-    let Source::Inputs(inputs) = &req.source else {
+    let Source::Inputs { paths: inputs, .. } = &req.source else {
         return Ok(());
     };
     // The output may not exist yet: compare through its (existing) parent.
@@ -360,9 +365,20 @@ fn write_root(
     warnings: &mut Vec<String>,
 ) -> Result<(), BuildError> {
     // What goes into the root.
-    let (inputs, elf_only) = match &req.source {
-        Source::Inputs(paths) => (hostfiles::read_inputs(paths)?, false),
-        Source::Default => (default_appliance::inputs(), true),
+    let (inputs, elf_only, budget) = match &req.source {
+        Source::Inputs {
+            paths,
+            max_input_size,
+        } => {
+            let budget = hostfiles::InputBudget::new(*max_input_size);
+            (hostfiles::read_inputs(paths, &budget)?, false, budget)
+        }
+        // Host files only: nothing to decompress.
+        Source::Default => (
+            default_appliance::inputs(),
+            true,
+            hostfiles::InputBudget::default(),
+        ),
     };
     log.at(1, || {
         format!(
@@ -387,7 +403,7 @@ fn write_root(
             inputs
                 .base_images
                 .iter()
-                .map(|img| open_base_image(img, dir))
+                .map(|img| open_base_image(img, dir, &budget))
                 .collect::<Result<Vec<_>, _>>()
         });
         let set = hostfiles::resolve(&inputs, &opts);
@@ -415,7 +431,7 @@ fn write_root(
 
     let mut asm = Assembler::new(req.time);
     for (img, file) in inputs.base_images.iter().zip(images) {
-        let n = asm.add_base_image(img, file, dir)?;
+        let n = asm.add_base_image(img, file, dir, &budget)?;
         log.at(1, || {
             format!("base image {}: {n} entries", img.path.display())
         });
@@ -517,7 +533,9 @@ pub fn fingerprint(
         fb.env(var);
     }
     match &req.source {
-        Source::Inputs(paths) => {
+        // max_input_size is left out: it decides whether a build succeeds, never what it
+        // writes, and a failed build publishes nothing to be found fresh.
+        Source::Inputs { paths, .. } => {
             for p in paths {
                 fb.str("input", &p.to_string_lossy());
                 // Small files (lists, base images of a few MB) by contents: an edit that
@@ -555,7 +573,7 @@ fn write_initrd(
     // TCG boot).
     let boot = match source {
         Source::Default => kprobe::VIRTIO_BLK_BOOT_MODULES,
-        Source::Inputs(_) => kprobe::BOOT_MODULES,
+        Source::Inputs { .. } => kprobe::BOOT_MODULES,
     };
     let modules = kprobe::module_set_for(k, boot, &[])?.modules;
     log.at(1, || {
@@ -688,7 +706,7 @@ fn write_readme_fixed(
 ) -> Result<(), BuildError> {
     let dest = dir.join("README.fixed");
     let inputs = match &req.source {
-        Source::Inputs(p) => p
+        Source::Inputs { paths: p, .. } => p
             .iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
@@ -731,7 +749,10 @@ mod tests {
 
     #[test]
     fn pvh_is_wanted_only_for_inputs_on_x86_64_with_the_auto_format() {
-        let inputs = Source::Inputs(vec![PathBuf::from("supermin.d")]);
+        let inputs = Source::Inputs {
+            paths: vec![PathBuf::from("supermin.d")],
+            max_input_size: hostfiles::DEFAULT_MAX_INPUT_SIZE,
+        };
         let auto = BuildOptions::default();
         if std::env::consts::ARCH == "x86_64" {
             assert_eq!(pvh_wanted(&inputs, &auto, None), Ok(()));

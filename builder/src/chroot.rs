@@ -8,13 +8,15 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD};
 use supermin_ext2::{FileData, Meta, NodeId, NodeKind, Tree};
+
+use crate::sparse::copy_data;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChrootError {
@@ -148,19 +150,19 @@ fn write_file(data: &FileData, path: &Path) -> Result<(), ChrootError> {
     match data {
         FileData::Empty => {}
         FileData::Bytes(b) => out.write_all(b).map_err(copy_err("memory".into()))?,
+        // Data runs only (copy_file_range between files), then the length: holes in the
+        // source, such as a base image's sparse member, stay holes here.
         FileData::Host { path: src, len } => {
             let from = src.display().to_string();
             let f = File::open(src).map_err(copy_err(from.clone()))?;
-            // io::copy uses copy_file_range between files.
-            io::copy(&mut f.take(*len), &mut out).map_err(copy_err(from.clone()))?;
+            copy_data(&f, 0, *len, &out, 0).map_err(|e| copy_err(from.clone())(e.into_io()))?;
             out.set_len(*len).map_err(copy_err(from))?;
         }
         FileData::Range { file, offset, len } => {
             let from = "base image".to_string();
-            let mut f = file.try_clone().map_err(copy_err(from.clone()))?;
-            f.seek(SeekFrom::Start(*offset))
-                .map_err(copy_err(from.clone()))?;
-            io::copy(&mut f.take(*len), &mut out).map_err(copy_err(from))?;
+            copy_data(file, *offset, *len, &out, 0)
+                .map_err(|e| copy_err(from.clone())(e.into_io()))?;
+            out.set_len(*len).map_err(copy_err(from))?;
         }
     }
     Ok(())

@@ -599,9 +599,39 @@ fn strip_trailing_slash(p: PathBuf) -> PathBuf {
     }
 }
 
+/// A byte count as a user writes it in a variable such as `SUPERMIN_MAX_INPUT_SIZE`:
+/// digits, optionally followed by `K`, `M`, `G` or `T` (binary units, either case).
+/// `None` for anything else, or a count past 2^64.
+pub fn parse_byte_count(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, shift) = match s.as_bytes().last()?.to_ascii_uppercase() {
+        b'K' => (&s[..s.len() - 1], 10),
+        b'M' => (&s[..s.len() - 1], 20),
+        b'G' => (&s[..s.len() - 1], 30),
+        b'T' => (&s[..s.len() - 1], 40),
+        _ => (s, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_counts_take_binary_unit_suffixes() {
+        assert_eq!(parse_byte_count("4096"), Some(4096));
+        assert_eq!(parse_byte_count("64M"), Some(64 << 20));
+        assert_eq!(parse_byte_count("16g"), Some(16 << 30));
+        assert_eq!(parse_byte_count(" 2T "), Some(2 << 40));
+        assert_eq!(parse_byte_count("0"), Some(0));
+        for bad in ["", "G", "1.5G", "-1", "4GiB", "12x", "99999999999T"] {
+            assert_eq!(parse_byte_count(bad), None, "{bad:?}");
+        }
+    }
 
     fn parse_str(args: &[&str]) -> Result<Parsed, UsageError> {
         parse(args.iter().map(OsString::from).collect())

@@ -10,4 +10,5 @@ pub mod cli;
 pub mod default_appliance;
 pub mod embedded;
 pub mod initrd;
+mod sparse;
 pub mod vmlinux_cache;

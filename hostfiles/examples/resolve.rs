@@ -8,7 +8,8 @@ use std::time::Instant;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let paths: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
     let t0 = Instant::now();
-    let inputs = supermin_hostfiles::read_inputs(&paths)?;
+    let inputs =
+        supermin_hostfiles::read_inputs(&paths, &supermin_hostfiles::InputBudget::default())?;
     let t1 = Instant::now();
     let opts = supermin_hostfiles::ResolveOptions {
         elf_closure: std::env::var_os("NO_ELF").is_none(),

@@ -4,6 +4,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::budget::{human_size, size_setting};
+
 #[derive(Debug, thiserror::Error)]
 pub enum HostfilesError {
     #[error("cannot read {path}")]
@@ -23,6 +25,26 @@ pub enum HostfilesError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error(
+        "{path} decompresses to more than {}, the most a build's compressed inputs may expand \
+         to; if it is trusted, raise the limit, e.g. SUPERMIN_MAX_INPUT_SIZE={}",
+        human_size(*limit),
+        size_setting(limit.saturating_mul(4))
+    )]
+    InputTooLarge { path: PathBuf, limit: u64 },
+    #[error(
+        "base image {path}: {member} declares {}, more than the {} one file may have; if it is \
+         trusted, raise the limit, e.g. SUPERMIN_MAX_INPUT_SIZE={}",
+        human_size(*size),
+        human_size(*limit),
+        size_setting(*size)
+    )]
+    MemberTooLarge {
+        path: PathBuf,
+        member: String,
+        size: u64,
+        limit: u64,
     },
     #[error("{path}: unknown file type in supermin directory (expected a tar archive, or a packages, hostfiles or excludefiles list)")]
     UnknownInputType { path: PathBuf },

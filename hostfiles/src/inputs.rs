@@ -2,12 +2,14 @@
 //! decompressed if it is gzip or xz, and sorted into packages, hostfiles, excludefiles or base
 //! images. Base images are only recorded here (never unpacked): the builder streams their
 //! entries into the image, checking each entry with [`safe_tar_path`] / [`BaseImageGuard`].
+//! Everything decompressed is counted against the build's [`InputBudget`].
 
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 
+use crate::budget::{too_large, InputBudget};
 use crate::error::{read_err, HostfilesError, Result};
 
 /// How a base image (or a list) is compressed on disk.
@@ -50,15 +52,16 @@ enum Content {
 }
 
 /// Read supermin.d inputs: files, or directories whose entries are read in name order.
-pub fn read_inputs(paths: &[PathBuf]) -> Result<Inputs> {
+/// Compressed lists are decompressed within `budget`.
+pub fn read_inputs(paths: &[PathBuf], budget: &InputBudget) -> Result<Inputs> {
     let mut inputs = Inputs::default();
     for p in paths {
-        read_one(p, &mut inputs)?;
+        read_one(p, &mut inputs, budget)?;
     }
     Ok(inputs)
 }
 
-fn read_one(path: &Path, inputs: &mut Inputs) -> Result<()> {
+fn read_one(path: &Path, inputs: &mut Inputs, budget: &InputBudget) -> Result<()> {
     let meta = fs::metadata(path).map_err(read_err(path))?;
     if meta.is_dir() {
         let mut entries: Vec<PathBuf> = fs::read_dir(path)
@@ -70,7 +73,7 @@ fn read_one(path: &Path, inputs: &mut Inputs) -> Result<()> {
         // for names with '/', which directory entries cannot contain.
         entries.sort_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
         for e in entries {
-            read_one(&e, inputs)?;
+            read_one(&e, inputs, budget)?;
         }
         return Ok(());
     }
@@ -85,11 +88,13 @@ fn read_one(path: &Path, inputs: &mut Inputs) -> Result<()> {
         }),
         kind => {
             let mut text = String::new();
-            open_decompressed(path, compression)?
+            open_budgeted(path, compression, budget)?
                 .read_to_string(&mut text)
-                .map_err(|source| HostfilesError::Decompress {
-                    path: path.to_path_buf(),
-                    source,
+                .map_err(|e| {
+                    too_large(e).unwrap_or_else(|source| HostfilesError::Decompress {
+                        path: path.to_path_buf(),
+                        source,
+                    })
                 })?;
             for line in text.lines() {
                 // Blank lines carry nothing; supermin would look them up as "" and drop them.
@@ -186,9 +191,25 @@ fn open_decompressed(path: &Path, compression: Compression) -> Result<Box<dyn Re
     })
 }
 
-/// Open a base image as a decompressed tar stream (the builder streams its entries).
-pub fn open_base_image(img: &BaseImage) -> Result<Box<dyn Read + Send>> {
-    open_decompressed(&img.path, img.compression)
+/// `path` decompressed; a compressed stream counts against `budget` (see
+/// [`InputBudget::reader`]).
+fn open_budgeted(
+    path: &Path,
+    compression: Compression,
+    budget: &InputBudget,
+) -> Result<Box<dyn Read + Send>> {
+    let r = open_decompressed(path, compression)?;
+    Ok(match compression {
+        Compression::None => r,
+        Compression::Gzip | Compression::Xz => Box::new(budget.reader(path, r)),
+    })
+}
+
+/// Open a base image as a decompressed tar stream (the builder streams its entries). The
+/// read that passes `budget` fails with an [`io::Error`] that [`too_large`] turns back into
+/// [`HostfilesError::InputTooLarge`].
+pub fn open_base_image(img: &BaseImage, budget: &InputBudget) -> Result<Box<dyn Read + Send>> {
+    open_budgeted(&img.path, img.compression, budget)
 }
 
 /// Validate a tar entry's path: returns it as a normalized relative path inside the root
@@ -302,7 +323,7 @@ mod tests {
             "base.tar.gz",
             &gzip(&tar_bytes(&[("etc/x", b"1")])),
         );
-        let inputs = read_inputs(&[d.path().to_path_buf()]).unwrap();
+        let inputs = read_inputs(&[d.path().to_path_buf()], &InputBudget::default()).unwrap();
         assert_eq!(inputs.packages, ["acl", "bash", "coreutils"]);
         assert_eq!(inputs.hostfiles, ["/etc/ld.so.cache", "/lib/lsb/*"]);
         assert_eq!(inputs.excludes, ["/usr/share/doc/*", "/boot/*"]);
@@ -322,11 +343,13 @@ mod tests {
         let p1 = write(d.path(), "p.gz", &gzip(b"bash\n"));
         let p2 = write(d.path(), "h.xz", &xz(b"/bin/ls\n"));
         let p3 = write(d.path(), "base.tar.xz", &xz(&tar_bytes(&[("etc/a", b"a")])));
-        let inputs = read_inputs(&[p1, p2, p3.clone()]).unwrap();
+        let inputs = read_inputs(&[p1, p2, p3.clone()], &InputBudget::default()).unwrap();
         assert_eq!(inputs.packages, ["bash"]);
         assert_eq!(inputs.hostfiles, ["/bin/ls"]);
         assert_eq!(inputs.base_images[0].compression, Compression::Xz);
-        let mut ar = tar::Archive::new(open_base_image(&inputs.base_images[0]).unwrap());
+        let mut ar = tar::Archive::new(
+            open_base_image(&inputs.base_images[0], &InputBudget::default()).unwrap(),
+        );
         let names: Vec<String> = ar
             .entries()
             .unwrap()
@@ -339,7 +362,7 @@ mod tests {
     fn uncompressed_tar_is_a_base_image() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "base.tar", &tar_bytes(&[("etc/a", b"a")]));
-        let inputs = read_inputs(&[p]).unwrap();
+        let inputs = read_inputs(&[p], &InputBudget::default()).unwrap();
         assert_eq!(inputs.base_images[0].compression, Compression::None);
     }
 
@@ -347,10 +370,14 @@ mod tests {
     fn cpio_and_unknown_content_are_errors_naming_the_file() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "init.cpio", b"070701000000000000");
-        let e = read_inputs(&[p]).unwrap_err().to_string();
+        let e = read_inputs(&[p], &InputBudget::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("init.cpio") && e.contains("cpio"), "{e}");
         let p = write(d.path(), "weird", b"#!/bin/sh\n");
-        let e = read_inputs(&[p]).unwrap_err().to_string();
+        let e = read_inputs(&[p], &InputBudget::default())
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("weird") && e.contains("unknown file type"),
             "{e}"
@@ -362,12 +389,92 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let full = gzip(b"bash\ncoreutils\n");
         let p = write(d.path(), "p.gz", &full[..full.len() / 2]);
-        assert!(read_inputs(&[p]).is_err());
+        assert!(read_inputs(&[p], &InputBudget::default()).is_err());
+    }
+
+    /// A compressed file of `n` copies of `line`, written as it is compressed.
+    fn compressed_repeat(path: &Path, compression: Compression, line: &[u8], n: usize) {
+        let f = File::create(path).unwrap();
+        let mut w: Box<dyn Write> = match compression {
+            Compression::Gzip => Box::new(flate2::write::GzEncoder::new(
+                f,
+                flate2::Compression::fast(),
+            )),
+            Compression::Xz => Box::new(liblzma::write::XzEncoder::new(f, 1)),
+            Compression::None => Box::new(f),
+        };
+        for _ in 0..n {
+            w.write_all(line).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_compressed_list_bomb_stops_at_the_limit_with_the_typed_error() {
+        let d = tempfile::tempdir().unwrap();
+        for (name, c) in [("p.gz", Compression::Gzip), ("p.xz", Compression::Xz)] {
+            let p = d.path().join(name);
+            // 4 MiB of package names against a 1 MiB budget.
+            compressed_repeat(&p, c, b"bash\n", 4 << 20 >> 2);
+            let err =
+                read_inputs(std::slice::from_ref(&p), &InputBudget::new(1 << 20)).unwrap_err();
+            match &err {
+                HostfilesError::InputTooLarge { path, limit } => {
+                    assert_eq!(path, &p);
+                    assert_eq!(*limit, 1 << 20);
+                }
+                other => panic!("{other}"),
+            }
+            let msg = err.to_string();
+            assert!(
+                msg.contains("1 MiB") && msg.contains("SUPERMIN_MAX_INPUT_SIZE="),
+                "{msg}"
+            );
+            // Within the limit it reads as before.
+            let ok = read_inputs(&[p], &InputBudget::new(8 << 20)).unwrap();
+            assert_eq!(ok.packages.len(), 4 << 20 >> 2);
+        }
+    }
+
+    #[test]
+    fn lists_and_base_images_draw_from_one_budget() {
+        let d = tempfile::tempdir().unwrap();
+        let list = d.path().join("a-packages.gz");
+        compressed_repeat(&list, Compression::Gzip, b"bash\n", 1000);
+        let base = write(
+            d.path(),
+            "b-base.tar.gz",
+            &gzip(&tar_bytes(&[("a", &[1; 4000])])),
+        );
+        let budget = InputBudget::new(8000);
+        let inputs = read_inputs(&[list, base], &budget).unwrap();
+        assert_eq!(budget.used(), 5000);
+        // The base image is 4000 bytes of data plus headers: more than the 3000 left.
+        let mut r = open_base_image(&inputs.base_images[0], &budget).unwrap();
+        let err = io::copy(&mut r, &mut io::sink()).unwrap_err();
+        assert!(matches!(
+            too_large(err),
+            Ok(HostfilesError::InputTooLarge { limit: 8000, .. })
+        ));
+    }
+
+    #[test]
+    fn uncompressed_inputs_are_not_counted() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "base.tar", &tar_bytes(&[("a", &[1; 4000])]));
+        let budget = InputBudget::new(10);
+        let inputs = read_inputs(&[p], &budget).unwrap();
+        let mut r = open_base_image(&inputs.base_images[0], &budget).unwrap();
+        io::copy(&mut r, &mut io::sink()).unwrap();
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]
     fn missing_input_is_an_error_naming_it() {
-        let e = read_inputs(&[PathBuf::from("/nonexistent/supermin.d")]).unwrap_err();
+        let e = read_inputs(
+            &[PathBuf::from("/nonexistent/supermin.d")],
+            &InputBudget::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/supermin.d"));
     }
 

@@ -4,7 +4,9 @@
 //!
 //! Data flows one way: [`read_inputs`] -> [`Inputs`] -> [`resolve`] -> [`FileSet`]. This
 //! crate never writes an image; the builder streams the file set and the base images.
+//! Decompression is bounded by an [`InputBudget`] the caller passes in.
 
+mod budget;
 mod elf;
 mod error;
 mod inputs;
@@ -19,6 +21,7 @@ mod tree;
 
 use std::path::Path;
 
+pub use budget::{too_large, InputBudget, DEFAULT_MAX_INPUT_SIZE};
 pub use elf::{read_elf, read_elf_from, ElfInfo};
 pub use error::HostfilesError;
 pub use inputs::{

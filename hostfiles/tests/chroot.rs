@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use supermin_hostfiles::{
-    open_base_image, prepare, read_inputs, resolve, BaseImageGuard, FileKind, FileSet,
+    open_base_image, prepare, read_inputs, resolve, BaseImageGuard, FileKind, FileSet, InputBudget,
     PrepareOptions, ResolveOptions,
 };
 
@@ -55,7 +55,7 @@ fn materialize(set: &FileSet, dir: &Path) {
         .collect();
     let mut guard = BaseImageGuard::new(symlinks.iter().map(|p| p.as_path()));
     for img in &set.base_images {
-        let mut ar = tar::Archive::new(open_base_image(img).unwrap());
+        let mut ar = tar::Archive::new(open_base_image(img, &InputBudget::default()).unwrap());
         for e in ar.entries().unwrap() {
             let mut e = e.unwrap();
             let is_link = e.header().entry_type().is_symlink();
@@ -110,7 +110,7 @@ fn prepared_bash_and_coreutils_run_in_a_chroot() {
         fs::read_to_string(sd.path().join("packages")).unwrap(),
         "bash\ncoreutils\n"
     );
-    let inputs = read_inputs(&[sd.path().to_path_buf()]).unwrap();
+    let inputs = read_inputs(&[sd.path().to_path_buf()], &InputBudget::default()).unwrap();
     let set = resolve(&inputs, &ResolveOptions::default()).unwrap();
     assert!(
         set.packages.iter().any(|p| p.starts_with("libc6_")),
@@ -190,7 +190,7 @@ fn hostfiles_only_binaries_and_an_origin_runpath_program_run_in_a_chroot() {
     fs::create_dir_all(&sd).unwrap();
     fs::write(sd.join("hostfiles"), list).unwrap();
 
-    let inputs = read_inputs(&[sd]).unwrap();
+    let inputs = read_inputs(&[sd], &InputBudget::default()).unwrap();
     assert!(inputs.packages.is_empty());
     let set = resolve(&inputs, &ResolveOptions::default()).unwrap();
     assert!(set.warnings.is_empty(), "{:?}", set.warnings);

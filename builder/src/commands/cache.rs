@@ -140,7 +140,11 @@ fn judge(
 fn libguestfs_request(user_dir: &Path, supermin_d: PathBuf) -> anyhow::Result<BuildRequest> {
     Ok(BuildRequest {
         format: Format::Ext2,
-        source: Source::Inputs(vec![supermin_d]),
+        // The limit decides whether a build succeeds, not what it writes: not in the fingerprint.
+        source: Source::Inputs {
+            paths: vec![supermin_d],
+            max_input_size: supermin_hostfiles::DEFAULT_MAX_INPUT_SIZE,
+        },
         output: user_dir.join(cache::LIBGUESTFS_ENTRY.name),
         size: None,
         host_cpu: Some(std::env::consts::ARCH.to_string()),

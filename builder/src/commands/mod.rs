@@ -111,7 +111,10 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     let source = if args.inputs.is_empty() {
         Source::Default
     } else {
-        Source::Inputs(args.inputs.clone())
+        Source::Inputs {
+            paths: args.inputs.clone(),
+            max_input_size: max_input_size()?,
+        }
     };
     let req = BuildRequest {
         format: args.format,
@@ -179,7 +182,10 @@ fn kernel(args: &KernelArgs) -> anyhow::Result<ExitCode> {
     let choice = appliance::choose_kernel(
         &k,
         &scratch,
-        &Source::Inputs(Vec::new()),
+        &Source::Inputs {
+            paths: Vec::new(),
+            max_input_size: supermin_hostfiles::DEFAULT_MAX_INPUT_SIZE,
+        },
         &BuildOptions::default(),
         args.host_cpu.as_deref(),
         vmlinux_cache().as_deref(),
@@ -235,7 +241,10 @@ fn update_appliance(args: &UpdateArgs) -> anyhow::Result<ExitCode> {
     };
     let req = BuildRequest {
         format: Format::Ext2,
-        source: Source::Inputs(vec![supermin_d]),
+        source: Source::Inputs {
+            paths: vec![supermin_d],
+            max_input_size: max_input_size()?,
+        },
         output: args.dir.clone(),
         size: None,
         host_cpu: None,
@@ -261,6 +270,25 @@ fn update_appliance(args: &UpdateArgs) -> anyhow::Result<ExitCode> {
     let dir = std::path::absolute(&args.dir).unwrap_or_else(|_| args.dir.clone());
     println!("export LIBGUESTFS_PATH={}", dir.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `SUPERMIN_MAX_INPUT_SIZE`: how far supermin.d inputs may expand (unset or empty: the
+/// default). Read here once and passed down; the library never looks at the environment.
+fn max_input_size() -> anyhow::Result<u64> {
+    const VAR: &str = "SUPERMIN_MAX_INPUT_SIZE";
+    let Some(value) = std::env::var_os(VAR).filter(|v| !v.is_empty()) else {
+        return Ok(supermin_hostfiles::DEFAULT_MAX_INPUT_SIZE);
+    };
+    value
+        .to_str()
+        .and_then(supermin::cli::parse_byte_count)
+        .with_context(|| {
+            format!(
+                "{VAR}={value:?} is not a size: give bytes, or a number with K, M, G or T \
+                 (e.g. {VAR}=16G), or unset it for the default of {}G",
+                supermin_hostfiles::DEFAULT_MAX_INPUT_SIZE >> 30
+            )
+        })
 }
 
 pub(crate) fn source_date_epoch() -> anyhow::Result<Option<i64>> {
