@@ -118,7 +118,7 @@ pub fn record_failure(path: &Path, key: &VerdictKey, reason: &str) {
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o600)
         .open(&tmp)
         .and_then(|mut f| f.write_all(text.as_bytes()));
     if written.is_ok() && std::fs::rename(&tmp, path).is_ok() {

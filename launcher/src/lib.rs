@@ -528,39 +528,9 @@ impl From<qmp::QmpError> for RestoreError {
     }
 }
 
-/// The first `-add-fd` set of the added disks (1 and 2 are the saved state's).
+/// The first `-add-fd` set of the added disks (1 and 2 are the saved state's);
+/// disk `i` is `/dev/fdset/DISK_FDSET+i` on every path (cold, KVM, hot-plug).
 const DISK_FDSET: u32 = 10;
-
-/// Added disks opened by us, for qemu to reach through `/dev/fdset/N`
-/// whatever user it runs as.
-struct DiskFds {
-    files: Vec<File>,
-}
-
-impl DiskFds {
-    fn open(disks: &[Disk]) -> Result<DiskFds, LaunchError> {
-        let mut files = Vec::with_capacity(disks.len());
-        for d in disks {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(!d.readonly)
-                .open(&d.path)
-                .map_err(|source| LaunchError::Disk {
-                    path: d.path.clone(),
-                    source,
-                })?;
-            files.push(f);
-        }
-        Ok(DiskFds { files })
-    }
-
-    fn fdsets(&self) -> impl Iterator<Item = (i32, u32)> + '_ {
-        self.files
-            .iter()
-            .zip(DISK_FDSET..)
-            .map(|(f, set)| (std::os::fd::AsRawFd::as_raw_fd(f), set))
-    }
-}
 
 /// Boots with TCG: restores the saved machine when there is one (falling
 /// back to a cold boot, and replacing it, when it does not restore), else
@@ -582,13 +552,12 @@ fn boot_tcg(
         return Ok(vm);
     };
     let disks = plan.disks.clone();
-    let disk_fds = DiskFds::open(&disks)?;
-    let mut bare = qemu::Plan {
+    // The disks' descriptors are already in the plan's fdsets, for hot-plugging.
+    let bare = qemu::Plan {
         disks: Vec::new(),
         qmp: true,
         ..plan
     };
-    bare.fdsets.extend(disk_fds.fdsets());
 
     let mut booted = None;
     if let Some(found) = store.find(&key) {
@@ -604,6 +573,15 @@ fn boot_tcg(
                 booted = Some(restored);
             }
             Err(RestoreError::Fatal(e)) => return Err(e),
+            // The run's own deadline or a signal is no fault of the saved machine.
+            Err(RestoreError::Unusable(_)) if b.stop.check().is_err() => {
+                return Err(match b.stop.check() {
+                    Err(halt) => halted(b.stop, halt),
+                    Ok(()) => LaunchError::Timeout {
+                        after: b.opts.timeout.unwrap_or_default(),
+                    },
+                })
+            }
             Err(RestoreError::Unusable(why)) => {
                 b.log(format_args!(
                     "saved machine {} does not restore ({why}): booting, and saving anew",
@@ -623,7 +601,6 @@ fn boot_tcg(
         Some(restored) => restored,
         None => boot_and_save(b, bare, &store, &key, generation)?,
     };
-    drop(disk_fds);
     hotplug(b, &mut vm, &mut qmp, &disks)?;
     Ok(vm)
 }
@@ -738,7 +715,12 @@ fn save(
             Some(serde_json::json!({"uri": "file:/dev/fdset/2"})),
             step(),
         )?;
-        qmp.wait_migration(step(), b.stop)?;
+        if let Err(e) = qmp.wait_migration(step(), b.stop) {
+            // A migration still running would pause the machine when it ends.
+            let _ = qmp.execute("migrate_cancel", None, step());
+            let _ = qmp.wait_migration(step(), b.stop);
+            return Err(e.into());
+        }
         let overlay = vm.scratch().join("root-overlay.qcow2");
         pending
             .keep_overlay(&overlay)
@@ -766,15 +748,15 @@ fn restore(
         |what: &str, e: &dyn std::fmt::Display| RestoreError::Unusable(format!("{what}: {e}"));
     let scratch = vm::make_scratch(&b.opts.env.tmp_dir).map_err(RestoreError::Fatal)?;
     let overlay = scratch.join("root-overlay.qcow2");
-    if let Err(e) = snapshot::copy_private(&found.overlay(), &overlay) {
-        let _ = std::fs::remove_dir_all(&scratch);
-        return Err(unusable("copying its root overlay", &e));
-    }
-    let state = match File::open(found.state()) {
-        Ok(f) => f,
+    let opened = found.open().and_then(|(state, mut saved_overlay)| {
+        snapshot::copy_private_from(&mut saved_overlay, &overlay)?;
+        Ok(state)
+    });
+    let state = match opened {
+        Ok(state) => state,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&scratch);
-            return Err(unusable("opening its state", &e));
+            return Err(unusable("opening it", &e));
         }
     };
     let mut plan = plan.clone();
@@ -996,10 +978,12 @@ pub fn parse_disk_spec(spec: &str) -> Result<Disk, String> {
     })
 }
 
-/// Checks a disk before qemu sees it: the path made absolute, a qcow2's
-/// header read for the host files it would make qemu open (refused unless
-/// allowed), a raw disk that looks like qcow2 pointed out.
-fn check_disk(disk: &Disk, notice: fn(&Notice)) -> Result<Disk, LaunchError> {
+/// Checks a disk before qemu sees it, on the one descriptor qemu will get
+/// (`/dev/fdset/N`): a path checked and then reopened by name could be
+/// swapped in between for an image that names another file. A qcow2's
+/// header is read for the host files it would make qemu open (refused unless
+/// allowed); a raw disk that looks like qcow2 is pointed out.
+fn check_disk(disk: &Disk, notice: fn(&Notice)) -> Result<(Disk, File), LaunchError> {
     let io_err = |source| LaunchError::Disk {
         path: disk.path.clone(),
         source,
@@ -1009,16 +993,21 @@ fn check_disk(disk: &Disk, notice: fn(&Notice)) -> Result<Disk, LaunchError> {
         why,
     };
     let path = absolute(&disk.path);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!disk.readonly)
+        .open(&path)
+        .map_err(io_err)?;
     match disk.format {
         DiskFormat::Raw => {
-            if qemu::looks_like_qcow2(&path).map_err(io_err)? {
+            if qemu::looks_like_qcow2_in(&file).map_err(io_err)? {
                 notice(&Notice::RawLooksLikeQcow2 {
                     path: disk.path.clone(),
                 });
             }
         }
         DiskFormat::Qcow2 => {
-            let refs = qemu::read_qcow2_refs(&path)
+            let refs = qemu::read_qcow2_refs_in(&file)
                 .map_err(io_err)?
                 .ok_or_else(|| {
                     refused("format=qcow2 was named but it is not a qcow2 image".into())
@@ -1034,17 +1023,15 @@ fn check_disk(disk: &Disk, notice: fn(&Notice)) -> Result<Disk, LaunchError> {
                     vm::printable(backing)
                 )));
             }
-            if path.to_str().is_none() {
-                return Err(refused(
-                    "its path is not UTF-8, which qemu's JSON options cannot carry; use a symlink with a UTF-8 name".into(),
-                ));
-            }
         }
     }
-    Ok(Disk {
-        path,
-        ..disk.clone()
-    })
+    Ok((
+        Disk {
+            path,
+            ..disk.clone()
+        },
+        file,
+    ))
 }
 
 /// Boots the appliance, runs `opts.argv` in it, and returns the command's
@@ -1132,9 +1119,18 @@ impl Session {
     pub fn boot(opts: &RunOptions) -> Result<Session, LaunchError> {
         let start = Instant::now();
         let appliance = Appliance::open(&opts.appliance)?;
+        // Each disk reaches qemu as the descriptor it was checked on; the
+        // files stay open until every qemu of this boot has started.
         let mut disks = Vec::with_capacity(opts.disks.len());
-        for disk in &opts.disks {
-            disks.push(check_disk(disk, opts.on_notice)?);
+        let mut disk_files = Vec::with_capacity(opts.disks.len());
+        for (i, disk) in opts.disks.iter().enumerate() {
+            let (checked, file) = check_disk(disk, opts.on_notice)?;
+            let set = DISK_FDSET + u32::try_from(i).unwrap_or(u32::MAX - DISK_FDSET);
+            disks.push(Disk {
+                path: PathBuf::from(format!("/dev/fdset/{set}")),
+                ..checked
+            });
+            disk_files.push((file, set));
         }
         let deadline = opts.timeout.map(|t| start + t);
         let log = |what: std::fmt::Arguments<'_>| {
@@ -1178,7 +1174,10 @@ impl Session {
             root_overlay: None,
             qmp: false,
             incoming: false,
-            fdsets: Vec::new(),
+            fdsets: disk_files
+                .iter()
+                .map(|(f, set)| (std::os::fd::AsRawFd::as_raw_fd(f), *set))
+                .collect(),
             shares: opts
                 .shares
                 .iter()
@@ -1191,11 +1190,13 @@ impl Session {
             boot_id,
             qemu: qemu.identity.clone(),
         });
-        if opts.recheck_kvm {
-            accel::forget(&verdict_file).map_err(|source| LaunchError::Setup {
-                what: "forgetting the KVM verdict",
-                source,
-            })?;
+        // Best effort: a file we cannot remove is not ours (another user's,
+        // in a shared directory), and a verdict not ours is never read.
+        let recheck = opts.recheck_kvm;
+        if recheck {
+            if let Err(e) = accel::forget(&verdict_file) {
+                log(format_args!("cannot forget the KVM verdict: {e}"));
+            }
         }
         let try_kvm = match opts.accel {
             Accel::Tcg => false,
@@ -1210,6 +1211,7 @@ impl Session {
                 }
                 Ok(()) => match verdict_key
                     .as_ref()
+                    .filter(|_| !recheck)
                     .and_then(|k| accel::recorded_failure(&verdict_file, k))
                 {
                     Some(reason) => {

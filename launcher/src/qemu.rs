@@ -136,17 +136,42 @@ const QCOW2_INCOMPAT_DATA_FILE: u64 = 1 << 2;
 const QCOW2_HEADER_READ: usize = 64 * 1024;
 
 /// Whether `path` starts with the qcow2 magic.
+#[cfg(test)]
 pub fn looks_like_qcow2(path: &Path) -> io::Result<bool> {
+    looks_like_qcow2_in(&std::fs::File::open(path)?)
+}
+
+/// [`looks_like_qcow2`] of an open file (read at offset 0, its position kept).
+pub fn looks_like_qcow2_in(file: &std::fs::File) -> io::Result<bool> {
     let mut head = [0u8; 4];
-    let got = read_up_to(&mut std::fs::File::open(path)?, &mut head)?;
+    let got = read_up_to(&mut At(file, 0), &mut head)?;
     Ok(got == 4 && head == QCOW2_MAGIC)
+}
+
+/// Reads a file from an offset with `pread`, leaving its position alone
+/// (qemu shares the descriptor).
+struct At<'a>(&'a std::fs::File, u64);
+
+impl Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.0.read_at(buf, self.1)?;
+        self.1 += n as u64;
+        Ok(n)
+    }
 }
 
 /// Parses the qcow2 header of `path` (see qemu's docs/interop/qcow2.txt);
 /// `Ok(None)` when it is not a qcow2 image at all.
+#[cfg(test)]
 pub fn read_qcow2_refs(path: &Path) -> io::Result<Option<Qcow2Refs>> {
+    read_qcow2_refs_in(&std::fs::File::open(path)?)
+}
+
+/// [`read_qcow2_refs`] of an open file (its position kept).
+pub fn read_qcow2_refs_in(file: &std::fs::File) -> io::Result<Option<Qcow2Refs>> {
     let mut buf = vec![0u8; QCOW2_HEADER_READ];
-    let got = read_up_to(&mut std::fs::File::open(path)?, &mut buf)?;
+    let got = read_up_to(&mut At(file, 0), &mut buf)?;
     buf.truncate(got);
     Ok(parse_qcow2_refs(&buf))
 }
@@ -389,15 +414,18 @@ pub fn args(plan: &Plan, channel_fd: i32, qmp_fd: Option<i32>) -> Vec<OsString> 
     a.push(plan.cmdline.clone().into());
 
     for (i, (dir, writable)) in plan.shares.iter().enumerate() {
-        // security_model=none: files are accessed as qemu's own user, with
-        // no ownership games; readonly=on makes qemu refuse every write.
-        let ro = if *writable { "" } else { ",readonly=on" };
+        // Files are accessed as qemu's own user. A read-only share is
+        // security_model=none with readonly=on (qemu refuses every write). A
+        // writable one is mapped-xattr: what the guest sets as mode, owner or
+        // device goes into an xattr, never onto the host file, so a guest
+        // cannot plant a set-uid program or a device node in a shared directory.
+        let model = if *writable {
+            ",security_model=mapped-xattr"
+        } else {
+            ",security_model=none,readonly=on"
+        };
         a.push("-fsdev".into());
-        a.push(opt(
-            &format!("local,id=fs{i},path="),
-            dir,
-            &format!(",security_model=none{ro}"),
-        ));
+        a.push(opt(&format!("local,id=fs{i},path="), dir, model));
         a.push("-device".into());
         a.push(format!("virtio-9p-pci,fsdev=fs{i},mount_tag={}", share_tag(i)).into());
     }
@@ -592,7 +620,7 @@ mod tests {
             "{s}"
         );
         assert!(
-            s.contains("-fsdev local,id=fs1,path=/h/w,security_model=none -device"),
+            s.contains("-fsdev local,id=fs1,path=/h/w,security_model=mapped-xattr -device"),
             "{s}"
         );
         assert!(

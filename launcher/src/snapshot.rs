@@ -75,6 +75,9 @@ pub fn key(plan: &Plan) -> io::Result<Key> {
         }
         h.update(m.mtime().to_be_bytes());
         h.update(m.mtime_nsec().to_be_bytes());
+        // An in-place rewrite that keeps the inode and the mtime still moves ctime.
+        h.update(m.ctime().to_be_bytes());
+        h.update(m.ctime_nsec().to_be_bytes());
     }
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok(Key(hex[..32].to_string()))
@@ -148,12 +151,16 @@ pub struct Saved {
 }
 
 impl Saved {
-    pub fn state(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-
-    pub fn overlay(&self) -> PathBuf {
-        self.dir.join("overlay.qcow2")
+    /// Opens its state and its overlay through one handle on its directory,
+    /// so that both come from the same saved machine even if another run
+    /// replaces it meanwhile.
+    pub fn open(&self) -> io::Result<(fs::File, fs::File)> {
+        use rustix::fs::{openat, Mode, OFlags};
+        let dir = fs::File::open(&self.dir)?;
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let state = openat(&dir, "state", flags, Mode::empty())?;
+        let overlay = openat(&dir, "overlay.qcow2", flags, Mode::empty())?;
+        Ok((fs::File::from(state), fs::File::from(overlay)))
     }
 
     /// Records a use (its directory's time), for `supermin cache gc --older-than`.
@@ -164,10 +171,10 @@ impl Saved {
 
     /// The daemon's hello text, saved with the machine.
     pub fn info(&self) -> String {
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         let _ = fs::File::open(self.dir.join("info"))
-            .and_then(|f| f.take(1024).read_to_string(&mut text));
-        text
+            .and_then(|f| f.take(1024).read_to_end(&mut bytes));
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 }
 
@@ -180,7 +187,7 @@ impl Store {
             _ => {}
         }
         let m = fs::symlink_metadata(dir)?;
-        let uid = rustix::process::getuid().as_raw();
+        let uid = rustix::process::geteuid().as_raw();
         if !m.is_dir() || m.uid() != uid || m.mode() & 0o077 != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -195,13 +202,24 @@ impl Store {
         })
     }
 
-    /// The saved machine for `key`, if a whole one is there.
+    /// The saved machine for `key`, if a whole one is there. Saved machines
+    /// are not synced to disk (a cold boot remakes them): one written in an
+    /// earlier boot of the host may have lost data to a power cut, so it is
+    /// discarded, not restored.
     pub fn find(&self, key: &Key) -> Option<Saved> {
         let dir = self.dir.join(key.as_str());
-        let whole = ["state", "overlay.qcow2", "info"]
+        let whole = ["state", "overlay.qcow2", "info", "boot_id"]
             .iter()
             .all(|f| fs::symlink_metadata(dir.join(f)).is_ok_and(|m| m.is_file()));
-        whole.then_some(Saved { dir })
+        if !whole {
+            return None;
+        }
+        let written_in = fs::read_to_string(dir.join("boot_id")).unwrap_or_default();
+        if boot_id().is_none_or(|now| now != written_in.trim()) {
+            self.discard(key);
+            return None;
+        }
+        Some(Saved { dir })
     }
 
     /// Removes the saved machine for `key` (it failed to restore).
@@ -292,12 +310,17 @@ impl Pending {
 
     /// Publishes it under `key` (unless another run did first), then prunes.
     pub fn commit(mut self, store: &Store, key: &Key, info: &str) -> io::Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(self.dir.join("info"))?;
-        f.write_all(info.as_bytes())?;
+        for (name, text) in [
+            ("info", info.to_string()),
+            ("boot_id", boot_id().unwrap_or_default()),
+        ] {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(self.dir.join(name))?
+                .write_all(text.as_bytes())?;
+        }
         let dest = store.dir.join(key.as_str());
         match fs::rename(&self.dir, &dest) {
             Ok(()) => self.committed = true,
@@ -321,13 +344,17 @@ impl Drop for Pending {
 /// Copies `from` to a new private (0600) file `to`, holes and all (the
 /// kernel's copy_file_range keeps sparse runs cheap).
 pub fn copy_private(from: &Path, to: &Path) -> io::Result<()> {
-    let mut src = fs::File::open(from)?;
+    copy_private_from(&mut fs::File::open(from)?, to)
+}
+
+/// [`copy_private`] from an open file.
+pub fn copy_private_from(src: &mut fs::File, to: &Path) -> io::Result<()> {
     let mut dst = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(to)?;
-    io::copy(&mut src, &mut dst)?;
+    io::copy(src, &mut dst)?;
     Ok(())
 }
 
@@ -363,6 +390,12 @@ pub fn create_overlay(
         )));
     }
     Ok(())
+}
+
+fn boot_id() -> Option<String> {
+    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_string())
 }
 
 /// Host entropy for a restored guest.

@@ -90,7 +90,9 @@ impl Writer {
         let mut rest = &buf[..];
         while !rest.is_empty() {
             self.stop.check().map_err(SendError::Halt)?;
-            if abandon.is_some_and(|a| a.load(Ordering::SeqCst)) {
+            // Abandoning mid-frame would leave the daemon reading the next
+            // frame as the rest of this one: only a frame not yet begun is given up.
+            if rest.len() == buf.len() && abandon.is_some_and(|a| a.load(Ordering::SeqCst)) {
                 return Err(SendError::Abandoned);
             }
             match conn.write(rest) {
@@ -243,6 +245,12 @@ pub fn printable(raw: &[u8]) -> String {
             }
             '\t' => out.push(c),
             c if c.is_control() => {}
+            // Format characters that reorder or hide text (bidi overrides and
+            // isolates, zero-width ones) could make a line say something else.
+            '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}' => {}
             c => out.push(c),
         }
     }
@@ -338,10 +346,20 @@ impl Vm {
             // Ctrl-C at the terminal reaches us, not qemu: we stop it ourselves.
             .process_group(0);
         // SAFETY: the closure runs in the child between fork and exec and only
-        // makes async-signal-safe system calls (fcntl, prctl) on plain
-        // integers, reading a vector allocated before the fork.
+        // makes async-signal-safe system calls (close_range, fcntl, prctl) on
+        // plain integers, reading a vector allocated before the fork.
         unsafe {
             cmd.pre_exec(move || {
+                // Descriptors our own caller left open without close-on-exec
+                // (a sudo'd root file, say) must not reach a qemu that then
+                // runs as another user: mark everything close-on-exec first
+                // (Linux >= 5.11; older kernels keep the old behaviour).
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
                 for &fd in &inherit {
                     if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                         return Err(io::Error::last_os_error());
@@ -684,6 +702,10 @@ mod tests {
             "SeaBIOS (version 1.16)"
         );
         assert_eq!(printable(b"[    0.1] ok\ttab"), "[    0.1] ok\ttab");
+        assert_eq!(
+            printable("safe\u{202e}txt.exe\u{200b}".as_bytes()),
+            "safetxt.exe"
+        );
     }
 
     #[test]

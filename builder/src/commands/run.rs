@@ -66,10 +66,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if args.cwd_share {
         let here =
             std::env::current_dir().context("--cwd-share: cannot tell the current directory")?;
-        shares.push(
-            launcher::parse_share_spec(here.as_os_str())
-                .map_err(|e| anyhow::anyhow!("--cwd-share: {e}"))?,
-        );
+        // Not through the spec parser: a directory named `x:rw` is just that.
+        let host = std::fs::canonicalize(&here)
+            .with_context(|| format!("--cwd-share: {}", here.display()))?;
+        shares.push(launcher::Share {
+            guest: host.clone(),
+            host,
+            writable: false,
+        });
         cwd = Some(here.into_os_string());
     }
     if let Some(user) = &qemu_user {
