@@ -288,7 +288,8 @@ pub fn build_with(req: &BuildRequest, opts: &BuildOptions) -> Result<Outcome, Bu
         // initrd's, and needs nothing from the root.
         let initrd_job = match (&req.format, &kernel) {
             (Format::Ext2, Some(k)) => Some(scope.spawn(move || {
-                write_initrd(k, &dir_ref.join("initrd"), &req.source, log_ref)?;
+                let mtime = initrd::initrd_mtime(req.clamp_times)?;
+                write_initrd(k, &dir_ref.join("initrd"), &req.source, mtime, log_ref)?;
                 let choice = write_kernel(k, dir_ref, req, opts)?;
                 log_ref.at(1, || format!("kernel format: {}", choice.describe(&k.path)));
                 if req.fixed {
@@ -566,6 +567,7 @@ fn write_initrd(
     k: &kprobe::Kernel,
     out: &Path,
     source: &Source,
+    mtime: u32,
     log: &Log,
 ) -> Result<(), BuildError> {
     // libguestfs attaches the root as virtio-scsi or virtio-blk; our launcher always uses
@@ -599,6 +601,7 @@ fn write_initrd(
         crate::embedded::init_binary(),
         &loaded,
         initrd::Compression::None,
+        mtime,
     )?;
     Ok(())
 }
@@ -746,6 +749,131 @@ fn write_readme_fixed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(input: &Path) -> BuildRequest {
+        BuildRequest {
+            format: Format::Ext2,
+            source: Source::Inputs {
+                paths: vec![input.to_path_buf()],
+                max_input_size: hostfiles::DEFAULT_MAX_INPUT_SIZE,
+            },
+            output: input.with_file_name("out"),
+            size: None,
+            host_cpu: None,
+            copy_kernel: false,
+            fixed: false,
+            include_packagelist: false,
+            if_newer: true,
+            lock: None,
+            vmlinux: false,
+            vmlinux_cache: None,
+            durability: Durability::Unsynced,
+            verbose: 0,
+            time: 0,
+            clamp_times: None,
+        }
+    }
+
+    // --if-newer is only as good as this: what determines the output must move the
+    // fingerprint, and nothing else may.
+    #[test]
+    fn the_fingerprint_follows_what_determines_the_output_and_nothing_else() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("supermin.d");
+        std::fs::create_dir(&d).unwrap();
+        let list = d.join("hostfiles");
+        std::fs::write(&list, "/etc/hostname\n").unwrap();
+        let opts = BuildOptions::default();
+        let fp = |req: &BuildRequest, opts: &BuildOptions| fingerprint(req, opts, None).unwrap();
+        let base = fp(&request(&d), &opts);
+        assert_eq!(base, fp(&request(&d), &opts), "not deterministic");
+
+        // What does not shape the output: verbosity, the lock, the cache of vmlinux files,
+        // the output's own path, durability.
+        let mut same = request(&d);
+        same.verbose = 3;
+        same.lock = Some(d.join("lock"));
+        same.vmlinux_cache = Some(d.join("cache"));
+        same.durability = Durability::Synced;
+        assert_eq!(base, fp(&same, &opts));
+
+        // An edit inside supermin.d that keeps the size and the mtime.
+        let before = std::fs::metadata(&list).unwrap();
+        std::fs::write(&list, "/etc/hostnamf\n").unwrap();
+        let f = std::fs::File::options().write(true).open(&list).unwrap();
+        f.set_modified(before.modified().unwrap()).unwrap();
+        assert_eq!(std::fs::metadata(&list).unwrap().size(), before.size());
+        let edited = fp(&request(&d), &opts);
+        assert_ne!(base, edited, "an edit with size and mtime kept went unseen");
+
+        // Each option that shapes the output.
+        let changed: Vec<(&str, BuildRequest, BuildOptions)> = vec![
+            (
+                "size",
+                BuildRequest {
+                    size: Some(1 << 30),
+                    ..request(&d)
+                },
+                opts,
+            ),
+            (
+                "format",
+                BuildRequest {
+                    format: Format::Chroot,
+                    ..request(&d)
+                },
+                opts,
+            ),
+            (
+                "copy_kernel",
+                BuildRequest {
+                    copy_kernel: true,
+                    ..request(&d)
+                },
+                opts,
+            ),
+            (
+                "fixed",
+                BuildRequest {
+                    fixed: true,
+                    ..request(&d)
+                },
+                opts,
+            ),
+            (
+                "packagelist",
+                BuildRequest {
+                    include_packagelist: true,
+                    ..request(&d)
+                },
+                opts,
+            ),
+            (
+                "kernel format",
+                request(&d),
+                BuildOptions {
+                    kernel_format: KernelFormat::Bzimage,
+                    ..opts
+                },
+            ),
+            (
+                "deps",
+                request(&d),
+                BuildOptions {
+                    deps: hostfiles::DepRule::Complete,
+                    ..opts
+                },
+            ),
+        ];
+        for (what, req, o) in changed {
+            assert_ne!(
+                edited,
+                fp(&req, &o),
+                "{what} did not change the fingerprint"
+            );
+        }
+    }
 
     #[test]
     fn pvh_is_wanted_only_for_inputs_on_x86_64_with_the_auto_format() {

@@ -18,7 +18,6 @@
 //! the same bytes. Uncompressed is the default because the kernel unpacks it fastest; gzip and
 //! zstd are there for size.
 
-use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -315,17 +314,15 @@ fn entry_name(path: &str) -> Result<&str, CpioError> {
     }
 }
 
-/// The mtime stamped on every entry: `SOURCE_DATE_EPOCH` when set, else 0.
-pub fn mtime_from_source_date_epoch(value: Option<&OsStr>) -> Result<u32, InitrdError> {
-    let Some(value) = value else {
-        return Ok(0);
-    };
-    value
-        .to_str()
-        .and_then(|text| text.trim().parse::<u32>().ok())
-        .ok_or_else(|| InitrdError::BadSourceDateEpoch {
-            value: value.to_string_lossy().into_owned(),
-        })
+/// The mtime stamped on every entry: `SOURCE_DATE_EPOCH` (parsed once, by the binary)
+/// when set, else 0. newc stores 32 bits.
+pub fn initrd_mtime(epoch: Option<i64>) -> Result<u32, InitrdError> {
+    match epoch {
+        None => Ok(0),
+        Some(secs) => u32::try_from(secs).map_err(|_| InitrdError::BadSourceDateEpoch {
+            value: secs.to_string(),
+        }),
+    }
 }
 
 /// The path a module is stored at inside the initrd, and listed under in `/modules`.
@@ -384,15 +381,15 @@ pub fn write_initrd_cpio<W: Write>(
     cpio_w.finish().map_err(cpio)
 }
 
-/// Writes the initrd to `out` (created or truncated). The mtime of every entry comes from
-/// `SOURCE_DATE_EPOCH` (0 when unset), so the same inputs give the same file.
+/// Writes the initrd to `out` (created or truncated). Every entry gets `mtime` (see
+/// [`initrd_mtime`]), so the same inputs give the same file.
 pub fn write_initrd(
     out: &Path,
     init: &[u8],
     modules: &[InitrdModule],
     compression: Compression,
+    mtime: u32,
 ) -> Result<(), InitrdError> {
-    let mtime = mtime_from_source_date_epoch(std::env::var_os("SOURCE_DATE_EPOCH").as_deref())?;
     let with_path = |err: InitrdError| match err {
         InitrdError::Cpio { source, .. } => InitrdError::Cpio {
             path: out.to_owned(),
@@ -676,17 +673,11 @@ mod tests {
     }
 
     #[test]
-    fn source_date_epoch_sets_the_mtime_and_garbage_is_an_error() {
-        assert_eq!(mtime_from_source_date_epoch(None).unwrap(), 0);
-        assert_eq!(
-            mtime_from_source_date_epoch(Some(OsStr::new("1700000000"))).unwrap(),
-            1_700_000_000
-        );
-        for bad in ["", "yesterday", "-1", "4294967296"] {
-            assert!(
-                mtime_from_source_date_epoch(Some(OsStr::new(bad))).is_err(),
-                "{bad:?} accepted"
-            );
+    fn source_date_epoch_sets_the_mtime_and_out_of_range_is_an_error() {
+        assert_eq!(initrd_mtime(None).unwrap(), 0);
+        assert_eq!(initrd_mtime(Some(1_700_000_000)).unwrap(), 1_700_000_000);
+        for bad in [-1, 4_294_967_296, i64::MIN] {
+            assert!(initrd_mtime(Some(bad)).is_err(), "{bad} accepted");
         }
     }
 
@@ -711,8 +702,8 @@ mod tests {
         for compression in [Compression::None, Compression::Gzip, Compression::Zstd] {
             let a = dir.join("a");
             let b = dir.join("b");
-            write_initrd(&a, b"init", &sample_modules(), compression).unwrap();
-            write_initrd(&b, b"init", &sample_modules(), compression).unwrap();
+            write_initrd(&a, b"init", &sample_modules(), compression, 0).unwrap();
+            write_initrd(&b, b"init", &sample_modules(), compression, 0).unwrap();
             assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         }
         std::fs::remove_dir_all(&dir).unwrap();
@@ -750,7 +741,7 @@ mod tests {
             (Compression::Zstd, Some("zstd")),
         ] {
             let path = dir.join("initrd");
-            write_initrd(&path, b"#!init", &sample_modules(), compression).unwrap();
+            write_initrd(&path, b"#!init", &sample_modules(), compression, 0).unwrap();
             let listing = cpio_listing(&path, tool);
             let lines: Vec<&str> = listing.lines().collect();
             assert_eq!(lines.len(), 11, "{listing}");
@@ -766,7 +757,7 @@ mod tests {
     #[test]
     fn unwritable_output_is_a_create_error_naming_the_path() {
         let path = Path::new("/nonexistent-dir/initrd");
-        let err = write_initrd(path, b"", &[], Compression::None).unwrap_err();
+        let err = write_initrd(path, b"", &[], Compression::None, 0).unwrap_err();
         assert!(matches!(err, InitrdError::Create { path: ref p, .. } if p == path));
     }
 }

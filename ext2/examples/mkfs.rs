@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use supermin_ext2::{format_uuid, parse_size, source_date_epoch, write_image, Options, Tree};
+use supermin_ext2::{format_uuid, parse_size, write_image, Options, Tree};
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,7 +20,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let t1 = Instant::now();
     let opts = Options {
         size,
-        creation_time: source_date_epoch().unwrap_or(0),
+        // An example: SOURCE_DATE_EPOCH read here, where a binary reads its environment.
+        creation_time: std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0),
         ..Options::default()
     };
     let sum = write_image(&tree, &img, &opts)?;

@@ -77,11 +77,6 @@ pub struct Summary {
     pub private: bool,
 }
 
-/// `SOURCE_DATE_EPOCH` as seconds, if set to an integer.
-pub fn source_date_epoch() -> Option<i64> {
-    std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()
-}
-
 fn check_options(opts: &Options) -> Result<(), Ext2Error> {
     if !matches!(opts.block_size, 1024 | 2048 | 4096) {
         return Err(Ext2Error::BadBlockSize {

@@ -120,6 +120,7 @@ pub fn build_initrd(kernel: &Kernel, out: &Path, compression: Compression) {
         supermin::embedded::init_binary(),
         &modules,
         compression,
+        0,
     )
     .unwrap_or_else(|err| panic!("writing {}: {err}", out.display()));
 }

@@ -932,3 +932,41 @@ fn a_relative_supermin_kernel_still_gives_a_working_kernel_link() {
     assert!(link.is_absolute(), "{}", link.display());
     assert!(out.join("kernel").exists());
 }
+
+// Regression: --host-cpu aarch64 on an x86_64 host silently built an appliance whose init
+// could not run there.
+#[test]
+fn a_host_cpu_other_than_ours_is_refused_in_one_line() {
+    let tmp = TempDir::new("host-cpu");
+    let d = small_supermin_d(tmp.path());
+    let out = tmp.join("out");
+    let other = if std::env::consts::ARCH == "aarch64" {
+        "x86_64"
+    } else {
+        "aarch64"
+    };
+    let o = supermin(&[
+        "--build",
+        "-f",
+        "chroot",
+        "--host-cpu",
+        other,
+        d.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    fails_with_one_line(&o, other);
+    assert!(!out.exists());
+    // Our own architecture is fine, as libguestfs passes it.
+    let o = supermin(&[
+        "--build",
+        "-f",
+        "chroot",
+        "--host-cpu",
+        std::env::consts::ARCH,
+        d.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    ok(&o);
+}

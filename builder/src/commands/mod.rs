@@ -108,6 +108,18 @@ fn prepare(args: &PrepareArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
+    // The init and daemon embedded in this binary run on its own architecture only.
+    if let Some(cpu) = args.host_cpu.as_deref() {
+        let same =
+            cpu == std::env::consts::ARCH || (cpu == "amd64" && std::env::consts::ARCH == "x86_64");
+        if !same {
+            anyhow::bail!(
+                "--host-cpu {cpu}: this supermin builds appliances for {} only (its embedded init and daemon are {} programs); build on a {cpu} host",
+                std::env::consts::ARCH,
+                std::env::consts::ARCH
+            );
+        }
+    }
     let source = if args.inputs.is_empty() {
         Source::Default
     } else {
