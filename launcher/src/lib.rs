@@ -1166,7 +1166,13 @@ impl Session {
             kernel: appliance.kernel.clone(),
             initrd: appliance.initrd.clone(),
             root: appliance.root.clone(),
-            cmdline: qemu::kernel_cmdline(&appliance.root_uuid, opts.verbose),
+            // The kernel command line is part of a saved machine: with saved machines
+            // on, -v keeps the quiet one, so that -v runs restore the same machine as
+            // the others (`--cold -v` shows the whole boot).
+            cmdline: qemu::kernel_cmdline(
+                &appliance.root_uuid,
+                opts.verbose && (opts.cold || opts.saved_machines.is_none()),
+            ),
             disks: disks.clone(),
             accel,
             memory_mib: opts.memory_mib.max(128),
