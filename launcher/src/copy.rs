@@ -391,7 +391,9 @@ impl Session {
             path: local.clone(),
             source: e.into(),
         };
-        let mode = Mode::from_raw_mode(entry.mode & 0o777);
+        // The guest's mode, without set-id and sticky bits and through our umask:
+        // a guest cannot make a host file more open than we would create it.
+        let mode = Mode::from_raw_mode(entry.mode & 0o777 & !umask_now());
         match entry.kind {
             EntryKind::File => {
                 let tmp = partial_name();
@@ -446,10 +448,12 @@ impl Session {
                         max: MAX_DEPTH,
                     });
                 }
-                match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
-                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                // A directory that was already there keeps its own mode and times.
+                let created = match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
+                    Ok(()) => true,
+                    Err(rustix::io::Errno::EXIST) => false,
                     Err(e) => return Err(local_err(e)),
-                }
+                };
                 // NOFOLLOW: an existing symlink here (one the guest had us
                 // make a moment ago) fails instead of leading elsewhere.
                 let sub = rustix::fs::openat(
@@ -491,6 +495,9 @@ impl Session {
                         budget,
                     )?;
                 }
+                if !created {
+                    return Ok(());
+                }
                 rustix::fs::fchmod(&sub, mode).map_err(local_err)?;
                 rustix::fs::futimens(&sub, &timestamps(entry)).map_err(local_err)
             }
@@ -507,6 +514,14 @@ impl Session {
 /// A name from the guest, fit for an error message.
 fn vm_text(name: &OsStr) -> String {
     guest_text(&String::from_utf8_lossy(name.as_bytes()))
+}
+
+/// This process's umask (read by setting it and putting it back: there is no
+/// other way; nothing else here creates files meanwhile).
+fn umask_now() -> u32 {
+    let old = rustix::process::umask(Mode::from_raw_mode(0o077));
+    rustix::process::umask(old);
+    old.as_raw_mode()
 }
 
 #[cfg(test)]

@@ -652,11 +652,14 @@ fn boot_and_save(
             what: "qemu's monitor",
             source: io::ErrorKind::NotFound.into(),
         })?;
-        qmp::Qmp::connect(stream, b.within(Duration::from_secs(30))).map_err(|e| {
-            LaunchError::BootFailed {
-                reason: format!("qemu's monitor: {e}"),
-                console: vm.console_tail(),
-            }
+        qmp::Qmp::connect(
+            stream,
+            b.within(Duration::from_secs(30)),
+            Arc::clone(b.stop),
+        )
+        .map_err(|e| LaunchError::BootFailed {
+            reason: format!("qemu's monitor: {e}"),
+            console: vm.console_tail(),
         })
     };
     let mut qmp = monitor(&mut vm)?;
@@ -772,7 +775,7 @@ fn restore(
         .take_qmp()
         .ok_or_else(|| RestoreError::Unusable("no monitor".into()))?;
     let step = || b.within(Duration::from_secs(30));
-    let mut qmp = qmp::Qmp::connect(stream, step())?;
+    let mut qmp = qmp::Qmp::connect(stream, step(), Arc::clone(b.stop))?;
     qmp.execute(
         "migrate-set-capabilities",
         Some(serde_json::json!({"capabilities": [{"capability": "mapped-ram", "state": true}]})),

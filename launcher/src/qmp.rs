@@ -38,15 +38,22 @@ pub enum QmpError {
 pub struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    /// The run's deadline and signals, looked at between short reads.
+    stop: Option<std::sync::Arc<Stop>>,
 }
 
 impl Qmp {
     /// Reads qemu's greeting and enters command mode, by `deadline`.
-    pub fn connect(stream: UnixStream, deadline: Instant) -> Result<Qmp, QmpError> {
+    pub fn connect(
+        stream: UnixStream,
+        deadline: Instant,
+        stop: std::sync::Arc<Stop>,
+    ) -> Result<Qmp, QmpError> {
         let writer = stream.try_clone().map_err(QmpError::Io)?;
         let mut qmp = Qmp {
             reader: BufReader::new(stream),
             writer,
+            stop: Some(stop),
         };
         qmp.read_value(deadline)?;
         qmp.execute("qmp_capabilities", None, deadline)?;
@@ -125,13 +132,17 @@ impl Qmp {
     fn read_value(&mut self, deadline: Instant) -> Result<Value, QmpError> {
         let mut line = Vec::new();
         loop {
+            if let Some(Err(halt)) = self.stop.as_ref().map(|s| s.check()) {
+                return Err(QmpError::Halted(halt));
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(QmpError::Timeout);
             }
+            // In ticks, so that Ctrl-C is heard while qemu is slow to answer.
             self.reader
                 .get_ref()
-                .set_read_timeout(Some(left))
+                .set_read_timeout(Some(left.min(super::stop::TICK)))
                 .map_err(QmpError::Io)?;
             let buf = match self.reader.fill_buf() {
                 Ok([]) => return Err(QmpError::Closed),
@@ -142,7 +153,7 @@ impl Qmp {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    return Err(QmpError::Timeout)
+                    continue
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(QmpError::Io(e)),
@@ -174,6 +185,7 @@ mod tests {
             Qmp {
                 reader: BufReader::new(ours),
                 writer,
+                stop: None,
             },
             theirs,
         )
@@ -214,5 +226,22 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(5);
         assert!(matches!(qmp.read_value(later), Err(QmpError::TooLong)));
         drop(t.join().unwrap());
+    }
+
+    #[test]
+    fn a_signal_ends_a_wait_for_a_silent_monitor() {
+        let (mut qmp, _qemu) = peer();
+        let stop = std::sync::Arc::new(Stop::new(Instant::now(), None));
+        qmp.stop = Some(std::sync::Arc::clone(&stop));
+        let raiser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            stop.raise(2);
+        });
+        let long = Instant::now() + Duration::from_secs(60);
+        assert!(matches!(
+            qmp.execute("stop", None, long),
+            Err(QmpError::Halted(Halt::Signal(2)))
+        ));
+        raiser.join().unwrap();
     }
 }
