@@ -100,7 +100,7 @@ fn check_options(opts: &Options) -> Result<(), Ext2Error> {
 ///
 /// The image is as readable as the most private file in it, whatever the
 /// umask: mode 0600 while it is written, and 0644 at the end only when
-/// every file and directory of the tree is readable by anyone
+/// every regular file with contents in the tree is readable by anyone
 /// ([`Summary::private`] says which). A root image that holds a host's
 /// root-only files (`/etc/shadow`, keys) must not hand them to every user.
 pub fn write_image(tree: &Tree, out: &Path, opts: &Options) -> Result<Summary, Ext2Error> {

@@ -189,12 +189,13 @@ fn check_kind(path: &[u8], kind: &NodeKind) -> Result<(), TreeError> {
 }
 
 impl Tree {
-    /// Whether any regular file or directory in the tree is kept from other
+    /// Whether any regular file in the tree with contents is kept from other
     /// users (no read permission for "other"): an image of the tree must then
-    /// be no more readable than that file was.
+    /// be no more readable than that file was. Directories (`/root` is 0700 on
+    /// every host) and empty files hold nothing to leak.
     pub fn has_private_nodes(&self) -> bool {
         self.nodes.iter().any(|n| {
-            matches!(n.kind, NodeKind::File(_) | NodeKind::Dir) && n.meta.mode & 0o004 == 0
+            matches!(&n.kind, NodeKind::File(data) if !data.is_empty()) && n.meta.mode & 0o004 == 0
         })
     }
 

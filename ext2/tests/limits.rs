@@ -301,6 +301,17 @@ fn an_image_is_as_readable_as_the_most_private_file_in_it() {
         )
         .unwrap();
     public.insert(b"/etc/hostname", bytes(10), meta()).unwrap();
+    // A 0700 directory and an empty 0600 file hold nothing to leak.
+    let private_meta = |mode| Meta {
+        mode,
+        ..Meta::default()
+    };
+    public
+        .insert(b"/root", NodeKind::Dir, private_meta(0o700))
+        .unwrap();
+    public
+        .insert(b"/etc/empty", bytes(0), private_meta(0o600))
+        .unwrap();
     let img = tmp.path().join("public.img");
     let summary = write_image(&public, &img, &Options::default()).unwrap();
     assert!(!summary.private);
