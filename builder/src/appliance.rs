@@ -186,11 +186,23 @@ pub enum BuildError {
 }
 
 impl BuildError {
-    /// What the user can do, where the message alone does not say.
+    /// What the user can do, where the message alone does not say. The wrapped errors are
+    /// `transparent` (they are not in the `source` chain themselves), so ask them here.
     pub fn hint(&self) -> Option<String> {
         match self {
             BuildError::Probe(e) => e.hint(),
-            _ => None,
+            BuildError::Cache(e) => e.hint(),
+            BuildError::Hostfiles(e) => e.hint(),
+            BuildError::Assemble(e) => e.hint(),
+            BuildError::Ext2(e) => e.hint(),
+            BuildError::Initrd(e) => e.hint(),
+            BuildError::Chroot(e) => e.hint(),
+            BuildError::Init(e) => e.hint(),
+            BuildError::Io { .. }
+            | BuildError::MissingInput(_)
+            | BuildError::OutputNotDir(_)
+            | BuildError::OutputInsideInput { .. }
+            | BuildError::SizeTooSmall { .. } => None,
         }
     }
 }

@@ -93,6 +93,17 @@ pub enum AssembleError {
     MemberMetadata { image: PathBuf },
 }
 
+impl AssembleError {
+    /// The way out, where the message and its cause do not say it: only what a wrapped
+    /// [`HostfilesError`] knows (each variant of ours says its own in its message).
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            AssembleError::TooLarge(e) => e.hint(),
+            _ => None,
+        }
+    }
+}
+
 /// How many bytes of tar metadata (its header, GNU long names, pax records, sparse
 /// extension headers) one member may have. The tar reader holds one member's metadata in
 /// memory, a sparse map at some 2.7 times its size (measured: 100 MiB of extension headers,

@@ -46,6 +46,14 @@ pub enum InitError {
     Unloadable { problem: String },
 }
 
+impl InitError {
+    /// The way out, where the message and its cause do not say it. None so far: each
+    /// variant that has one says it in its message; this is where a new one goes.
+    pub fn hint(&self) -> Option<String> {
+        None
+    }
+}
+
 /// What the check found that does not stop the build.
 #[derive(Debug, Default)]
 pub struct CheckReport {

@@ -35,6 +35,14 @@ pub enum ChrootError {
     },
 }
 
+impl ChrootError {
+    /// The way out, where the message and its cause do not say it. None so far: each
+    /// variant that has one says it in its message; this is where a new one goes.
+    pub fn hint(&self) -> Option<String> {
+        None
+    }
+}
+
 /// What the writer could not reproduce exactly (e.g. device nodes as non-root).
 #[derive(Debug, Default)]
 pub struct ChrootReport {

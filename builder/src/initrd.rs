@@ -113,6 +113,14 @@ pub enum InitrdError {
     },
 }
 
+impl InitrdError {
+    /// The way out, where the message and its cause do not say it. None so far: each
+    /// variant that has one says it in its message; this is where a new one goes.
+    pub fn hint(&self) -> Option<String> {
+        None
+    }
+}
+
 /// A streaming newc writer. Entries are written in the order the caller adds them; the
 /// writer numbers inodes from 1 and stamps every entry with the same `mtime`, so output
 /// depends only on what is added. Parent directories are not created implicitly.

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             commands::report(&err);
-            ExitCode::FAILURE
+            ExitCode::from(commands::exit_code(&err))
         }
     }
 }

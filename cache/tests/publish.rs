@@ -284,8 +284,11 @@ fn clean_debris_without_a_parent_directory_is_a_no_op() {
 fn staging_in_a_missing_directory_is_a_clear_error() {
     let err = Staging::new(Path::new("/nonexistent-supermin-test/appliance.d")).unwrap_err();
     let msg = err.to_string();
+    assert!(msg.contains("/nonexistent-supermin-test"), "{msg}");
+    // The cause is the source, not repeated in the message; the way out is the hint.
+    assert!(std::error::Error::source(&err).is_some());
     assert!(
-        msg.contains("/nonexistent-supermin-test") && msg.contains("must exist"),
+        err.hint().is_some_and(|h| h.contains("must exist")),
         "{msg}"
     );
 }

@@ -58,7 +58,7 @@ pub enum HostfilesError {
     NoPackageHandler { root: PathBuf },
     #[error("{path}: malformed package database: {message}")]
     PackageDb { path: PathBuf, message: String },
-    #[error("cannot run {command}; is it installed?")]
+    #[error("cannot run {command}")]
     Spawn {
         command: String,
         #[source]
@@ -76,6 +76,19 @@ pub enum HostfilesError {
     NoPackages,
     #[error("{path}: malformed ELF file: {message}")]
     Elf { path: PathBuf, message: String },
+}
+
+impl HostfilesError {
+    /// The way out, for the failures whose cause (printed after the message) leaves the
+    /// user to guess it; the others say theirs in the message.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            HostfilesError::Spawn { command, .. } => {
+                Some(format!("is {command} installed, and in PATH?"))
+            }
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T, E = HostfilesError> = std::result::Result<T, E>;

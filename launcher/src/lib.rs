@@ -230,9 +230,7 @@ pub fn login_shell() -> Vec<OsString> {
 /// exit status [`run`] returns).
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error(
-        "appliance {dir} has no usable {file}: build one with `supermin --build -f ext2 -o {dir}`"
-    )]
+    #[error("appliance {dir} has no usable {file}")]
     ApplianceIncomplete {
         dir: PathBuf,
         file: &'static str,
@@ -255,15 +253,13 @@ pub enum LaunchError {
     KvmUnavailable { reason: String },
     #[error("--accel kvm: KVM failed on this host ({reason}); use --accel tcg, or --accel auto to fall back by itself")]
     KvmFailed { reason: String },
-    #[error(
-        "cannot start {program}: install qemu-system-x86 (Debian) / qemu-system-x86-core (Fedora)"
-    )]
+    #[error("cannot start {program}")]
     QemuSpawn {
         program: String,
         #[source]
         source: io::Error,
     },
-    #[error("cannot create a scratch directory in {dir}: set TMPDIR to a writable directory")]
+    #[error("cannot create a scratch directory in {dir}")]
     Scratch {
         dir: PathBuf,
         #[source]
@@ -336,18 +332,20 @@ pub enum LaunchError {
 }
 
 impl LaunchError {
-    /// The exit status a CLI should end with: 127 when the command could not
-    /// be started (like a shell), 124 on timeout (like timeout(1)), 128+N
-    /// for a signal, 1 otherwise.
-    pub fn exit_code(&self) -> i32 {
+    /// The way out, for the failures whose cause (printed after the message)
+    /// leaves the user to guess it; the others say theirs in the message.
+    pub fn hint(&self) -> Option<String> {
         match self {
-            LaunchError::CommandNotStarted { .. } => 127,
-            LaunchError::Timeout { .. } => 124,
-            LaunchError::Interrupted { signal } => 128 + signal,
-            LaunchError::Copy { source, .. } => source.exit_code(),
-            // Like ssh's own `~.`.
-            LaunchError::Escaped => 255,
-            _ => 1,
+            LaunchError::ApplianceIncomplete { dir, .. } => Some(format!(
+                "build one with `supermin --build -f ext2 -o {}`",
+                dir.display()
+            )),
+            LaunchError::QemuSpawn { .. } => {
+                Some("install qemu-system-x86 (Debian) / qemu-system-x86-core (Fedora)".into())
+            }
+            LaunchError::Scratch { .. } => Some("set TMPDIR to a writable directory".into()),
+            LaunchError::Copy { source, .. } => source.hint(),
+            _ => None,
         }
     }
 }
@@ -1879,26 +1877,6 @@ mod tests {
     fn unexpected_replies_are_described_without_their_bytes() {
         let text = describe(&Reply::FileData(vec![0xab; 65536]));
         assert_eq!(text, "file data (65536 bytes)");
-    }
-
-    #[test]
-    fn exit_codes_follow_shell_conventions() {
-        assert_eq!(
-            LaunchError::CommandNotStarted {
-                message: String::new()
-            }
-            .exit_code(),
-            127
-        );
-        assert_eq!(LaunchError::Interrupted { signal: 2 }.exit_code(), 130);
-        assert_eq!(
-            LaunchError::Timeout {
-                after: Duration::from_secs(1)
-            }
-            .exit_code(),
-            124
-        );
-        assert_eq!(LaunchError::NoCommand.exit_code(), 1);
     }
 
     #[test]

@@ -278,12 +278,7 @@ fn check_kernel(d: &mut Doctor) -> Option<kprobe::Kernel> {
     let k = match kprobe::probe(&kprobe::ProbeEnv::from_env(None)) {
         Ok(k) => k,
         Err(e) => {
-            let mut detail = e.to_string();
-            if let Some(src) = std::error::Error::source(&e) {
-                if !detail.contains(&src.to_string()) {
-                    detail = format!("{detail}: {src}");
-                }
-            }
+            let detail = super::one_line(&e);
             let fix = e.hint().unwrap_or_else(|| {
                 "`supermin kernel` lists every candidate and why it was skipped".into()
             });
@@ -367,11 +362,12 @@ fn check_cache(d: &mut Doctor) {
     let dir = match supermin_cache::runtime_cache_dir() {
         Ok(dir) => dir,
         Err(e) => {
-            // Every cache error says what to do after a semicolon.
-            let text = e.to_string();
-            let (what, fix) = match text.split_once("; ") {
-                Some((w, f)) => (w.to_string(), f.to_string()),
-                None => (
+            // A cache error's way out is its hint, or follows a semicolon in its message.
+            let text = super::one_line(&e);
+            let (what, fix) = match (e.hint(), text.split_once("; ")) {
+                (Some(hint), _) => (text, hint),
+                (None, Some((w, f))) => (w.to_string(), f.to_string()),
+                (None, None) => (
                     text,
                     "set LIBGUESTFS_CACHEDIR to a directory you own".to_string(),
                 ),
@@ -772,13 +768,7 @@ fn build_and_boot(
                 LaunchError::VmDied { .. } => {
                     "the VM went away while the command was running".into()
                 }
-                other => {
-                    let mut m = other.to_string();
-                    if let Some(src) = std::error::Error::source(other) {
-                        m = format!("{m}: {src}");
-                    }
-                    m
-                }
+                other => super::one_line(other),
             };
             d.console_tail = console
                 .lines()
@@ -799,7 +789,7 @@ fn build_and_boot(
                 group: "boot",
                 status: Status::Problem,
                 detail: format!("after {:.1} s: {message}", took.as_secs_f64()),
-                fix: faq.map(|f| f.1.to_string()),
+                fix: faq.map(|f| f.1.to_string()).or_else(|| e.hint()),
                 faq: faq.map(|f| f.0),
             });
         }

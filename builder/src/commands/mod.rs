@@ -43,38 +43,87 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// One line: what failed and why (the `#[source]` chain, once), then a hint if there is one.
+/// One line: what failed and why (the message, then each `#[source]` in the chain, once:
+/// no message repeats its own cause), then at most one hint.
 pub fn report(err: &anyhow::Error) {
-    let mut line = format!("supermin: error: {err}");
-    for cause in err.chain().skip(1) {
-        let cause = cause.to_string();
-        // Typed errors often repeat their source in their own message; print each cause once.
-        if !line.contains(&cause) {
-            line.push_str(": ");
-            line.push_str(&cause);
-        }
-    }
-    eprintln!("{line}");
+    eprintln!("supermin: error: {err:#}");
     if let Some(hint) = hint_for(err) {
         eprintln!("supermin: hint: {hint}");
     }
 }
 
-/// A hint for errors whose way out is not obvious from the message.
-pub fn hint_for(err: &anyhow::Error) -> Option<String> {
-    for cause in err.chain() {
-        if let Some(e) = cause.downcast_ref::<appliance::BuildError>() {
-            if let Some(h) = e.hint() {
-                return Some(h);
-            }
-        }
-        if let Some(e) = cause.downcast_ref::<supermin_kernel_probe::ProbeError>() {
-            if let Some(h) = e.hint() {
-                return Some(h);
-            }
-        }
+/// An error and its causes as one line, `message: cause: cause` (what `{:#}` prints for an
+/// `anyhow::Error`), for a library error the binary shows without failing.
+pub(crate) fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
     }
-    None
+    line
+}
+
+/// The way out of an error, when one of the errors in its chain knows one: the first that
+/// does, asked from the outermost in.
+pub fn hint_for(err: &anyhow::Error) -> Option<String> {
+    err.chain().find_map(hint_of)
+}
+
+/// What one error in a chain knows about the way out. Every library error type has a
+/// `hint()`; a new one is asked here.
+fn hint_of(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use supermin::{assemble, check, chroot, initrd};
+    if let Some(e) = err.downcast_ref::<appliance::BuildError>() {
+        e.hint()
+    } else if let Some(e) = err.downcast_ref::<supermin_kernel_probe::ProbeError>() {
+        e.hint()
+    } else if let Some(e) = err.downcast_ref::<supermin_launcher::LaunchError>() {
+        e.hint()
+    } else if let Some(e) = err.downcast_ref::<supermin_cache::CacheError>() {
+        e.hint()
+    } else if let Some(e) = err.downcast_ref::<supermin_hostfiles::HostfilesError>() {
+        e.hint()
+    } else if let Some(e) = err.downcast_ref::<supermin_ext2::Ext2Error>() {
+        e.hint()
+    } else if let Some(e) = err.downcast_ref::<assemble::AssembleError>() {
+        e.hint()
+    } else if let Some(e) = err.downcast_ref::<initrd::InitrdError>() {
+        e.hint()
+    } else if let Some(e) = err.downcast_ref::<chroot::ChrootError>() {
+        e.hint()
+    } else if let Some(e) = err.downcast_ref::<check::InitError>() {
+        e.hint()
+    } else {
+        None
+    }
+}
+
+/// The exit status for a failed run, the one place it is decided: what kept `supermin run`'s
+/// command from finishing, in the shell's codes like `timeout(1)` (127 not started, 124
+/// timed out, 128+N interrupted by signal N, 255 for `~.` like ssh), 1 for every other
+/// failure.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<supermin_launcher::LaunchError>())
+        .find_map(launch_exit_code)
+        .unwrap_or(1)
+}
+
+fn launch_exit_code(err: &supermin_launcher::LaunchError) -> Option<u8> {
+    use supermin_launcher::LaunchError;
+    match err {
+        LaunchError::CommandNotStarted { .. } => Some(127),
+        LaunchError::Timeout { .. } => Some(124),
+        LaunchError::Interrupted { signal } => {
+            Some(u8::try_from(128i32.saturating_add(*signal)).unwrap_or(u8::MAX))
+        }
+        LaunchError::Escaped => Some(255),
+        // A boxed source is not downcast through the chain: look inside here.
+        LaunchError::Copy { source, .. } => launch_exit_code(source),
+        _ => None,
+    }
 }
 
 fn prepare(args: &PrepareArgs) -> anyhow::Result<ExitCode> {
@@ -366,4 +415,82 @@ fn mkfs(args: &MkfsArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use anyhow::Context;
+    use supermin_launcher::LaunchError;
+
+    use super::{exit_code, hint_for, one_line};
+
+    fn launch(e: LaunchError) -> anyhow::Error {
+        anyhow::Error::new(e)
+    }
+
+    #[test]
+    fn exit_codes_follow_shell_conventions() {
+        let not_started = LaunchError::CommandNotStarted {
+            message: String::new(),
+        };
+        assert_eq!(exit_code(&launch(not_started)), 127);
+        assert_eq!(
+            exit_code(&launch(LaunchError::Interrupted { signal: 2 })),
+            130
+        );
+        let timeout = LaunchError::Timeout {
+            after: Duration::from_secs(1),
+        };
+        assert_eq!(exit_code(&launch(timeout)), 124);
+        assert_eq!(exit_code(&launch(LaunchError::Escaped)), 255);
+        assert_eq!(exit_code(&launch(LaunchError::NoCommand)), 1);
+        assert_eq!(exit_code(&anyhow::anyhow!("any other failure")), 1);
+    }
+
+    #[test]
+    fn exit_code_looks_through_context_and_copies() {
+        let copy = LaunchError::Copy {
+            what: "--copy-out /a:/b".into(),
+            source: Box::new(LaunchError::Interrupted { signal: 15 }),
+        };
+        let err = Err::<(), _>(copy).context("while running").unwrap_err();
+        assert_eq!(exit_code(&err), 143);
+    }
+
+    #[test]
+    fn a_cause_is_printed_once_and_its_hint_found_through_transparent_wrappers() {
+        let cache = supermin_cache::CacheError::OpenLock {
+            path: "/nowhere/lock".into(),
+            source: std::io::Error::from_raw_os_error(2),
+        };
+        let build = supermin::appliance::BuildError::from(cache);
+        let err = Err::<(), _>(build)
+            .context("cannot build /out")
+            .unwrap_err();
+        let line = format!("{err:#}");
+        assert_eq!(line.matches("os error 2").count(), 1, "{line}");
+        assert!(
+            line.starts_with("cannot build /out: cannot open lock file /nowhere/lock: "),
+            "{line}"
+        );
+        assert!(hint_for(&err).unwrap().contains("writable"));
+    }
+
+    #[test]
+    fn one_line_walks_the_whole_chain() {
+        let e = LaunchError::QemuSpawn {
+            program: "qemu-system-x86_64".into(),
+            source: std::io::Error::from_raw_os_error(2),
+        };
+        let line = one_line(&e);
+        assert!(
+            line.starts_with("cannot start qemu-system-x86_64: No such file"),
+            "{line}"
+        );
+        assert!(hint_for(&anyhow::Error::new(e))
+            .unwrap()
+            .contains("install qemu"));
+    }
 }

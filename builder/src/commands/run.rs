@@ -159,8 +159,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         copy_out,
         copy_out_limit,
     };
-    // The command's own status, or the shell's codes for what kept it from finishing
-    // (127 not started, 124 timed out, 128+N interrupted by signal N), like `timeout(1)`.
+    // The command's own status, or the error that kept it from finishing.
     let mut result = launcher::run(&opts);
     if args.appliance.is_none() {
         if let Err(
@@ -174,14 +173,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             result = launcher::run(&opts);
         }
     }
-    let status = match result {
-        Ok(status) => status,
-        Err(e) => {
-            let code = e.exit_code();
-            super::report(&anyhow::Error::new(e));
-            code
-        }
-    };
+    // What kept the command from finishing is an error like any other: `main` reports it
+    // and ends with its exit code (`super::exit_code`).
+    let status = result?;
     Ok(ExitCode::from(status.clamp(0, 255) as u8))
 }
 
