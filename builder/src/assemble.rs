@@ -91,6 +91,12 @@ pub enum AssembleError {
         MAX_MEMBER_METADATA >> 20
     )]
     MemberMetadata { image: PathBuf },
+    #[error("base image {image}: member {member} has owner id {id}; ext2 stores 32-bit ids")]
+    OwnerTooLarge {
+        image: PathBuf,
+        member: String,
+        id: u64,
+    },
 }
 
 impl AssembleError {
@@ -177,8 +183,10 @@ fn ts((secs, nsec): (i64, u32)) -> Timestamp {
 
 fn split_dev(rdev: u64) -> (u32, u32) {
     // glibc's gnu_dev_major/minor encoding.
-    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
-    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & 0xffff_f000);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xffff_ff00);
+    // Both are masked to 32 bits just above, as glibc's unsigned int results.
+    #[allow(clippy::cast_possible_truncation)]
     (major as u32, minor as u32)
 }
 
@@ -321,10 +329,17 @@ impl Assembler {
             let path = abs.as_os_str().as_bytes();
             let mtime = header.mtime().unwrap_or(0) as i64;
             let t = Timestamp::new(mtime, 0);
+            let owner = |id: u64| {
+                u32::try_from(id).map_err(|_| AssembleError::OwnerTooLarge {
+                    image: img.path.clone(),
+                    member: abs.display().to_string(),
+                    id,
+                })
+            };
             let meta = Meta {
                 mode: (header.mode().unwrap_or(0o644) & 0o7777) as u16,
-                uid: header.uid().unwrap_or(0) as u32,
-                gid: header.gid().unwrap_or(0) as u32,
+                uid: owner(header.uid().unwrap_or(0))?,
+                gid: owner(header.gid().unwrap_or(0))?,
                 atime: t,
                 mtime: t,
                 ctime: t,
@@ -756,7 +771,8 @@ impl SparseMember<'_> {
             return Err(SparseError::Truncated);
         }
         let mut w = SparseWriter::new(out);
-        let mut buf = vec![0u8; (128 << 10).min(stored.max(1)) as usize];
+        let mut buf =
+            vec![0u8; usize::try_from(stored.max(1)).map_or(128 << 10, |s| s.min(128 << 10))];
         let mut from = data_pos;
         let data_end = data_pos + stored;
         self.walk_map(|offset, length| {
@@ -767,7 +783,7 @@ impl SparseMember<'_> {
             w.skip_to(offset);
             let mut left = length;
             while left > 0 {
-                let n = left.min(buf.len() as u64) as usize;
+                let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
                 self.archive
                     .read_exact_at(&mut buf[..n], from)
                     .map_err(SparseError::Read)?;
@@ -871,6 +887,7 @@ fn scratch_file(dir: &Path) -> io::Result<File> {
 static SCRATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::sparse::disk_bytes;

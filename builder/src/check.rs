@@ -181,7 +181,7 @@ impl FileExt for TreeFile {
                 if offset >= *len {
                     return Ok(0);
                 }
-                let n = (buf.len() as u64).min(len - offset) as usize;
+                let n = usize::try_from(len - offset).map_or(buf.len(), |l| l.min(buf.len()));
                 file.read_at(&mut buf[..n], base + offset)
             }
             TreeFile::Bytes(b) => {

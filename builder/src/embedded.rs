@@ -19,6 +19,7 @@ pub fn static_target() -> &'static str {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

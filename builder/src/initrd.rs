@@ -256,9 +256,11 @@ impl<W: Write> CpioWriter<W> {
     ) -> Result<(), CpioError> {
         let mut buf = Vec::with_capacity(NEWC_HEADER_LEN + name.len() + 1);
         buf.extend_from_slice(NEWC_MAGIC);
-        // namesize counts the terminating NUL; names are short, the cast cannot truncate
-        // anything a kernel would accept (PATH_MAX is 4096).
-        let namesize = (name.len() + 1) as u32;
+        // namesize counts the terminating NUL.
+        let namesize = u32::try_from(name.len() + 1).map_err(|_| CpioError::TooLarge {
+            name: name.to_owned(),
+            size: name.len() as u64 + 1,
+        })?;
         let fields = [
             ino,
             header.mode,

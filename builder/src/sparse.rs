@@ -51,6 +51,8 @@ impl<'f> SparseWriter<'f> {
         let mut run: Option<usize> = None;
         while i < buf.len() {
             let at = self.pos + i as u64;
+            // Below ZERO_BLOCK, a usize constant.
+            #[allow(clippy::cast_possible_truncation)]
             let in_block = (at % ZERO_BLOCK as u64) as usize;
             let n = (ZERO_BLOCK - in_block).min(buf.len() - i);
             // A slice comparison is a memcmp: fast even in a debug build.
@@ -188,9 +190,9 @@ fn copy_range(
             Err(e) => return Err(CopyError::Read(e.into())),
         }
     }
-    let mut buf = vec![0u8; BUF.min((len - done) as usize)];
+    let mut buf = vec![0u8; usize::try_from(len - done).map_or(BUF, |l| l.min(BUF))];
     while done < len {
-        let want = ((len - done) as usize).min(buf.len());
+        let want = usize::try_from(len - done).map_or(buf.len(), |l| l.min(buf.len()));
         let n = match src.read_at(&mut buf[..want], src_off) {
             Ok(0) => return Ok(done),
             Ok(n) => n,
@@ -216,6 +218,7 @@ pub(crate) fn disk_bytes(file: &File) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

@@ -117,8 +117,13 @@ fn set_lock(file: &File, wait: bool) -> io::Result<()> {
 fn ofd_lock(file: &File, wait: bool) -> io::Result<()> {
     // SAFETY: `flock` is a plain C struct for which all-zeroes is valid.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // F_WRLCK (1) and SEEK_SET (0) are small libc constants that libc types as
+    // `c_int`, while `struct flock` declares these two fields `short`.
+    #[allow(clippy::cast_possible_truncation)]
+    {
+        fl.l_type = libc::F_WRLCK as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+    }
     fl.l_start = 0;
     fl.l_len = 0; // to the end of the file, however it grows
     fl.l_pid = 0; // required by F_OFD_* commands

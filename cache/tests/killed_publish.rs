@@ -7,6 +7,8 @@
 //! publishes generation after generation until it is killed at a random
 //! moment.
 
+#![allow(clippy::cast_possible_truncation)]
+
 use std::fs;
 use std::io::Write;
 use std::path::Path;

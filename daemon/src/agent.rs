@@ -343,8 +343,9 @@ impl Agent<'_> {
                 }
                 if run.status.is_some() && (run.stdout.is_some() || run.stderr.is_some()) {
                     // Wake up to end the drain even if the pipes stay silent.
-                    let left = DRAIN_QUIET_MS
-                        .saturating_sub(run.last_activity.elapsed().as_millis() as u64);
+                    let left = DRAIN_QUIET_MS.saturating_sub(
+                        u64::try_from(run.last_activity.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    );
                     timeout_ms = Some(timeout_ms.map_or(left as i64, |t| t.min(left as i64)));
                 }
                 if run.status.is_none() {
@@ -1031,6 +1032,7 @@ fn spawn_message(
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use std::os::unix::net::UnixStream;

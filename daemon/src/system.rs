@@ -159,10 +159,14 @@ pub fn loopback_up() -> Result<(), SetupError> {
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } < 0 {
         return Err(err(io::Error::last_os_error()));
     }
+    // IFF_UP | IFF_RUNNING is 0x41, which libc types as c_int while
+    // ifr_flags is a short.
+    #[allow(clippy::cast_possible_truncation)]
+    let up = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
     // SAFETY: SIOCGIFFLAGS succeeded, so the flags member of the union is the
     // initialised one.
     unsafe {
-        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        req.ifr_ifru.ifru_flags |= up;
     }
     // SAFETY: as above; SIOCSIFFLAGS reads the name and flags from `req`.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } < 0 {

@@ -93,7 +93,10 @@ impl<F: FnMut() -> Option<u32>> Mapper<F> {
         };
         let phys = if depth == 0 {
             let p = self.take()?;
-            self.map.i_block[lb as usize] = p;
+            // Depth 0 means lb < N_DIRECT (12), checked above.
+            #[allow(clippy::cast_possible_truncation)]
+            let slot = lb as usize;
+            self.map.i_block[slot] = p;
             p
         } else {
             let leaf_key: IndKey = (depth, depth - 1, rel / ppb);
@@ -104,7 +107,10 @@ impl<F: FnMut() -> Option<u32>> Mapper<F> {
             self.last_leaf = Some((leaf_key, leaf));
             let p = self.take()?;
             if self.store {
-                self.map.indirect[leaf].1[(rel % ppb) as usize] = p;
+                // Below ppb, which is a block size / 4 (at most 1024).
+                #[allow(clippy::cast_possible_truncation)]
+                let slot = (rel % ppb) as usize;
+                self.map.indirect[leaf].1[slot] = p;
             }
             p
         };
@@ -125,13 +131,18 @@ impl<F: FnMut() -> Option<u32>> Mapper<F> {
                 None => {
                     let p = self.take()?;
                     let at = self.map.indirect.len();
+                    // ppb is a block size / 4: at most 1024.
+                    #[allow(clippy::cast_possible_truncation)]
                     let slots = if self.store { ppb as usize } else { 0 };
                     self.map.indirect.push((p, vec![0; slots]));
                     self.index.insert(key, at);
                     match parent {
                         None => self.map.i_block[N_DIRECT + usize::from(depth) - 1] = p,
                         Some(up) if self.store => {
-                            self.map.indirect[up].1[((rel / span) % ppb) as usize] = p;
+                            // Below ppb, which is a block size / 4 (at most 1024).
+                            #[allow(clippy::cast_possible_truncation)]
+                            let slot = ((rel / span) % ppb) as usize;
+                            self.map.indirect[up].1[slot] = p;
                         }
                         Some(_) => {}
                     }
@@ -181,6 +192,7 @@ pub(crate) fn blocks_needed(extents: &[(u64, u64)], ppb: u64) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

@@ -118,6 +118,8 @@ impl Superblock {
         put16(&mut b, 0x50, 0); // s_def_resuid
         put16(&mut b, 0x52, 0); // s_def_resgid
         put32(&mut b, 0x54, FIRST_INO);
+        // INODE_SIZE is the constant 256.
+        #[allow(clippy::cast_possible_truncation)]
         put16(&mut b, 0x58, INODE_SIZE as u16);
         put16(&mut b, 0x5A, group_nr);
         put32(&mut b, 0x5C, FEATURE_COMPAT);
@@ -174,10 +176,13 @@ pub(crate) const MAX_TIME: i64 = (3 << 32) + (1 << 31) - 1;
 /// the signed 32-bit range, so that negative (pre-1970) times keep epoch 0.
 pub(crate) fn encode_time(t: Timestamp) -> (u32, u32) {
     let secs = t.secs.clamp(MIN_TIME, MAX_TIME);
-    let low = secs as i32;
-    let epoch = ((secs - i64::from(low)) >> 32) as u32 & 3;
+    // The low 32 bits, read as signed to find the era and stored as they are.
+    let [a, b, c, d, ..] = secs.to_le_bytes();
+    let low = i32::from_le_bytes([a, b, c, d]);
+    let era = (secs - i64::from(low)) >> 32;
+    let epoch = u32::from(era.to_le_bytes()[0] & 3);
     let nsec = t.nsec.min(999_999_999);
-    (low as u32, (nsec << 2) | epoch)
+    (u32::from_le_bytes([a, b, c, d]), (nsec << 2) | epoch)
 }
 
 /// The inverse of [`encode_time`], as the kernel's `ext4_decode_extra_time`.
@@ -235,21 +240,25 @@ impl Inode {
         let (ctime, ctime_x) = encode_time(self.ctime);
         let (mtime, mtime_x) = encode_time(self.mtime);
         let (crtime, crtime_x) = encode_time(self.crtime);
+        // ext2 keeps uid, gid and size as low and high halves in two fields.
+        let (uid_lo, uid_hi) = halves(self.uid);
+        let (gid_lo, gid_hi) = halves(self.gid);
+        let [s0, s1, s2, s3, s4, s5, s6, s7] = self.size.to_le_bytes();
         put16(&mut b, 0, self.mode);
-        put16(&mut b, 2, self.uid as u16);
-        put32(&mut b, 4, self.size as u32);
+        put16(&mut b, 2, uid_lo);
+        put32(&mut b, 4, u32::from_le_bytes([s0, s1, s2, s3]));
         put32(&mut b, 8, atime);
         put32(&mut b, 12, ctime);
         put32(&mut b, 16, mtime);
         put32(&mut b, 20, 0); // i_dtime
-        put16(&mut b, 24, self.gid as u16);
+        put16(&mut b, 24, gid_lo);
         put16(&mut b, 26, self.links_count);
         put32(&mut b, 28, self.blocks_512);
         b[40..100].copy_from_slice(&self.block);
         // i_size_high (rev 1 with large_file; i_dir_acl before).
-        put32(&mut b, 108, (self.size >> 32) as u32);
-        put16(&mut b, 120, (self.uid >> 16) as u16);
-        put16(&mut b, 122, (self.gid >> 16) as u16);
+        put32(&mut b, 108, u32::from_le_bytes([s4, s5, s6, s7]));
+        put16(&mut b, 120, uid_hi);
+        put16(&mut b, 122, gid_hi);
         put16(&mut b, 128, EXTRA_ISIZE);
         put32(&mut b, 132, ctime_x);
         put32(&mut b, 136, mtime_x);
@@ -258,6 +267,12 @@ impl Inode {
         put32(&mut b, 148, crtime_x);
         b
     }
+}
+
+/// The low and high 16 bits of `v`.
+fn halves(v: u32) -> (u16, u16) {
+    let [a, b, c, d] = v.to_le_bytes();
+    (u16::from_le_bytes([a, b]), u16::from_le_bytes([c, d]))
 }
 
 /// `i_block` holding block pointers.
@@ -280,7 +295,11 @@ pub(crate) fn dirent_len(name_len: usize) -> usize {
 pub(crate) fn put_dirent(buf: &mut [u8], ino: u32, rec_len: u16, name: &[u8], file_type: u8) {
     put32(buf, 0, ino);
     put16(buf, 4, rec_len);
-    buf[6] = name.len() as u8;
+    // Names are at most MAX_NAME_LEN (255) bytes, checked by Tree.
+    #[allow(clippy::cast_possible_truncation)]
+    {
+        buf[6] = name.len() as u8;
+    }
     buf[7] = file_type;
     buf[8..8 + name.len()].copy_from_slice(name);
 }

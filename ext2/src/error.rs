@@ -138,6 +138,8 @@ pub enum Ext2Error {
     Internal { what: &'static str },
     #[error("{path}: {links} links exceed ext2's limit of {max}")]
     TooManyLinks { path: String, links: u64, max: u64 },
+    #[error("the tree has {count} nodes; ext2 numbers at most 2^32 - 1 inodes")]
+    TooManyInodes { count: u64 },
 }
 
 impl Ext2Error {

@@ -40,7 +40,7 @@ pub(crate) fn write_chunks(img: &File, path: &Path, chunks: &[Chunk]) -> Result<
         let start = chunks[i].offset;
         let mut end = start + chunks[i].data.len() as u64;
         let mut j = i + 1;
-        while j < chunks.len() && chunks[j].offset == end && ((end - start) as usize) < MAX_WRITE {
+        while j < chunks.len() && chunks[j].offset == end && end - start < MAX_WRITE as u64 {
             end += chunks[j].data.len() as u64;
             j += 1;
         }
@@ -241,7 +241,9 @@ fn copy_range(
         buf.resize(FALLBACK_BUF, 0);
     }
     while done < len {
-        let want = ((len - done) as usize).min(buf.len());
+        let want = usize::try_from(len - done)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         let n = match rustix::io::pread(src, &mut buf[..want], src_off) {
             Ok(0) => return Ok(done),
             Ok(n) => n,

@@ -83,15 +83,19 @@ impl Geometry {
             if ipg > max_ipg {
                 return Err(GeometryError::TooManyInodes);
             }
+            // max_ipg keeps ipg below 65536 and groups * ipg within u32.
+            let (Ok(groups), Ok(ipg32)) = (u32::try_from(groups), u32::try_from(ipg)) else {
+                return Err(GeometryError::TooManyInodes);
+            };
             let geo = Geometry {
                 block_size,
                 log_block_size,
                 blocks_count,
                 first_data_block,
                 blocks_per_group,
-                groups: groups as u32,
-                inodes_per_group: ipg as u32,
-                gdt_blocks: (groups * GROUP_DESC_SIZE as u64).div_ceil(bs),
+                groups,
+                inodes_per_group: ipg32,
+                gdt_blocks: (u64::from(groups) * GROUP_DESC_SIZE as u64).div_ceil(bs),
                 itable_blocks: ipg / inodes_per_block,
             };
             let last = geo.groups - 1;

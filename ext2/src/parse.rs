@@ -29,6 +29,9 @@ pub fn parse_size(s: &str) -> Result<u64, SizeError> {
             input: s.to_owned(),
         });
     }
+    // `bytes` is finite, not negative (digits and dots only) and below 2^64,
+    // checked above; the cast drops the fraction of a byte.
+    #[allow(clippy::cast_possible_truncation)]
     Ok(bytes as u64)
 }
 
@@ -64,7 +67,7 @@ pub fn parse_uuid(s: &str) -> Result<[u8; 16], UuidError> {
             continue;
         }
         let d = (c as char).to_digit(16).ok_or_else(err)?;
-        digits.push(d as u8);
+        digits.push(u8::try_from(d).map_err(|_| err())?);
     }
     for (i, pair) in digits.chunks(2).enumerate() {
         out[i] = (pair[0] << 4) | pair[1];

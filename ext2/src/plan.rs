@@ -125,6 +125,8 @@ fn file_type(kind: &NodeKind) -> u8 {
 /// All inodes, indexed by inode number; `None` for unused reserved ones.
 struct Inodes<'t> {
     recs: Vec<Option<Rec<'t>>>,
+    /// `recs.len() - 1`: numbering checked that every number fits in 32 bits.
+    last_ino: u32,
 }
 
 impl<'t> Inodes<'t> {
@@ -133,7 +135,14 @@ impl<'t> Inodes<'t> {
     }
 
     fn last_ino(&self) -> u32 {
-        (self.recs.len() - 1) as u32
+        self.last_ino
+    }
+
+    /// The used inodes with their numbers, in order.
+    fn iter(&self) -> impl Iterator<Item = (u32, &Rec<'t>)> {
+        (0..=self.last_ino)
+            .zip(&self.recs)
+            .filter_map(|(ino, rec)| Some((ino, rec.as_ref()?)))
     }
 
     /// The path an inode was first found under, for messages.
@@ -194,8 +203,13 @@ fn rec_from_node<'t>(
 
 /// Numbers every reachable node and fills in directory entries and link
 /// counts. See the module documentation for the order.
-fn number<'t>(tree: &'t Tree, lost_found_meta: Meta, lpf_blocks: u64) -> Inodes<'t> {
+fn number<'t>(
+    tree: &'t Tree,
+    lost_found_meta: Meta,
+    lpf_blocks: u64,
+) -> Result<Inodes<'t>, Ext2Error> {
     let mut recs: Vec<Option<Rec<'t>>> = (0..=disk::FIRST_INO).map(|_| None).collect();
+    let mut last_ino = disk::FIRST_INO;
     let mut ino_of = vec![0u32; tree.nodes.len()];
     let root = tree.root();
     recs[disk::ROOT_INO as usize] = Some(rec_from_node(tree, root, disk::ROOT_INO, b"", 1));
@@ -257,7 +271,10 @@ fn number<'t>(tree: &'t Tree, lost_found_meta: Meta, lpf_blocks: u64) -> Inodes<
             for (name, &child) in &tree.nodes[id.0].children {
                 let mut ino = ino_of[child.0];
                 if ino == 0 {
-                    ino = recs.len() as u32;
+                    ino = u32::try_from(recs.len()).map_err(|_| Ext2Error::TooManyInodes {
+                        count: tree.nodes.len() as u64,
+                    })?;
+                    last_ino = ino;
                     recs.push(Some(rec_from_node(tree, child, dir_ino, name, 1)));
                     ino_of[child.0] = ino;
                 }
@@ -309,11 +326,15 @@ fn number<'t>(tree: &'t Tree, lost_found_meta: Meta, lpf_blocks: u64) -> Inodes<
             r.links = 2 + subdirs;
         }
     }
-    Inodes { recs }
+    Ok(Inodes { recs, last_ino })
 }
 
 /// Lays out a directory's entries in blocks: entries never straddle a block
 /// and the last one in each block claims the rest of it (`rec_len`).
+// `bs` is a block size, at most 4096 (`check_options`), and an entry is at
+// most `dirent_len(255)` bytes (names are capped in `Tree`), so every
+// `rec_len` written here fits in 16 bits.
+#[allow(clippy::cast_possible_truncation)]
 fn pack_dir(entries: &[Entry<'_>], bs: usize, min_blocks: u64) -> Vec<u8> {
     let mut out = vec![0u8; bs];
     let mut block = 0usize;
@@ -504,8 +525,11 @@ fn choose_geometry(
 /// Splits `content` (whole blocks in logical order) along `runs`.
 fn place(content: &[u8], runs: &[Run], bs: u64, chunks: &mut Vec<Chunk>) {
     for r in runs {
-        let from = (r.lblock * bs) as usize;
-        let to = (((r.lblock + r.count) * bs) as usize).min(content.len());
+        // Offsets past what usize can hold are past `content` too.
+        let from = usize::try_from(r.lblock * bs).unwrap_or(usize::MAX);
+        let to = usize::try_from((r.lblock + r.count) * bs)
+            .unwrap_or(usize::MAX)
+            .min(content.len());
         if from < to {
             chunks.push(Chunk {
                 offset: r.pblock * bs,
@@ -536,15 +560,16 @@ fn derive_uuid(inodes: &Inodes<'_>, opts: &Options) -> [u8; 16] {
     h.update(opts.label.as_deref().unwrap_or("").as_bytes());
     h.update([0]);
     h.update(opts.hash_seed.unwrap_or_default());
-    for (ino, rec) in inodes.recs.iter().enumerate() {
-        let Some(rec) = rec else { continue };
-        h.update((ino as u32).to_le_bytes());
+    for (ino, rec) in inodes.iter() {
+        h.update(ino.to_le_bytes());
         hash_meta(&mut h, &rec.meta);
         match &rec.kind {
             RecKind::Dir { entries, .. } => {
                 h.update(b"d");
                 for e in entries {
                     h.update(e.ino.to_le_bytes());
+                    // Names are at most MAX_NAME_LEN (255) bytes, checked by Tree.
+                    #[allow(clippy::cast_possible_truncation)]
                     h.update([e.name.len() as u8]);
                     h.update(e.name);
                 }
@@ -621,9 +646,7 @@ fn check_and_sort<'t>(inodes: &Inodes<'t>, bs: u32) -> Result<Needs<'t>, Ext2Err
         dirs: Vec::new(),
         slow_links: Vec::new(),
     };
-    for (ino, rec) in inodes.recs.iter().enumerate() {
-        let Some(rec) = rec else { continue };
-        let ino = ino as u32;
+    for (ino, rec) in inodes.iter() {
         let max_links = if matches!(rec.kind, RecKind::Dir { .. }) {
             DIR_LINK_MAX
         } else {
@@ -689,10 +712,11 @@ fn allocate<'t>(
     needs: Needs<'t>,
     extents: &[Vec<(u64, u64)>],
     inodes: &Inodes<'t>,
-    bs: u64,
+    bs: u32,
     chunks: &mut Vec<Chunk>,
 ) -> Result<(Vec<Option<Placed>>, Vec<CopyJob<'t>>), Ext2Error> {
-    let ppb = bs / 4;
+    let bsl = u64::from(bs);
+    let ppb = bsl / 4;
     let mut placed: Vec<Option<Placed>> = (0..=inodes.last_ino()).map(|_| None).collect();
     // choose_geometry checked the capacity against the same counts.
     let out_of_space = |_| Ext2Error::Internal {
@@ -700,7 +724,7 @@ fn allocate<'t>(
     };
     for (ino, content) in needs.dirs {
         let mut m = Mapper::new(ppb, true, || alloc.alloc());
-        m.map_range(0, content.len() as u64 / bs)
+        m.map_range(0, content.len() as u64 / bsl)
             .map_err(out_of_space)?;
         placed[ino as usize] = Some(Placed {
             map: m.finish(),
@@ -728,7 +752,7 @@ fn allocate<'t>(
             FileData::Bytes(b) if !b.is_empty() => {
                 let mut content = b.to_vec();
                 content.resize(content.len().next_multiple_of(bs as usize), 0);
-                place(&content, &map.runs, bs, chunks);
+                place(&content, &map.runs, bsl, chunks);
                 None
             }
             FileData::Host { path, .. } => Some(Source::Host(path)),
@@ -754,7 +778,12 @@ fn allocate<'t>(
     Ok((placed, jobs))
 }
 
-fn encode_inode(rec: &Rec<'_>, placed: Option<&Placed>, crtime: Timestamp, bs: u64) -> Inode {
+fn encode_inode(
+    rec: &Rec<'_>,
+    placed: Option<&Placed>,
+    crtime: Timestamp,
+    bs: u64,
+) -> Result<Inode, Ext2Error> {
     let mut block = [0u8; 60];
     let (type_bits, size) = match &rec.kind {
         RecKind::Dir { .. } => (disk::S_IFDIR, placed.map_or(0, |p| p.content.len() as u64)),
@@ -783,9 +812,10 @@ fn encode_inode(rec: &Rec<'_>, placed: Option<&Placed>, crtime: Timestamp, bs: u
         }
         // Fits: files are capped at max_file_size, whose bound counts
         // indirect blocks in i_blocks; directories are capped at 4 GiB.
-        blocks_512 = (p.map.total_blocks * (bs / 512)) as u32;
+        blocks_512 = u32::try_from(p.map.total_blocks * (bs / 512))
+            .map_err(|_| internal("i_blocks of an inode exceeds 32 bits"))?;
     }
-    Inode {
+    Ok(Inode {
         mode: type_bits | (rec.meta.mode & 0o7777),
         uid: rec.meta.uid,
         gid: rec.meta.gid,
@@ -794,23 +824,32 @@ fn encode_inode(rec: &Rec<'_>, placed: Option<&Placed>, crtime: Timestamp, bs: u
         ctime: rec.meta.ctime,
         mtime: rec.meta.mtime,
         crtime,
-        links_count: rec.links as u16,
+        // check_and_sort capped links at FILE_LINK_MAX.
+        links_count: u16::try_from(rec.links)
+            .map_err(|_| internal("a link count exceeds 16 bits"))?,
         blocks_512,
         block,
-    }
+    })
+}
+
+/// A value the plan derived that does not fit its on-disk field: the checks
+/// before it (options, geometry, link counts) should have made that impossible.
+fn internal(what: &'static str) -> Ext2Error {
+    Ext2Error::Internal { what }
 }
 
 /// Directory, slow symlink and indirect blocks as chunks.
-fn block_chunks(placed: &[Option<Placed>], bs: u64, chunks: &mut Vec<Chunk>) {
+fn block_chunks(placed: &[Option<Placed>], bs: u32, chunks: &mut Vec<Chunk>) {
+    let bsl = u64::from(bs);
     for p in placed.iter().flatten() {
-        place(&p.content, &p.map.runs, bs, chunks);
+        place(&p.content, &p.map.runs, bsl, chunks);
         for (phys, ptrs) in &p.map.indirect {
             let mut b = vec![0u8; bs as usize];
             for (i, v) in ptrs.iter().enumerate() {
                 b[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
             }
             chunks.push(Chunk {
-                offset: u64::from(*phys) * bs,
+                offset: u64::from(*phys) * bsl,
                 data: b,
             });
         }
@@ -829,20 +868,20 @@ fn group_metadata(
     inodes: &Inodes<'_>,
     itable: &[u8],
     chunks: &mut Vec<Chunk>,
-) -> Vec<disk::GroupDesc> {
+) -> Result<Vec<disk::GroupDesc>, Ext2Error> {
     let bs = u64::from(geo.block_size);
+    let bsz = geo.block_size as usize;
     let ipg = u64::from(geo.inodes_per_group);
     let last_ino = u64::from(inodes.last_ino());
     let mut dirs_per_group = vec![0u16; geo.groups as usize];
-    for (ino, rec) in inodes.recs.iter().enumerate() {
-        if let Some(Rec {
-            kind: RecKind::Dir { .. },
-            ..
-        }) = rec
-        {
-            dirs_per_group[(ino - 1) / ipg as usize] += 1;
+    for (ino, rec) in inodes.iter() {
+        if let RecKind::Dir { .. } = rec.kind {
+            dirs_per_group[((ino - 1) / geo.inodes_per_group) as usize] += 1;
         }
     }
+    let block_nr =
+        |b: u64| u32::try_from(b).map_err(|_| internal("a block number exceeds 32 bits"));
+    let index = |n: u64| usize::try_from(n).map_err(|_| internal("a group's size exceeds usize"));
     let mut descs = Vec::with_capacity(geo.groups as usize);
     for g in 0..geo.groups {
         let len = geo.group_len(g);
@@ -850,37 +889,41 @@ fn group_metadata(
         let first_ino = u64::from(g) * ipg + 1;
         let used_inodes = (last_ino + 1).saturating_sub(first_ino).min(ipg);
         descs.push(disk::GroupDesc {
-            block_bitmap: geo.block_bitmap(g) as u32,
-            inode_bitmap: geo.inode_bitmap(g) as u32,
-            inode_table: geo.inode_table(g) as u32,
-            free_blocks: (len - used_blocks) as u16,
-            free_inodes: (ipg - used_inodes) as u16,
+            block_bitmap: block_nr(geo.block_bitmap(g))?,
+            inode_bitmap: block_nr(geo.inode_bitmap(g))?,
+            inode_table: block_nr(geo.inode_table(g))?,
+            // A group has at most 8 * 4096 blocks and, by Geometry::new,
+            // fewer than 65536 inodes.
+            free_blocks: u16::try_from(len - used_blocks)
+                .map_err(|_| internal("a group's free block count exceeds 16 bits"))?,
+            free_inodes: u16::try_from(ipg - used_inodes)
+                .map_err(|_| internal("a group's free inode count exceeds 16 bits"))?,
             used_dirs: dirs_per_group[g as usize],
         });
-        let mut bmap = vec![0u8; bs as usize];
-        disk::set_bits(&mut bmap, 0, used_blocks as usize);
-        disk::set_bits(&mut bmap, len as usize, 8 * bs as usize);
+        let mut bmap = vec![0u8; bsz];
+        disk::set_bits(&mut bmap, 0, index(used_blocks)?);
+        disk::set_bits(&mut bmap, index(len)?, 8 * bsz);
         chunks.push(Chunk {
             offset: geo.block_bitmap(g) * bs,
             data: bmap,
         });
-        let mut imap = vec![0u8; bs as usize];
-        disk::set_bits(&mut imap, 0, used_inodes as usize);
-        disk::set_bits(&mut imap, ipg as usize, 8 * bs as usize);
+        let mut imap = vec![0u8; bsz];
+        disk::set_bits(&mut imap, 0, index(used_inodes)?);
+        disk::set_bits(&mut imap, geo.inodes_per_group as usize, 8 * bsz);
         chunks.push(Chunk {
             offset: geo.inode_bitmap(g) * bs,
             data: imap,
         });
         if used_inodes > 0 {
-            let from = (first_ino - 1) as usize * INODE_SIZE;
-            let to = from + used_inodes as usize * INODE_SIZE;
+            let from = index(first_ino - 1)? * INODE_SIZE;
+            let to = from + index(used_inodes)? * INODE_SIZE;
             chunks.push(Chunk {
                 offset: geo.inode_table(g) * bs,
                 data: itable[from..to].to_vec(),
             });
         }
     }
-    descs
+    Ok(descs)
 }
 
 /// The superblock and descriptor table, in group 0 and in every group that
@@ -890,13 +933,15 @@ fn superblock_copies(
     sb: &Superblock,
     descs: &[disk::GroupDesc],
     chunks: &mut Vec<Chunk>,
-) {
+) -> Result<(), Ext2Error> {
     let bs = u64::from(geo.block_size);
-    let mut gdt = Vec::with_capacity((geo.gdt_blocks * bs) as usize);
+    let gdt_len = usize::try_from(geo.gdt_blocks * bs)
+        .map_err(|_| internal("the descriptor table's size exceeds usize"))?;
+    let mut gdt = Vec::with_capacity(gdt_len);
     for d in descs {
         gdt.extend_from_slice(&d.encode());
     }
-    gdt.resize((geo.gdt_blocks * bs) as usize, 0);
+    gdt.resize(gdt_len, 0);
     for g in (0..geo.groups).filter(|&g| geo.backup_blocks(g) > 0) {
         let start = geo.group_start(g);
         let sb_offset = if g == 0 {
@@ -904,15 +949,19 @@ fn superblock_copies(
         } else {
             start * bs
         };
+        // s_block_group_nr is 16 bits: like e2fsprogs, groups past 65535
+        // store the low 16 bits of their number.
+        let [lo, hi, ..] = g.to_le_bytes();
         chunks.push(Chunk {
             offset: sb_offset,
-            data: sb.encode(g as u16).to_vec(),
+            data: sb.encode(u16::from_le_bytes([lo, hi])).to_vec(),
         });
         chunks.push(Chunk {
             offset: (start + 1) * bs,
             data: gdt.clone(),
         });
     }
+    Ok(())
 }
 
 pub(crate) fn plan<'t>(tree: &'t Tree, opts: &Options) -> Result<Plan<'t>, Ext2Error> {
@@ -932,7 +981,7 @@ pub(crate) fn plan<'t>(tree: &'t Tree, opts: &Options) -> Result<Plan<'t>, Ext2E
         ctime: creation,
     };
     let lpf_blocks = (LOST_FOUND_BYTES / bsl).clamp(2, disk::N_DIRECT as u64);
-    let inodes = number(tree, lpf_meta, lpf_blocks);
+    let inodes = number(tree, lpf_meta, lpf_blocks)?;
     let last_ino = inodes.last_ino();
     let needs = check_and_sort(&inodes, bs)?;
 
@@ -956,19 +1005,19 @@ pub(crate) fn plan<'t>(tree: &'t Tree, opts: &Options) -> Result<Plan<'t>, Ext2E
 
     let mut chunks = Vec::new();
     let mut alloc = Allocator::new(&geo);
-    let (placed, mut jobs) = allocate(&mut alloc, needs, &extents, &inodes, bsl, &mut chunks)?;
+    let (placed, mut jobs) = allocate(&mut alloc, needs, &extents, &inodes, bs, &mut chunks)?;
     debug_assert_eq!(alloc.allocated(), content);
-    block_chunks(&placed, bsl, &mut chunks);
+    block_chunks(&placed, bs, &mut chunks);
 
     let mut itable = vec![0u8; last_ino as usize * INODE_SIZE];
     for (ino, rec) in inodes.recs.iter().enumerate() {
         if let Some(rec) = rec {
             let at = (ino - 1) * INODE_SIZE;
-            let inode = encode_inode(rec, placed[ino].as_ref(), creation, bsl);
+            let inode = encode_inode(rec, placed[ino].as_ref(), creation, bsl)?;
             itable[at..at + INODE_SIZE].copy_from_slice(&inode.encode());
         }
     }
-    let descs = group_metadata(&geo, &alloc, &inodes, &itable, &mut chunks);
+    let descs = group_metadata(&geo, &alloc, &inodes, &itable, &mut chunks)?;
 
     let uuid = opts.uuid.unwrap_or_else(|| derive_uuid(&inodes, opts));
     let mut volume_name = [0u8; 16];
@@ -977,23 +1026,28 @@ pub(crate) fn plan<'t>(tree: &'t Tree, opts: &Options) -> Result<Plan<'t>, Ext2E
     }
     let free_blocks: u64 = descs.iter().map(|d| u64::from(d.free_blocks)).sum();
     let free_inodes: u64 = descs.iter().map(|d| u64::from(d.free_inodes)).sum();
+    // choose_geometry keeps the block count within 32 bits and
+    // Geometry::new the inode count; the rest are smaller.
+    let sb_u32 =
+        |v: u64| u32::try_from(v).map_err(|_| internal("a superblock count exceeds 32 bits"));
     let sb = Superblock {
-        inodes_count: geo.inodes_count() as u32,
-        blocks_count: geo.blocks_count as u32,
+        inodes_count: sb_u32(geo.inodes_count())?,
+        blocks_count: sb_u32(geo.blocks_count)?,
         r_blocks_count: 0,
-        free_blocks_count: free_blocks as u32,
-        free_inodes_count: free_inodes as u32,
-        first_data_block: geo.first_data_block as u32,
+        free_blocks_count: sb_u32(free_blocks)?,
+        free_inodes_count: sb_u32(free_inodes)?,
+        first_data_block: sb_u32(geo.first_data_block)?,
         log_block_size: geo.log_block_size - 10,
-        blocks_per_group: geo.blocks_per_group as u32,
+        blocks_per_group: sb_u32(geo.blocks_per_group)?,
         inodes_per_group: geo.inodes_per_group,
-        time: opts.creation_time.clamp(0, i64::from(u32::MAX)) as u32,
+        // s_wtime is unsigned 32-bit seconds: before 1970 is 0, past 2106 u32::MAX.
+        time: u32::try_from(opts.creation_time.max(0)).unwrap_or(u32::MAX),
         uuid,
         volume_name,
         hash_seed: opts.hash_seed.unwrap_or_else(|| derive_hash_seed(&uuid)),
         large_file: true,
     };
-    superblock_copies(&geo, &sb, &descs, &mut chunks);
+    superblock_copies(&geo, &sb, &descs, &mut chunks)?;
     chunks.sort_unstable_by_key(|c| c.offset);
     jobs.sort_by_key(|j| j.runs.first().map_or(0, |r| r.pblock));
 
@@ -1019,6 +1073,7 @@ fn put_dev(block: &mut [u8; 60], major: u32, minor: u32) {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

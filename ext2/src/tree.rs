@@ -527,8 +527,10 @@ fn meta_of(md: &std::fs::Metadata) -> Meta {
 
 /// glibc's `gnu_dev_major`/`gnu_dev_minor` split of a 64-bit `dev_t`.
 fn split_dev(rdev: u64) -> (u32, u32) {
-    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
-    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & 0xffff_f000);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xffff_ff00);
+    // Both are masked to 32 bits just above, as glibc's unsigned int results.
+    #[allow(clippy::cast_possible_truncation)]
     (major as u32, minor as u32)
 }
 

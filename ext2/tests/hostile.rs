@@ -5,6 +5,8 @@
 //! non-UTF-8 and 255-byte names — read with `Tree::from_dir`, written,
 //! checked with `e2fsck -fn`, mounted read-only and compared.
 
+#![allow(clippy::cast_possible_truncation)]
+
 mod common;
 
 use std::ffi::OsStr;

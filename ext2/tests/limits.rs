@@ -2,6 +2,8 @@
 //! before the image is touched; and sources that change between planning
 //! and writing still give a consistent image.
 
+#![allow(clippy::cast_possible_truncation)]
+
 mod common;
 
 use std::fs::{self, File};

@@ -4,6 +4,8 @@
 //! block size, checked with `e2fsck -fn`, written twice to be compared byte
 //! for byte, and — as root — mounted and compared with the tree.
 
+#![allow(clippy::cast_possible_truncation)]
+
 mod common;
 
 use std::fs::{self, File};

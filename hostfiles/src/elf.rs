@@ -686,6 +686,7 @@ pub(crate) fn read_abi(path: &Path) -> Option<Abi> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::testutil::{craft_elf, link, write};

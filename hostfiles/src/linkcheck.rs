@@ -357,6 +357,7 @@ fn find_library<V: TreeView + ?Sized>(
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use std::collections::BTreeMap;

@@ -1,6 +1,8 @@
 //! Test fixtures shared by the unit tests: hand-made ELF objects (both classes, any
 //! machine) so closure tests do not depend on a multilib toolchain.
 
+#![allow(clippy::cast_possible_truncation)]
+
 use std::fs;
 use std::path::Path;
 

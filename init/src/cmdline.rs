@@ -193,7 +193,7 @@ pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
     for byte in &mut uuid {
         let hi = digits.next()?.to_digit(16)?;
         let lo = digits.next()?.to_digit(16)?;
-        *byte = (hi * 16 + lo) as u8;
+        *byte = u8::try_from(hi * 16 + lo).ok()?;
     }
     match digits.next() {
         None => Some(uuid),

@@ -145,6 +145,7 @@ pub fn payload_location(head: &[u8], file_len: u64) -> Result<PayloadLocation, S
 pub(crate) const SETUP_HEADER_LEN: usize = 0x268;
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 pub(crate) mod testutil {
     /// A fake bzImage: a setup header carrying `version` (if any) and a
     /// payload placed after `setup_sects` sectors.
@@ -181,6 +182,7 @@ pub(crate) mod testutil {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::testutil::fake_bzimage;
     use super::*;

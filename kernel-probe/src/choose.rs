@@ -752,6 +752,7 @@ fn finish(
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::bzimage::testutil::fake_bzimage;

@@ -499,6 +499,7 @@ fn find_pvh_note(notes: &[u8], align: usize) -> Option<u64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::bzimage::testutil::fake_bzimage;

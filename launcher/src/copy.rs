@@ -153,7 +153,7 @@ impl Session {
                         self.vm.stop();
                         return Err(LaunchError::CopyOutTooMany {
                             remote: budget.remote.clone(),
-                            max: max.min(MAX_ENTRIES as usize),
+                            max: max.min(usize::try_from(MAX_ENTRIES).unwrap_or(usize::MAX)),
                         });
                     }
                     for e in &entries {

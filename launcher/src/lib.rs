@@ -840,7 +840,7 @@ fn hotplug(
     disks: &[Disk],
 ) -> Result<(), LaunchError> {
     for (i, disk) in disks.iter().enumerate() {
-        let set = DISK_FDSET + i as u32;
+        let set = DISK_FDSET + u32::try_from(i).unwrap_or(u32::MAX - DISK_FDSET);
         let node = format!("disk{i}");
         let file = serde_json::json!({
             "driver": "file",

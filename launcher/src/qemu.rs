@@ -490,6 +490,7 @@ pub fn args(plan: &Plan, channel_fd: i32, qmp_fd: Option<i32>) -> Vec<OsString> 
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

@@ -48,7 +48,10 @@ fn shared() -> MutexGuard<'static, Shared> {
 extern "C" fn on_signal(sig: libc::c_int) {
     let fd = PIPE_WR.load(Ordering::Relaxed);
     if fd >= 0 {
-        let byte = sig as u8;
+        // Signal numbers are 1..=SIGRTMAX (64); anything else is not ours.
+        let Ok(byte) = u8::try_from(sig) else {
+            return;
+        };
         // SAFETY: write(2) is async-signal-safe; `byte` outlives the call. A
         // full pipe drops the byte, which only loses a repeated signal.
         unsafe {

@@ -361,9 +361,16 @@ fn put_entry(out: &mut Vec<u8>, e: &Entry) {
     put_bytes(out, e.target.as_bytes());
 }
 
+/// A length or count as the wire's u32. One that does not fit belongs to a
+/// frame far over [`MAX_FRAME`], which the receiver refuses: `u32::MAX` keeps
+/// it over the limit where a wrapped value could look small and plausible.
+fn wire_len(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     // Callers keep every field far below MAX_FRAME, so the length fits.
-    put_u32(out, b.len() as u32);
+    put_u32(out, wire_len(b.len()));
     out.extend_from_slice(b);
 }
 
@@ -551,11 +558,11 @@ impl Message for Request {
             }
             Request::Exec(e) => {
                 out.push(kind::H_EXEC);
-                put_u32(out, e.argv.len() as u32);
+                put_u32(out, wire_len(e.argv.len()));
                 for a in &e.argv {
                     put_bytes(out, a.as_bytes());
                 }
-                put_u32(out, e.env.len() as u32);
+                put_u32(out, wire_len(e.env.len()));
                 for (k, v) in &e.env {
                     put_bytes(out, k.as_bytes());
                     put_bytes(out, v.as_bytes());
@@ -808,7 +815,7 @@ impl Message for Reply {
             }
             Reply::Entries(entries) => {
                 out.push(kind::D_ENTRIES);
-                put_u32(out, entries.len() as u32);
+                put_u32(out, wire_len(entries.len()));
                 for e in entries {
                     put_entry(out, e);
                 }
@@ -882,7 +889,7 @@ pub fn encode_frame<M: Message>(msg: &M, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; LEN_BYTES]);
     msg.encode_body(out);
-    let len = (out.len() - start - LEN_BYTES) as u32;
+    let len = wire_len(out.len() - start - LEN_BYTES);
     out[start..start + LEN_BYTES].copy_from_slice(&len.to_be_bytes());
 }
 
@@ -1017,6 +1024,7 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize, ProtocolError>
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use std::os::unix::ffi::OsStringExt;

@@ -8,6 +8,8 @@
 //! `/init` prints a marker and powers off (written by our ext2 writer), and [`boot`] to run qemu (TCG: KVM hangs
 //! Debian kernels on these machines) under a hard timeout.
 
+#![allow(clippy::cast_possible_truncation)]
+
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::io;

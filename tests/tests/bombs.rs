@@ -8,6 +8,8 @@
 //! Every bomb is made here, streaming: a compressed block of zeros is written once and
 //! repeated (gzip members and xz streams may be concatenated), so no test holds gigabytes.
 
+#![allow(clippy::cast_possible_truncation)]
+
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;

@@ -5,6 +5,8 @@
 //!
 //! libguestfs runs under TCG (`LIBGUESTFS_BACKEND_SETTINGS=force_tcg`): KVM hangs here.
 
+#![allow(clippy::cast_possible_truncation)]
+
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -7,6 +7,8 @@
 //! Each test has its own scratch directory, which is also the launcher's
 //! `$TMPDIR` (left empty however the run ended), and a watchdog.
 
+#![allow(clippy::cast_possible_truncation)]
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

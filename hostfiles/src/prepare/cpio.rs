@@ -46,7 +46,9 @@ pub(crate) fn extract_wanted(
         if namesize == 0 || namesize > MAX_NAME {
             return Err(bad(format!("name of {namesize} bytes")));
         }
-        let mut name = vec![0u8; namesize as usize];
+        let name_len =
+            usize::try_from(namesize).map_err(|_| bad(format!("name of {namesize} bytes")))?;
+        let mut name = vec![0u8; name_len];
         r.read_exact(&mut name).map_err(io_bad)?;
         skip(&mut r, pad4(110 + namesize)).map_err(io_bad)?;
         name.pop(); // the NUL
@@ -90,6 +92,7 @@ fn skip(r: &mut impl Read, n: u64) -> io::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 
