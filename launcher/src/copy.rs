@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use supermin_protocol::{Entry, EntryKind, Reply, Request, Time};
 
-use super::{describe, guest_text, LaunchError, Session};
+use super::{guest_text, unexpected, LaunchError, Session};
 
 /// Entries one listing may hold, and a whole copy-out.
 const MAX_LISTING: usize = 100_000;
@@ -124,12 +124,7 @@ impl Session {
         self.vm.send(&req)?;
         match self.next_reply()? {
             Reply::Done => Ok(()),
-            Reply::Error { message } => Err(LaunchError::Daemon {
-                message: guest_text(&message),
-            }),
-            other => Err(LaunchError::Unexpected {
-                got: describe(&other),
-            }),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -193,16 +188,7 @@ impl Session {
                     all.extend(entries);
                 }
                 Reply::Done => break,
-                Reply::Error { message } => {
-                    return Err(LaunchError::Daemon {
-                        message: guest_text(&message),
-                    })
-                }
-                other => {
-                    return Err(LaunchError::Unexpected {
-                        got: describe(&other),
-                    })
-                }
+                other => return Err(unexpected(other)),
             }
         }
         budget.entries -= all.len() as u64;
@@ -235,16 +221,7 @@ impl Session {
                         })?;
                 }
                 Reply::FileEnd => return Ok(()),
-                Reply::Error { message } => {
-                    return Err(LaunchError::Daemon {
-                        message: guest_text(&message),
-                    })
-                }
-                other => {
-                    return Err(LaunchError::Unexpected {
-                        got: describe(&other),
-                    })
-                }
+                other => return Err(unexpected(other)),
             }
         }
     }

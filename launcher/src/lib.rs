@@ -1324,12 +1324,7 @@ impl Session {
                 ));
                 Ok(())
             }
-            Reply::Error { message } => Err(LaunchError::Daemon {
-                message: guest_text(&message),
-            }),
-            other => Err(LaunchError::Unexpected {
-                got: describe(&other),
-            }),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -1414,16 +1409,7 @@ impl Session {
                         message: guest_text(&message),
                     })
                 }
-                Reply::Error { message } => {
-                    return Err(LaunchError::Daemon {
-                        message: guest_text(&message),
-                    })
-                }
-                other => {
-                    return Err(LaunchError::Unexpected {
-                        got: describe(&other),
-                    })
-                }
+                other => return Err(unexpected(other)),
             };
             let out = out.map_err(|source| LaunchError::Setup {
                 what: "our standard output",
@@ -1486,12 +1472,7 @@ impl Session {
         self.vm.send(&Request::FileEnd)?;
         match self.next_reply()? {
             Reply::Done => Ok(()),
-            Reply::Error { message } => Err(LaunchError::Daemon {
-                message: guest_text(&message),
-            }),
-            other => Err(LaunchError::Unexpected {
-                got: describe(&other),
-            }),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -1535,16 +1516,7 @@ impl Session {
                         })?;
                 }
                 Reply::FileEnd => break,
-                Reply::Error { message } => {
-                    return Err(LaunchError::Daemon {
-                        message: guest_text(&message),
-                    })
-                }
-                other => {
-                    return Err(LaunchError::Unexpected {
-                        got: describe(&other),
-                    })
-                }
+                other => return Err(unexpected(other)),
             }
         }
         partial.commit(local)
@@ -1635,6 +1607,20 @@ fn guest_text(text: &str) -> String {
         out.push_str(" [...]");
     }
     out
+}
+
+/// The error a reply that does not belong where it came ends a request with:
+/// the daemon's own error (its text made safe), or an unexpected reply named
+/// by kind and size.
+fn unexpected(reply: Reply) -> LaunchError {
+    match reply {
+        Reply::Error { message } => LaunchError::Daemon {
+            message: guest_text(&message),
+        },
+        other => LaunchError::Unexpected {
+            got: describe(&other),
+        },
+    }
 }
 
 /// A reply named for an error message: kind and size, never its bytes.

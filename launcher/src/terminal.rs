@@ -26,7 +26,7 @@ use supermin_protocol::{ExecRequest, ExitStatus, Reply, Request, WinSize};
 
 use super::stop::{self, TICK};
 use super::vm::Writer;
-use super::{describe, guest_text, halted, LaunchError, Session};
+use super::{guest_text, halted, unexpected, LaunchError, Session};
 
 /// Whether our stdin is a terminal (`-i` needs one).
 pub fn stdin_is_terminal() -> bool {
@@ -261,16 +261,7 @@ impl Session {
                         message: guest_text(&message),
                     })
                 }
-                Some(Reply::Error { message }) => {
-                    return Err(LaunchError::Daemon {
-                        message: guest_text(&message),
-                    })
-                }
-                Some(other) => {
-                    return Err(LaunchError::Unexpected {
-                        got: describe(&other),
-                    })
-                }
+                Some(other) => return Err(unexpected(other)),
             };
             match stop::write_all(stdout.as_fd(), &data, &self.stop) {
                 Ok(()) => {}
