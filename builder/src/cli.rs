@@ -332,9 +332,16 @@ pub struct RunArgs {
     pub recheck_kvm: bool,
     /// Share a host directory with the guest, mounted at GUEST (default: the same path),
     /// read-only unless :rw is given: a read-write share is the one place where the guest can
-    /// change host files. qemu reads it as the user it runs as (see --qemu-user); repeatable
+    /// change host files. qemu (9p) or virtiofsd (virtiofs) reads it as the user qemu runs as
+    /// (see --qemu-user); repeatable
     #[arg(long = "share", value_name = "HOST[:GUEST][:rw]")]
     pub share: Vec<OsString>,
+    /// How shares reach the guest: auto (virtiofs when a usable virtiofsd is installed, much
+    /// faster on many small files; qemu's 9p otherwise; -v says which and why), 9p or
+    /// virtiofs (an error without virtiofsd). virtiofsd is looked for in $SUPERMIN_VIRTIOFSD,
+    /// /usr/libexec, /usr/lib/qemu, /usr/local/libexec, $PATH, then ~/.cargo/bin
+    #[arg(long, value_name = "auto|9p|virtiofs", default_value = "auto")]
+    pub share_transport: String,
     /// Share the current directory (read-only) at the same path and run the command there:
     /// `runner = "supermin run --cwd-share --"` in .cargo/config.toml runs each test binary in
     /// a fresh appliance

@@ -597,9 +597,11 @@ impl Agent<'_> {
                     tag,
                     target,
                     readonly,
+                    fs,
                 },
             ) => {
-                let reply = match crate::system::mount_share(&tag, Path::new(&target), readonly) {
+                let reply = match crate::system::mount_share(&tag, Path::new(&target), readonly, fs)
+                {
                     Ok(()) => Reply::Done,
                     Err(message) => Reply::Error { message },
                 };

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::mount::MountFlags;
+use supermin_protocol::ShareFs;
 
 /// Failures of the appliance setup; all of them end in a power-off.
 #[derive(Debug, thiserror::Error)]
@@ -283,23 +284,41 @@ pub fn await_disks(count: u32, wait: Duration) -> Result<(), String> {
     }
 }
 
-/// Mounts the host directory shared as the 9p `tag` on `target` (its
-/// directories made first), loading the 9p modules from the root's modules
-/// tree the first time.
-pub fn mount_share(tag: &str, target: &Path, readonly: bool) -> Result<(), String> {
-    if !std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("\t9p\n")) {
-        let loaded = std::process::Command::new("modprobe")
-            .args(["-a", "9pnet_virtio", "9p"])
-            .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run modprobe for the 9p modules: {e}"))?;
-        if !loaded.status.success() {
-            return Err(format!(
-                "cannot load the 9p modules: {}",
-                String::from_utf8_lossy(&loaded.stderr).trim()
-            ));
-        }
+/// How long a virtiofs tag may take to appear: a device hot-plugged after a
+/// restore is probed by the guest's PCI hotplug a little after `device_add`
+/// returns on the host.
+const VIRTIOFS_TAG_WAIT: Duration = Duration::from_secs(10);
+
+/// Loads `modules` unless `/proc/filesystems` already lists `fstype`.
+fn load_fs_modules(fstype: &str, modules: &[&str]) -> Result<(), String> {
+    let listed = format!("\t{fstype}\n");
+    if std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains(&listed)) {
+        return Ok(());
+    }
+    let loaded = std::process::Command::new("modprobe")
+        .arg("-a")
+        .args(modules)
+        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run modprobe for the {fstype} modules: {e}"))?;
+    if !loaded.status.success() {
+        return Err(format!(
+            "cannot load the {fstype} modules: {}",
+            String::from_utf8_lossy(&loaded.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Mounts the host directory shared as `tag` (9p or virtiofs) on `target`
+/// (its directories made first), loading the file system's modules from the
+/// root's modules tree the first time. Always `nosuid,nodev`: what the host
+/// directory holds never gains privileges in the guest.
+pub fn mount_share(tag: &str, target: &Path, readonly: bool, fs: ShareFs) -> Result<(), String> {
+    match fs {
+        ShareFs::NineP => load_fs_modules("9p", &["9pnet_virtio", "9p"])?,
+        ShareFs::Virtiofs => load_fs_modules("virtiofs", &["virtiofs"])?,
     }
     std::fs::create_dir_all(target)
         .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
@@ -307,17 +326,39 @@ pub fn mount_share(tag: &str, target: &Path, readonly: bool) -> Result<(), Strin
     if readonly {
         flags |= MountFlags::RDONLY;
     }
-    // msize: larger messages than the 8 KiB default make reads of many
-    // files much faster. A read-only share keeps what it read (cache=loose);
-    // a writable one writes through (cache=mmap), so the host has every write
-    // even if the run is killed.
-    let options = if readonly {
-        c"trans=virtio,version=9p2000.L,msize=512000,cache=loose"
-    } else {
-        c"trans=virtio,version=9p2000.L,msize=512000,cache=mmap"
-    };
-    rustix::mount::mount(tag, target, "9p", flags, Some(options))
-        .map_err(|e| format!("cannot mount the share {tag} on {}: {e}", target.display()))
+    let failed =
+        |e: rustix::io::Errno| format!("cannot mount the share {tag} on {}: {e}", target.display());
+    match fs {
+        ShareFs::NineP => {
+            // msize: larger messages than the 8 KiB default make reads of many
+            // files much faster. A read-only share keeps what it read
+            // (cache=loose); a writable one writes through (cache=mmap), so the
+            // host has every write even if the run is killed.
+            let options = if readonly {
+                c"trans=virtio,version=9p2000.L,msize=512000,cache=loose"
+            } else {
+                c"trans=virtio,version=9p2000.L,msize=512000,cache=mmap"
+            };
+            rustix::mount::mount(tag, target, "9p", flags, Some(options)).map_err(failed)
+        }
+        ShareFs::Virtiofs => {
+            // The caching policy is virtiofsd's (its --cache); the guest side
+            // needs no options. A tag the guest has not probed yet is EINVAL
+            // ("tag not found"): a hot-plugged device is still coming.
+            let until = Instant::now() + VIRTIOFS_TAG_WAIT;
+            loop {
+                match rustix::mount::mount(tag, target, "virtiofs", flags, Some(c"")) {
+                    Ok(()) => return Ok(()),
+                    Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT)
+                        if Instant::now() < until =>
+                    {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(failed(e)),
+                }
+            }
+        }
+    }
 }
 
 /// `RNDADDENTROPY` (`_IOW('R', 0x03, int[2])`) and `RNDRESEEDCRNG` (`_IO('R', 0x07)`)

@@ -20,6 +20,7 @@ mod signals;
 mod snapshot;
 mod stop;
 mod terminal;
+mod virtiofs;
 mod vm;
 
 use std::ffi::{OsStr, OsString};
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 
 pub use supermin_protocol::ExecRequest;
 pub use supermin_protocol::ExitStatus;
+pub use supermin_protocol::ShareFs;
 use supermin_protocol::{ProtocolError, Reply, Request, CHUNK};
 
 pub use qemu::{Disk, DiskFormat};
@@ -82,6 +84,31 @@ impl std::str::FromStr for Accel {
     }
 }
 
+/// How `--share` directories reach the guest (`--share-transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareTransport {
+    /// virtiofs when a usable virtiofsd is installed, 9p otherwise.
+    Auto,
+    /// qemu's built-in 9p server.
+    NineP,
+    /// virtiofsd; an error when there is none.
+    Virtiofs,
+}
+
+impl std::str::FromStr for ShareTransport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(ShareTransport::Auto),
+            "9p" => Ok(ShareTransport::NineP),
+            "virtiofs" => Ok(ShareTransport::Virtiofs),
+            other => Err(format!(
+                "unknown share transport {other:?}: use auto, 9p or virtiofs"
+            )),
+        }
+    }
+}
+
 /// What the launcher tells its user on the way (the binary prints it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
@@ -118,6 +145,10 @@ pub struct LaunchEnv {
     /// root's overlay grows with what the guest writes, which a tmpfs `/tmp`
     /// may not hold), and the KVM verdict without `$XDG_RUNTIME_DIR`.
     pub tmp_dir: PathBuf,
+    /// `$SUPERMIN_VIRTIOFSD`: the virtiofsd to use, instead of looking for one.
+    pub virtiofsd: Option<PathBuf>,
+    /// `$HOME`, for `~/.cargo/bin/virtiofsd`.
+    pub home: Option<PathBuf>,
 }
 
 impl LaunchEnv {
@@ -132,6 +163,12 @@ impl LaunchEnv {
                 .map(PathBuf::from)
                 .filter(|p| p.is_absolute())
                 .unwrap_or_else(|| PathBuf::from("/var/tmp")),
+            virtiofsd: std::env::var_os("SUPERMIN_VIRTIOFSD")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            home: std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute()),
         }
     }
 }
@@ -151,8 +188,10 @@ pub struct RunOptions {
     pub saved_machines: Option<PathBuf>,
     /// Boot cold even when a saved machine could be restored (and save none).
     pub cold: bool,
-    /// Host directories mounted in the guest (9p).
+    /// Host directories mounted in the guest.
     pub shares: Vec<Share>,
+    /// How they get there.
+    pub share_transport: ShareTransport,
     /// Directory with `kernel`, `initrd`, `root` and maybe `vmlinux`.
     pub appliance: PathBuf,
     pub accel: Accel,
@@ -329,6 +368,10 @@ pub enum LaunchError {
     NotATerminal,
     #[error("session ended with the escape sequence (~.); the VM was killed")]
     Escaped,
+    #[error("--share-transport virtiofs: {reason}")]
+    VirtiofsUnavailable { reason: String },
+    #[error("cannot share {host} over virtiofs: {reason}")]
+    Virtiofsd { host: PathBuf, reason: String },
 }
 
 impl LaunchError {
@@ -345,6 +388,9 @@ impl LaunchError {
             }
             LaunchError::Scratch { .. } => Some("set TMPDIR to a writable directory".into()),
             LaunchError::Copy { source, .. } => source.hint(),
+            LaunchError::VirtiofsUnavailable { .. } | LaunchError::Virtiofsd { .. } => Some(
+                "install virtiofsd (Debian: apt install virtiofsd, or cargo install virtiofsd) or point SUPERMIN_VIRTIOFSD at one; --share-transport 9p needs none".into(),
+            ),
             _ => None,
         }
     }
@@ -491,8 +537,11 @@ fn saved_machines(b: &Boot<'_>, plan: &qemu::Plan) -> Option<(snapshot::Store, s
     if plan.root.to_str().is_none() || b.opts.env.tmp_dir.to_str().is_none() {
         return None;
     }
+    // virtiofs devices are hot-plugged too: one saved machine (with its RAM
+    // in a shared memfd) serves every set of virtiofs shares.
     let bare = qemu::Plan {
         disks: Vec::new(),
+        virtiofs: Vec::new(),
         ..plan.clone()
     };
     let found = snapshot::Store::open(dir).and_then(|store| Ok((store, snapshot::key(&bare)?)));
@@ -550,10 +599,13 @@ fn boot_tcg(
         return Ok(vm);
     };
     let disks = plan.disks.clone();
-    // The disks' descriptors are already in the plan's fdsets, for hot-plugging.
+    let virtiofs = plan.virtiofs.clone();
+    // The disks' descriptors are already in the plan's fdsets, for
+    // hot-plugging; the virtiofs sockets are passed over the monitor.
     let bare = qemu::Plan {
         disks: Vec::new(),
         qmp: true,
+        virtiofs: Vec::new(),
         ..plan
     };
 
@@ -600,7 +652,161 @@ fn boot_tcg(
         None => boot_and_save(b, bare, &store, &key, generation)?,
     };
     hotplug(b, &mut vm, &mut qmp, &disks)?;
+    hotplug_virtiofs(b, &mut vm, &mut qmp, &virtiofs)?;
     Ok(vm)
+}
+
+/// Hot-plugs a `vhost-user-fs-pci` device per virtiofs share, each on its
+/// connected socket passed to qemu over the monitor (`getfd`); the daemon's
+/// mount waits for the guest to probe it.
+///
+/// Why hot-plugged rather than saved with the machine: vhost-user-fs
+/// devices cannot be migrated (the daemon's state is outside qemu), and a
+/// machine saved without them serves any set of shares. What the saved
+/// machine needs is its RAM in a shared memfd, which is in its key.
+fn hotplug_virtiofs(
+    b: &Boot<'_>,
+    vm: &mut Vm,
+    qmp: &mut qmp::Qmp,
+    fds: &[i32],
+) -> Result<(), LaunchError> {
+    for (i, fd) in fds.iter().enumerate() {
+        let failed = |e: &dyn std::fmt::Display, vm: &Vm| LaunchError::BootFailed {
+            reason: format!("adding virtiofs share {i}: {e}"),
+            console: vm.console_tail(),
+        };
+        let step = b.within(Duration::from_secs(30));
+        let chardev = format!("vfs{i}");
+        // SAFETY: the descriptor belongs to the run's virtiofs set, which
+        // outlives this call.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+        qmp.pass_fd(&chardev, borrowed, step)
+            .map_err(|e| failed(&e, vm))?;
+        qmp.execute(
+            "chardev-add",
+            Some(serde_json::json!({
+                "id": chardev,
+                "backend": {"type": "socket", "data": {
+                    "addr": {"type": "fd", "data": {"str": chardev}},
+                    "server": false,
+                }},
+            })),
+            step,
+        )
+        .map_err(|e| failed(&e, vm))?;
+        qmp.execute(
+            "device_add",
+            Some(serde_json::json!({
+                "driver": "vhost-user-fs-pci",
+                "id": format!("vfsdev{i}"),
+                "chardev": chardev,
+                "tag": qemu::share_tag(i),
+            })),
+            step,
+        )
+        .map_err(|e| failed(&e, vm))?;
+    }
+    if !fds.is_empty() {
+        b.log(format_args!("{} virtiofs device(s) attached", fds.len()));
+    }
+    Ok(())
+}
+
+/// Which transport this run's shares take: `Some(virtiofsd)` for virtiofs,
+/// `None` for 9p (or no shares). Auto says why with `-v`.
+fn share_transport(
+    opts: &RunOptions,
+    log: &dyn Fn(std::fmt::Arguments<'_>),
+) -> Result<Option<virtiofs::Virtiofsd>, LaunchError> {
+    if opts.shares.is_empty() {
+        return Ok(None);
+    }
+    let found = || {
+        virtiofs::find(
+            opts.env.virtiofsd.as_deref(),
+            opts.env.path.as_deref(),
+            opts.env.home.as_deref(),
+        )
+    };
+    match opts.share_transport {
+        ShareTransport::NineP => {
+            log(format_args!("shares over 9p (--share-transport 9p)"));
+            Ok(None)
+        }
+        ShareTransport::Virtiofs => match found() {
+            Ok(v) => {
+                log(format_args!(
+                    "shares over virtiofs: {} ({})",
+                    v.path.display(),
+                    v.version
+                ));
+                Ok(Some(v))
+            }
+            Err(reason) => Err(LaunchError::VirtiofsUnavailable { reason }),
+        },
+        ShareTransport::Auto => match found() {
+            Ok(v) => {
+                log(format_args!(
+                    "shares over virtiofs: {} ({})",
+                    v.path.display(),
+                    v.version
+                ));
+                Ok(Some(v))
+            }
+            Err(reason) => {
+                log(format_args!("shares over 9p: {reason}"));
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// Starts one virtiofsd per share, as the user qemu runs as (see virtiofs.rs).
+fn start_virtiofs(
+    opts: &RunOptions,
+    bin: &virtiofs::Virtiofsd,
+    log: &dyn Fn(std::fmt::Arguments<'_>),
+) -> Result<virtiofs::Set, LaunchError> {
+    let run_as =
+        match &opts.qemu_user {
+            Some(user) => Some(virtiofs::resolve_user(user).map_err(|e| {
+                LaunchError::VirtiofsUnavailable {
+                    reason: format!("cannot run virtiofsd as {user}: {e}"),
+                }
+            })?),
+            None => None,
+        };
+    let mut set = virtiofs::Set::new(vm::make_scratch(&opts.env.tmp_dir)?);
+    for (i, share) in opts.shares.iter().enumerate() {
+        let sock = set.socket(i);
+        let daemon = virtiofs::Daemon::start(
+            bin,
+            &share.host,
+            share.writable,
+            &sock,
+            run_as,
+            opts.verbose,
+            log,
+        )
+        .map_err(|reason| LaunchError::Virtiofsd {
+            host: share.host.clone(),
+            reason,
+        })?;
+        log(format_args!(
+            "virtiofsd for {} started ({}, --sandbox={})",
+            share.host.display(),
+            match &opts.qemu_user {
+                Some(user) => format!("as {user}"),
+                None => "as this user".to_string(),
+            },
+            match daemon.sandbox {
+                virtiofs::Sandbox::Namespace => "namespace",
+                virtiofs::Sandbox::None => "none",
+            }
+        ));
+        set.daemons.push(daemon);
+    }
+    Ok(set)
 }
 
 /// Boots `plan` cold (with a root overlay that can be saved) and saves the
@@ -1106,6 +1312,9 @@ pub fn run(opts: &RunOptions) -> Result<i32, LaunchError> {
 pub struct Session {
     // Declared first so that it is dropped (qemu killed) first.
     vm: Vm,
+    // Then the virtiofsd processes serving its shares (killed and reaped).
+    _virtiofs: Option<virtiofs::Set>,
+    share_fs: ShareFs,
     rx: mpsc::Receiver<Event>,
     _signals: signals::Guard,
     stop: Arc<stop::Stop>,
@@ -1161,7 +1370,19 @@ impl Session {
             }
         })?;
         log(format_args!("{} ({})", qemu.path.display(), qemu.version));
-        let plan = |accel: qemu::VmAccel| qemu::Plan {
+        let virtiofsd = share_transport(opts, &log)?;
+        let share_fs = match virtiofsd {
+            Some(_) => ShareFs::Virtiofs,
+            None => ShareFs::NineP,
+        };
+        let start_virtiofs = || -> Result<Option<virtiofs::Set>, LaunchError> {
+            match &virtiofsd {
+                Some(v) => start_virtiofs(opts, v, &log).map(Some),
+                None => Ok(None),
+            }
+        };
+        let mut virtiofs_set = start_virtiofs()?;
+        let plan = |accel: qemu::VmAccel, virtiofs: &Option<virtiofs::Set>| qemu::Plan {
             qemu: qemu.clone(),
             run_as: opts.qemu_user.clone(),
             kernel: appliance.kernel.clone(),
@@ -1185,11 +1406,19 @@ impl Session {
                 .iter()
                 .map(|(f, set)| (std::os::fd::AsRawFd::as_raw_fd(f), *set))
                 .collect(),
-            shares: opts
-                .shares
-                .iter()
-                .map(|s| (s.host.clone(), s.writable))
-                .collect(),
+            shares: match share_fs {
+                ShareFs::NineP => opts
+                    .shares
+                    .iter()
+                    .map(|s| (s.host.clone(), s.writable))
+                    .collect(),
+                ShareFs::Virtiofs => Vec::new(),
+            },
+            shared_memory: share_fs == ShareFs::Virtiofs,
+            virtiofs: virtiofs
+                .as_ref()
+                .map(virtiofs::Set::fds)
+                .unwrap_or_default(),
         };
 
         let verdict_file = accel::verdict_file(opts.env.runtime_dir.as_deref(), &opts.env.tmp_dir);
@@ -1241,7 +1470,7 @@ impl Session {
                 appliance.kernel.display()
             ));
             let mut kvm_vm = Vm::start(
-                &plan(qemu::VmAccel::Kvm),
+                &plan(qemu::VmAccel::Kvm, &virtiofs_set),
                 &opts.env.tmp_dir,
                 generation,
                 tx.clone(),
@@ -1253,6 +1482,9 @@ impl Session {
                 None => vm = Some(kvm_vm),
                 Some(reason) if opts.accel == Accel::Auto => {
                     drop(kvm_vm);
+                    // Each virtiofsd served the dead qemu and has ended with it.
+                    drop(virtiofs_set.take());
+                    virtiofs_set = start_virtiofs()?;
                     (opts.on_notice)(&Notice::KvmFallback {
                         reason: reason.clone(),
                     });
@@ -1267,7 +1499,7 @@ impl Session {
         let vm = match vm {
             Some(vm) => vm,
             None => {
-                let tcg = plan(qemu::VmAccel::Tcg);
+                let tcg = plan(qemu::VmAccel::Tcg, &virtiofs_set);
                 let b = Boot {
                     opts,
                     tx: &tx,
@@ -1281,6 +1513,8 @@ impl Session {
         };
         let session = Session {
             vm,
+            _virtiofs: virtiofs_set,
+            share_fs,
             rx,
             _signals: signals,
             stop,
@@ -1313,14 +1547,19 @@ impl Session {
             tag: qemu::share_tag(i),
             target: share.guest.as_os_str().to_os_string(),
             readonly: !share.writable,
+            fs: self.share_fs,
         })?;
         match self.next_reply()? {
             Reply::Done => {
                 self.log(format_args!(
-                    "{} shared at {}{}",
+                    "{} shared at {}{} over {}",
                     share.host.display(),
                     share.guest.display(),
-                    if share.writable { " (read-write)" } else { "" }
+                    if share.writable { " (read-write)" } else { "" },
+                    match self.share_fs {
+                        ShareFs::NineP => "9p",
+                        ShareFs::Virtiofs => "virtiofs",
+                    }
                 ));
                 Ok(())
             }
@@ -1875,6 +2114,7 @@ mod tests {
             saved_machines: None,
             cold: false,
             shares: Vec::new(),
+            share_transport: ShareTransport::Auto,
             appliance: "/nonexistent".into(),
             accel: Accel::Tcg,
             memory_mib: 512,

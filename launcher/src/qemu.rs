@@ -275,6 +275,13 @@ pub struct Plan {
     /// Host directories shared with the guest over 9p, in order (tags
     /// [`share_tag`]); `true` = the guest may write.
     pub shares: Vec<(PathBuf, bool)>,
+    /// Guest RAM in a shared memfd (`memory-backend-memfd,share=on`), which
+    /// a vhost-user device (virtiofsd) maps: needed for virtiofs shares,
+    /// present or hot-plugged later.
+    pub shared_memory: bool,
+    /// virtiofs shares on the command line, in order (tags [`share_tag`]):
+    /// each one's connected vhost-user socket as qemu inherits it.
+    pub virtiofs: Vec<i32>,
 }
 
 /// The 9p mount tag of the `i`th share.
@@ -380,13 +387,28 @@ pub fn args(plan: &Plan, channel_fd: i32, qmp_fd: Option<i32>) -> Vec<OsString> 
             push(&["-runas", user]);
         }
     }
-    match plan.accel {
-        VmAccel::Kvm => push(&["-machine", "pc,accel=kvm", "-cpu", "host"]),
-        VmAccel::Tcg => push(&["-machine", "pc,accel=tcg", "-cpu", "max"]),
-    }
+    // vhost-user needs the guest's RAM in memory the daemon can map: a
+    // memfd shared with it, named as the machine's RAM.
+    let backend = if plan.shared_memory {
+        ",memory-backend=mem"
+    } else {
+        ""
+    };
+    let (machine, cpu) = match plan.accel {
+        VmAccel::Kvm => ("pc,accel=kvm", "host"),
+        VmAccel::Tcg => ("pc,accel=tcg", "max"),
+    };
+    push(&["-machine", &format!("{machine}{backend}"), "-cpu", cpu]);
     let memory = plan.memory_mib.to_string();
     let cpus = plan.cpus.to_string();
     push(&["-m", &memory, "-smp", &cpus]);
+    if plan.shared_memory {
+        let object = format!(
+            "memory-backend-memfd,id=mem,size={}M,share=on",
+            plan.memory_mib
+        );
+        push(&["-object", &object]);
+    }
     push(&["-serial", "stdio"]);
     push(&["-device", "virtio-serial-pci,id=vserial"]);
     let chardev = format!("socket,id=channel,fd={channel_fd}");
@@ -428,6 +450,13 @@ pub fn args(plan: &Plan, channel_fd: i32, qmp_fd: Option<i32>) -> Vec<OsString> 
         a.push(opt(&format!("local,id=fs{i},path="), dir, model));
         a.push("-device".into());
         a.push(format!("virtio-9p-pci,fsdev=fs{i},mount_tag={}", share_tag(i)).into());
+    }
+    for (i, fd) in plan.virtiofs.iter().enumerate() {
+        // The socket is already connected to its virtiofsd (see virtiofs.rs).
+        a.push("-chardev".into());
+        a.push(format!("socket,id=vfs{i},fd={fd}").into());
+        a.push("-device".into());
+        a.push(format!("vhost-user-fs-pci,chardev=vfs{i},tag={}", share_tag(i)).into());
     }
     match &plan.root_overlay {
         None => {
@@ -534,6 +563,8 @@ mod tests {
             incoming: false,
             fdsets: Vec::new(),
             shares: vec![("/h/a,b".into(), false), ("/h/w".into(), true)],
+            shared_memory: false,
+            virtiofs: Vec::new(),
         }
     }
 
@@ -628,6 +659,33 @@ mod tests {
             s.contains("virtio-9p-pci,fsdev=fs1,mount_tag=supermin1"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn virtiofs_shares_put_ram_in_a_shared_memfd_and_use_the_inherited_sockets() {
+        let mut p = plan();
+        assert!(!joined(&p).contains("memory-backend"));
+        p.shares.clear();
+        p.shared_memory = true;
+        p.virtiofs = vec![9, 11];
+        let s = joined(&p);
+        assert!(
+            s.contains("-machine pc,accel=tcg,memory-backend=mem -cpu max"),
+            "{s}"
+        );
+        assert!(
+            s.contains("-object memory-backend-memfd,id=mem,size=512M,share=on"),
+            "{s}"
+        );
+        assert!(
+            s.contains("-chardev socket,id=vfs1,fd=11 -device vhost-user-fs-pci,chardev=vfs1,tag=supermin1"),
+            "{s}"
+        );
+        assert!(!s.contains("9p"), "{s}");
+        // Hot-plugged later: shared memory, no device yet.
+        p.virtiofs.clear();
+        let s = joined(&p);
+        assert!(s.contains("share=on") && !s.contains("vhost-user"), "{s}");
     }
 
     #[test]

@@ -76,6 +76,42 @@ impl Qmp {
         self.writer
             .write_all(line.as_bytes())
             .map_err(QmpError::Io)?;
+        self.answer(command, deadline)
+    }
+
+    /// Passes `fd` to qemu under `name` (`getfd`: the descriptor travels as
+    /// SCM_RIGHTS with the command), for a later command that names it.
+    pub fn pass_fd(
+        &mut self,
+        name: &str,
+        fd: std::os::fd::BorrowedFd<'_>,
+        deadline: Instant,
+    ) -> Result<(), QmpError> {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        let mut line = json!({"execute": "getfd", "arguments": {"fdname": name}}).to_string();
+        line.push('\n');
+        let fds = [fd];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(QmpError::Io(io::ErrorKind::InvalidInput.into()));
+        }
+        // qemu takes the descriptor with the first byte; the rest follows plainly.
+        let sent = rustix::net::sendmsg(
+            &self.writer,
+            &[io::IoSlice::new(&line.as_bytes()[..1])],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+        .map_err(|e| QmpError::Io(e.into()))?;
+        self.writer
+            .write_all(&line.as_bytes()[sent..])
+            .map_err(QmpError::Io)?;
+        self.answer("getfd", deadline).map(|_| ())
+    }
+
+    /// The answer to the command just sent; events are skipped.
+    fn answer(&mut self, command: &str, deadline: Instant) -> Result<Value, QmpError> {
         loop {
             let mut v = self.read_value(deadline)?;
             if let Some(ret) = v.get_mut("return") {

@@ -328,6 +328,7 @@ impl Vm {
         let mut inherit: Vec<i32> = vec![theirs_fd];
         inherit.extend(qmp_fd);
         inherit.extend(plan.fdsets.iter().map(|(fd, _)| *fd));
+        inherit.extend(&plan.virtiofs);
         if verbose {
             let line: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
             eprintln!(

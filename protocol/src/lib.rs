@@ -22,7 +22,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 
 /// Bumped on any incompatible change to frames or messages.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Opens every [`Hello`], so that garbage on the channel (a console
 /// misrouted to it, a different agent) is recognised at once.
@@ -176,6 +176,32 @@ pub struct ExecRequest {
     pub pty: Option<WinSize>,
 }
 
+/// How a shared host directory reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareFs {
+    /// qemu's own 9p server (`virtio-9p-pci`).
+    NineP,
+    /// virtiofsd behind a `vhost-user-fs-pci` device.
+    Virtiofs,
+}
+
+impl ShareFs {
+    fn code(self) -> u8 {
+        match self {
+            ShareFs::NineP => 0,
+            ShareFs::Virtiofs => 1,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<ShareFs> {
+        match code {
+            0 => Some(ShareFs::NineP),
+            1 => Some(ShareFs::Virtiofs),
+            _ => None,
+        }
+    }
+}
+
 /// Host to daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -214,12 +240,14 @@ pub enum Request {
     AwaitDisks {
         count: u32,
     },
-    /// Mount the host directory shared under the 9p `tag` on `target`
-    /// (created if missing); answered by `Done` or `Error`.
+    /// Mount the host directory shared under `tag` (a 9p mount tag or a
+    /// virtiofs tag, as `fs` says) on `target` (created if missing);
+    /// answered by `Done` or `Error`.
     Mount {
         tag: String,
         target: OsString,
         readonly: bool,
+        fs: ShareFs,
     },
     /// The terminal of the running command (see [`ExecRequest::pty`]) changed
     /// size. No answer.
@@ -622,11 +650,13 @@ impl Message for Request {
                 tag,
                 target,
                 readonly,
+                fs,
             } => {
                 out.push(kind::H_MOUNT);
                 put_bytes(out, tag.as_bytes());
                 put_bytes(out, target.as_bytes());
                 out.push(u8::from(*readonly));
+                out.push(fs.code());
             }
             Request::Resize(w) => {
                 out.push(kind::H_RESIZE);
@@ -719,6 +749,14 @@ impl Message for Request {
                 tag: b.string("tag")?,
                 target: b.os("target")?,
                 readonly: b.bool("read-only flag")?,
+                fs: {
+                    let code = b.u8("share file system")?;
+                    ShareFs::from_code(code).ok_or(ProtocolError::BadValue {
+                        kind: k,
+                        what: "share file system",
+                        value: code.into(),
+                    })?
+                },
             },
             kind::H_RESUME => {
                 let hi = b.u32("seconds")?;
@@ -1075,6 +1113,13 @@ mod tests {
                 tag: "supermin0".into(),
                 target: OsString::from_vec(b"/home/a b/\xff".to_vec()),
                 readonly: true,
+                fs: ShareFs::NineP,
+            },
+            Request::Mount {
+                tag: "supermin1".into(),
+                target: "/mnt/w".into(),
+                readonly: false,
+                fs: ShareFs::Virtiofs,
             },
             Request::Resume {
                 secs: 1_764_590_000,

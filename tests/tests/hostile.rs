@@ -87,6 +87,7 @@ impl Hostile {
             saved_machines: None,
             cold: false,
             shares: Vec::new(),
+            share_transport: supermin_launcher::ShareTransport::Auto,
             on_notice: |_| {},
             appliance: self.dir.join("app"),
             accel: Accel::Tcg,

@@ -1059,6 +1059,7 @@ fn a_session_uploads_runs_and_downloads_files() {
         saved_machines: None,
         cold: false,
         shares: Vec::new(),
+        share_transport: supermin_launcher::ShareTransport::Auto,
         on_notice: |n| panic!("no notice expected under TCG: {n}"),
         appliance: app,
         accel: Accel::Tcg,

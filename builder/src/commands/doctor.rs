@@ -682,6 +682,7 @@ fn build_and_boot(
             .map(|d| d.join(super::run::SAVED_DIR)),
         cold: false,
         shares: Vec::new(),
+        share_transport: supermin_launcher::ShareTransport::Auto,
         appliance: req.output.clone(),
         accel,
         memory_mib: 512,

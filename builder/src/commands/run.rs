@@ -62,6 +62,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     for spec in &args.share {
         shares.push(launcher::parse_share_spec(spec).map_err(|e| anyhow::anyhow!("--share {e}"))?);
     }
+    let share_transport = args
+        .share_transport
+        .parse::<launcher::ShareTransport>()
+        .map_err(|e| anyhow::anyhow!("--share-transport: {e}"))?;
     let mut cwd = None;
     if args.cwd_share {
         let here =
@@ -142,6 +146,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         },
         cold: args.cold,
         shares,
+        share_transport,
         appliance,
         accel,
         memory_mib: args.memory,
