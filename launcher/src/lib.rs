@@ -372,6 +372,8 @@ pub enum LaunchError {
     VirtiofsUnavailable { reason: String },
     #[error("cannot share {host} over virtiofs: {reason}")]
     Virtiofsd { host: PathBuf, reason: String },
+    #[error("cannot share over virtiofs: {reason}")]
+    VirtiofsRefused { reason: String },
 }
 
 impl LaunchError {
@@ -728,7 +730,23 @@ fn share_transport(
             opts.env.home.as_deref(),
         )
     };
+    // virtiofsd runs as the user qemu runs as; as root (`--qemu-user root`)
+    // it would let the guest make set-uid-root programs in a writable share
+    // (chmod u+s on a file root owns needs no capability), where 9p keeps
+    // modes in xattrs.
+    let as_root = opts.qemu_user.is_none() && rustix::process::geteuid().is_root();
+    let root_rw = as_root && opts.shares.iter().any(|s| s.writable);
+    const ROOT_RW: &str = "a writable share served by virtiofsd running as root would let the guest make set-uid-root files on the host (9p stores the guest's modes in xattrs instead)";
     match opts.share_transport {
+        ShareTransport::Virtiofs if root_rw => Err(LaunchError::VirtiofsRefused {
+            reason: format!(
+                "{ROOT_RW}; run qemu as another user (--qemu-user) or use --share-transport 9p"
+            ),
+        }),
+        ShareTransport::Auto if root_rw => {
+            log(format_args!("shares over 9p: {ROOT_RW}"));
+            Ok(None)
+        }
         ShareTransport::NineP => {
             log(format_args!("shares over 9p (--share-transport 9p)"));
             Ok(None)

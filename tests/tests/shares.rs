@@ -1,7 +1,12 @@
 //! `supermin run --share` and `--cwd-share` through the real binary and a
 //! real guest (TCG): host directories mounted in the default appliance over
-//! 9p, read-only unless asked, and the cargo test runner recipe of the
+//! 9p and over virtiofs, read-only unless asked, a hostile guest's attempts
+//! to plant devices and set-uid files through a writable share, no virtiofsd
+//! left behind however a run ends, and the cargo test runner recipe of the
 //! README run end to end.
+//!
+//! The virtiofs tests need virtiofsd (`bash .ci/setup` installs it): they
+//! fail without it, they never skip.
 //!
 //! Each test has its own runtime cache (the default appliance and saved
 //! machines) and `$TMPDIR` under its scratch directory. Scratch directories
@@ -71,6 +76,8 @@ fn shares_are_read_only_unless_rw_and_keep_odd_names() {
         dir.path(),
         &[
             "run".as_ref(),
+            "-v".as_ref(),
+            "--share-transport=9p".as_ref(),
             "--share".as_ref(),
             &ro_spec,
             "--share".as_ref(),
@@ -87,6 +94,11 @@ fn shares_are_read_only_unless_rw_and_keep_odd_names() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/mnt/ro over 9p"),
+        "{}",
+        text(&out)
+    );
     assert!(stdout.starts_with("from the host\n"), "{}", text(&out));
     // od shows the raw byte 351 (0xe9) of the Latin-1 name.
     assert!(stdout.contains("c a f 351"), "{}", text(&out));
@@ -210,4 +222,367 @@ fn cargo_test_runs_each_test_binary_in_an_appliance_through_the_runner() {
         "{}",
         text(&fail)
     );
+}
+
+/// Fails (never skips) when there is no virtiofsd where `supermin run` looks.
+fn need_virtiofsd() {
+    let found = [
+        "/usr/libexec/virtiofsd",
+        "/usr/lib/qemu/virtiofsd",
+        "/usr/local/libexec/virtiofsd",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists())
+        || std::env::var_os("SUPERMIN_VIRTIOFSD").is_some()
+        || std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .any(|d| d.join("virtiofsd").exists());
+    assert!(
+        found,
+        "virtiofsd is not installed: `bash .ci/setup` installs it (these tests never skip)"
+    );
+}
+
+/// The live processes (zombies have no command line) whose command line
+/// mentions `needle`: a test's own virtiofsd, by its unique shared directory.
+fn processes_mentioning(needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
+            found.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+        }
+    }
+    found
+}
+
+/// Waits (a few seconds) until no virtiofsd serving `dir` is alive.
+fn assert_no_virtiofsd_for(dir: &Path, what: &str) {
+    let needle = format!("--shared-dir={}", dir.display());
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let left = processes_mentioning(needle.as_bytes());
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{what}: virtiofsd left running: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The read-only and read-write checks of 9p, over virtiofs, on the saved
+/// machine's two paths: the first run boots, saves and hot-plugs the
+/// devices; the second restores and hot-plugs them.
+#[test]
+fn virtiofs_shares_are_read_only_unless_rw_and_keep_odd_names() {
+    need_virtiofsd();
+    let dir = scratch("vfs-modes");
+    let ro = dir.join("read only");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::write(ro.join("hello.txt"), b"from the host\n").unwrap();
+    std::fs::write(ro.join(OsStr::from_bytes(b"caf\xe9")), b"latin-1 name\n").unwrap();
+    let rw = dir.join("rw");
+    std::fs::create_dir(&rw).unwrap();
+    std::fs::set_permissions(&rw, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut ro_spec = ro.clone().into_os_string();
+    ro_spec.push(":/mnt/ro");
+    let mut rw_spec = rw.clone().into_os_string();
+    rw_spec.push(":rw");
+    for (round, how) in ["saves the machine", "restores it"].iter().enumerate() {
+        let script = format!(
+            "cat /mnt/ro/hello.txt; ls /mnt/ro | od -An -c | tr -s ' '; \
+             echo nope >/mnt/ro/new 2>/dev/null || echo ro-refused; \
+             touch /mnt/ro/hello.txt 2>/dev/null || echo ro-touch-refused; \
+             echo from-the-guest-{round} >\"$1/out{round}\" && echo rw-written"
+        );
+        let out = supermin(
+            &dir,
+            dir.path(),
+            &[
+                "run".as_ref(),
+                "-v".as_ref(),
+                "--share-transport".as_ref(),
+                "virtiofs".as_ref(),
+                "--share".as_ref(),
+                &ro_spec,
+                "--share".as_ref(),
+                &rw_spec,
+                "--".as_ref(),
+                "sh".as_ref(),
+                "-c".as_ref(),
+                script.as_ref(),
+                "sh".as_ref(),
+                rw.as_os_str(),
+            ],
+        )
+        .output()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{how}: {}", text(&out));
+        assert!(
+            stderr.contains("/mnt/ro over virtiofs"),
+            "{how}: {}",
+            text(&out)
+        );
+        let path = if round == 0 {
+            "saved the machine"
+        } else {
+            "restored saved machine"
+        };
+        assert!(stderr.contains(path), "{how}: {}", text(&out));
+        assert!(
+            stdout.starts_with("from the host\n"),
+            "{how}: {}",
+            text(&out)
+        );
+        assert!(stdout.contains("c a f 351"), "{how}: {}", text(&out));
+        assert!(stdout.contains("ro-refused"), "{how}: {}", text(&out));
+        assert!(stdout.contains("ro-touch-refused"), "{how}: {}", text(&out));
+        assert!(stdout.contains("rw-written"), "{how}: {}", text(&out));
+        assert_eq!(
+            std::fs::read_to_string(rw.join(format!("out{round}"))).unwrap(),
+            format!("from-the-guest-{round}\n")
+        );
+        assert!(!ro.join("new").exists());
+        assert_no_virtiofsd_for(&ro, how);
+        assert_no_virtiofsd_for(&rw, how);
+    }
+}
+
+/// A hostile guest with a writable share tries to leave a device node and a
+/// set-uid-root program on the host. virtiofsd runs as the user qemu runs
+/// as (`nobody`, as the tests run as root), in its namespace sandbox: the
+/// kernel refuses device nodes and everything the guest makes belongs to
+/// that user. Booted cold: the devices are on qemu's command line.
+#[test]
+fn a_hostile_guest_cannot_plant_devices_or_set_uid_root_files_through_virtiofs() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    need_virtiofsd();
+    let dir = scratch("vfs-hostile");
+    let rw = dir.join("rw");
+    std::fs::create_dir(&rw).unwrap();
+    std::fs::set_permissions(&rw, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut rw_spec = rw.clone().into_os_string();
+    rw_spec.push(":/mnt/rw:rw");
+    let script = "cd /mnt/rw || exit 9; \
+        mknod blk b 8 0 && echo BLOCK-DEVICE-MADE; \
+        mknod chr c 1 3 && echo CHAR-DEVICE-MADE; \
+        cp /bin/sh suid-sh; chmod 6755 suid-sh; chown 0:0 suid-sh; \
+        echo x >plain; chown 0:0 plain; chmod u+s plain; \
+        mkdir d; chmod 2777 d; ls -ln; true";
+    let out = supermin(
+        &dir,
+        dir.path(),
+        &[
+            "run".as_ref(),
+            "-v".as_ref(),
+            "--cold".as_ref(),
+            "--share-transport=virtiofs".as_ref(),
+            "--share".as_ref(),
+            &rw_spec,
+            "--".as_ref(),
+            "sh".as_ref(),
+            "-c".as_ref(),
+            script.as_ref(),
+        ],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/mnt/rw (read-write) over virtiofs"),
+        "{}",
+        text(&out)
+    );
+    assert!(!stdout.contains("DEVICE-MADE"), "{}", text(&out));
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&rw).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        let name = entry.file_name();
+        let kind = meta.file_type();
+        assert!(
+            !kind.is_block_device() && !kind.is_char_device(),
+            "{name:?} is a device node on the host: {}",
+            text(&out)
+        );
+        assert_ne!(meta.uid(), 0, "{name:?} is owned by root: {}", text(&out));
+        let special = meta.mode() & 0o6000;
+        assert!(
+            special == 0 || meta.uid() != 0,
+            "{name:?} is set-uid/gid root: {}",
+            text(&out)
+        );
+        seen += 1;
+    }
+    assert!(seen >= 3, "the guest wrote nothing: {}", text(&out));
+    assert_no_virtiofsd_for(&rw, "after the run");
+}
+
+/// Served by virtiofsd as root, a writable share would let the guest make
+/// set-uid-root files (chmod u+s on a file root owns needs no capability):
+/// asking for that is refused before anything boots.
+#[test]
+fn virtiofs_will_not_serve_a_writable_share_as_root() {
+    need_virtiofsd();
+    let dir = scratch("vfs-root");
+    let rw = dir.join("rw");
+    std::fs::create_dir(&rw).unwrap();
+    let mut rw_spec = rw.clone().into_os_string();
+    rw_spec.push(":rw");
+    let out = supermin(
+        &dir,
+        dir.path(),
+        &[
+            "run".as_ref(),
+            "--qemu-user=root".as_ref(),
+            "--share-transport=virtiofs".as_ref(),
+            "--share".as_ref(),
+            &rw_spec,
+            "--".as_ref(),
+            "true".as_ref(),
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr.contains("set-uid-root"), "{}", text(&out));
+    assert!(stderr.contains("--share-transport 9p"), "{}", text(&out));
+}
+
+/// However a run ends (its --timeout, SIGTERM, SIGKILL of supermin itself)
+/// no virtiofsd of it is left.
+#[test]
+fn no_virtiofsd_is_left_after_a_timeout_a_signal_or_a_killed_run() {
+    use std::io::BufRead;
+    need_virtiofsd();
+    let dir = scratch("vfs-ends");
+    let share = dir.join("share");
+    std::fs::create_dir(&share).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&OsStr> = vec![
+            "run".as_ref(),
+            "--share-transport=virtiofs".as_ref(),
+            "--share".as_ref(),
+            share.as_os_str(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        args.extend(["--", "sh", "-c", "echo started; sleep 60"].map(OsStr::new));
+        let mut cmd = supermin(&dir, dir.path(), &args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd
+    };
+
+    let out = run(&["--timeout", "10"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out));
+    assert_no_virtiofsd_for(&share, "--timeout");
+
+    for signal in ["TERM", "KILL"] {
+        let mut child = run(&[]).spawn().unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line, "started\n", "signal {signal}");
+        assert!(
+            !processes_mentioning(format!("--shared-dir={}", share.display()).as_bytes())
+                .is_empty(),
+            "no virtiofsd while the command runs"
+        );
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "signal {signal}: {status}");
+        assert_no_virtiofsd_for(&share, &format!("SIG{signal}"));
+    }
+}
+
+/// Without root: supermin runs as `nobody` (through setpriv), so do qemu and
+/// virtiofsd, whose namespace sandbox is a user namespace; the guest's
+/// writes belong to that user and it cannot make device nodes.
+#[test]
+fn an_unprivileged_user_shares_over_virtiofs() {
+    use std::os::unix::fs::MetadataExt;
+    need_virtiofsd();
+    let dir = scratch("vfs-user");
+    let share = dir.join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("in.txt"), b"read by nobody\n").unwrap();
+    let nobody = Command::new("id").args(["-u", "nobody"]).output().unwrap();
+    let uid: u32 = String::from_utf8_lossy(&nobody.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    for d in ["tmp", "cache", "share"] {
+        let ok = Command::new("chown")
+            .args([format!("{uid}"), dir.join(d).display().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let mut spec = share.clone().into_os_string();
+    spec.push(":/mnt/s:rw");
+    let script = "cat /mnt/s/in.txt; echo out >/mnt/s/out.txt && echo written; \
+        mknod /mnt/s/blk b 8 0 && echo BLOCK-DEVICE-MADE; true";
+    let inner = supermin(
+        &dir,
+        dir.path(),
+        &[
+            "run".as_ref(),
+            "-v".as_ref(),
+            "--share-transport=virtiofs".as_ref(),
+            "--share".as_ref(),
+            &spec,
+            "--".as_ref(),
+            "sh".as_ref(),
+            "-c".as_ref(),
+            script.as_ref(),
+        ],
+    );
+    // The same command, through setpriv, with the environment set above.
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        "--reset-env",
+        "env",
+    ]);
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            let mut kv = k.to_os_string();
+            kv.push("=");
+            kv.push(v);
+            cmd.arg(kv);
+        }
+    }
+    cmd.arg(format!("HOME={}", dir.join("tmp").display()))
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .current_dir(dir.path())
+        .stdin(Stdio::null());
+    let out = cmd.output().expect("setpriv (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stderr.contains("over virtiofs"), "{}", text(&out));
+    assert!(stderr.contains("as this user"), "{}", text(&out));
+    assert!(
+        stdout.starts_with("read by nobody\nwritten\n"),
+        "{}",
+        text(&out)
+    );
+    assert!(!stdout.contains("DEVICE-MADE"), "{}", text(&out));
+    assert_eq!(std::fs::metadata(share.join("out.txt")).unwrap().uid(), uid);
+    assert!(!share.join("blk").exists());
+    assert_no_virtiofsd_for(&share, "after the run");
 }
