@@ -291,8 +291,11 @@ const RUN: Page = Page {
         ),
         Para(
             "--add disks are raw unless :format=qcow2 is named: the format is never guessed \
-             from the content, which a guest can write. --share mounts host directories \
-             over 9p, read-only unless :rw; --cwd-share shares the current directory and \
+             from the content, which a guest can write. --share mounts host directories, \
+             read-only unless :rw, over virtiofs when a usable virtiofsd is installed \
+             (much faster on many small files; it runs as the user qemu runs as) and over \
+             qemu's 9p otherwise (--share-transport auto|9p|virtiofs chooses; -v says \
+             which and why); --cwd-share shares the current directory and \
              runs the command there (a cargo test runner). -i gives an interactive shell on \
              a terminal in the appliance; ~. after a newline ends it. --copy-in and \
              --copy-out copy trees before and after the command.",
@@ -314,7 +317,12 @@ const RUN: Page = Page {
             "XDG_RUNTIME_DIR",
             "Where the verdict on KVM is kept (else in TMPDIR or /var/tmp).",
         ),
-        ("PATH", "Where qemu-system-x86_64 is looked up."),
+        (
+            "SUPERMIN_VIRTIOFSD",
+            "The virtiofsd serving --share directories over virtiofs, instead of looking in \
+             /usr/libexec, /usr/lib/qemu, /usr/local/libexec, PATH and ~/.cargo/bin.",
+        ),
+        ("PATH", "Where qemu-system-x86_64 (and virtiofsd) is looked up."),
         KERNEL_ENV[0],
         KERNEL_ENV[1],
         KERNEL_ENV[2],
