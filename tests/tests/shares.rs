@@ -586,3 +586,63 @@ fn an_unprivileged_user_shares_over_virtiofs() {
     assert!(!share.join("blk").exists());
     assert_no_virtiofsd_for(&share, "after the run");
 }
+
+/// Where virtiofsd may not make its namespace sandbox (unprivileged user
+/// namespaces disabled), the run still shares over virtiofs, with
+/// `--sandbox=none`, and says so with -v. Played by a virtiofsd wrapper
+/// that fails the namespace sandbox the way virtiofsd does.
+#[test]
+fn virtiofsd_without_a_namespace_sandbox_falls_back_to_none_and_says_so() {
+    need_virtiofsd();
+    let real = ["/usr/libexec/virtiofsd", "/usr/local/libexec/virtiofsd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("virtiofsd in /usr/libexec or /usr/local/libexec (bash .ci/setup)");
+    let dir = scratch("vfs-nosandbox");
+    let share = dir.join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("f"), b"served without a sandbox\n").unwrap();
+    let wrapper = dir.join("virtiofsd");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nfor a; do case \"$a\" in --sandbox=namespace)\n\
+             echo '[ERROR virtiofsd] Error entering sandbox: Unshare(Os {{ code: 1 }})' >&2\n\
+             exit 1;; esac; done\nexec {real} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = supermin(
+        &dir,
+        dir.path(),
+        &[
+            "run".as_ref(),
+            "-v".as_ref(),
+            "--share".as_ref(),
+            share.as_os_str(),
+            "--".as_ref(),
+            "cat".as_ref(),
+            share.join("f").as_os_str(),
+        ],
+    )
+    .env("SUPERMIN_VIRTIOFSD", &wrapper)
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "served without a sandbox\n",
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stderr.contains("namespace sandbox is not available here")
+            && stderr.contains("--sandbox=none"),
+        "{}",
+        text(&out)
+    );
+    assert!(stderr.contains("over virtiofs"), "{}", text(&out));
+    assert_no_virtiofsd_for(&share, "after the run");
+}

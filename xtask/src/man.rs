@@ -322,7 +322,10 @@ const RUN: Page = Page {
             "The virtiofsd serving --share directories over virtiofs, instead of looking in \
              /usr/libexec, /usr/lib/qemu, /usr/local/libexec, PATH and ~/.cargo/bin.",
         ),
-        ("PATH", "Where qemu-system-x86_64 (and virtiofsd) is looked up."),
+        (
+            "PATH",
+            "Where qemu-system-x86_64 (and virtiofsd) is looked up.",
+        ),
         KERNEL_ENV[0],
         KERNEL_ENV[1],
         KERNEL_ENV[2],
