@@ -390,8 +390,11 @@ impl LaunchError {
             }
             LaunchError::Scratch { .. } => Some("set TMPDIR to a writable directory".into()),
             LaunchError::Copy { source, .. } => source.hint(),
-            LaunchError::VirtiofsUnavailable { .. } | LaunchError::Virtiofsd { .. } => Some(
+            LaunchError::VirtiofsUnavailable { .. } => Some(
                 "install virtiofsd (Debian: apt install virtiofsd, or cargo install virtiofsd) or point SUPERMIN_VIRTIOFSD at one; --share-transport 9p needs none".into(),
+            ),
+            LaunchError::Virtiofsd { .. } => Some(
+                "-v shows virtiofsd's messages; --share-transport 9p needs no virtiofsd".into(),
             ),
             _ => None,
         }
@@ -737,45 +740,33 @@ fn share_transport(
     let as_root = opts.qemu_user.is_none() && rustix::process::geteuid().is_root();
     let root_rw = as_root && opts.shares.iter().any(|s| s.writable);
     const ROOT_RW: &str = "a writable share served by virtiofsd running as root would let the guest make set-uid-root files on the host (9p stores the guest's modes in xattrs instead)";
-    match opts.share_transport {
-        ShareTransport::Virtiofs if root_rw => Err(LaunchError::VirtiofsRefused {
-            reason: format!(
-                "{ROOT_RW}; run qemu as another user (--qemu-user) or use --share-transport 9p"
-            ),
+    let chosen = match opts.share_transport {
+        ShareTransport::NineP => Err("--share-transport 9p".to_string()),
+        ShareTransport::Auto | ShareTransport::Virtiofs if root_rw => Err(ROOT_RW.to_string()),
+        ShareTransport::Auto | ShareTransport::Virtiofs => found(),
+    };
+    match chosen {
+        Ok(v) => {
+            log(format_args!(
+                "shares over virtiofs: {} ({})",
+                v.path.display(),
+                v.version
+            ));
+            Ok(Some(v))
+        }
+        Err(reason) if opts.share_transport == ShareTransport::Virtiofs => Err(if root_rw {
+            LaunchError::VirtiofsRefused {
+                reason: format!(
+                    "{reason}; run qemu as another user (--qemu-user) or use --share-transport 9p"
+                ),
+            }
+        } else {
+            LaunchError::VirtiofsUnavailable { reason }
         }),
-        ShareTransport::Auto if root_rw => {
-            log(format_args!("shares over 9p: {ROOT_RW}"));
+        Err(reason) => {
+            log(format_args!("shares over 9p: {reason}"));
             Ok(None)
         }
-        ShareTransport::NineP => {
-            log(format_args!("shares over 9p (--share-transport 9p)"));
-            Ok(None)
-        }
-        ShareTransport::Virtiofs => match found() {
-            Ok(v) => {
-                log(format_args!(
-                    "shares over virtiofs: {} ({})",
-                    v.path.display(),
-                    v.version
-                ));
-                Ok(Some(v))
-            }
-            Err(reason) => Err(LaunchError::VirtiofsUnavailable { reason }),
-        },
-        ShareTransport::Auto => match found() {
-            Ok(v) => {
-                log(format_args!(
-                    "shares over virtiofs: {} ({})",
-                    v.path.display(),
-                    v.version
-                ));
-                Ok(Some(v))
-            }
-            Err(reason) => {
-                log(format_args!("shares over 9p: {reason}"));
-                Ok(None)
-            }
-        },
     }
 }
 
@@ -785,15 +776,16 @@ fn start_virtiofs(
     bin: &virtiofs::Virtiofsd,
     log: &dyn Fn(std::fmt::Arguments<'_>),
 ) -> Result<virtiofs::Set, LaunchError> {
-    let run_as =
-        match &opts.qemu_user {
-            Some(user) => Some(virtiofs::resolve_user(user).map_err(|e| {
-                LaunchError::VirtiofsUnavailable {
+    let run_as = match &opts.qemu_user {
+        Some(user) => {
+            Some(
+                virtiofs::resolve_user(user).map_err(|e| LaunchError::VirtiofsRefused {
                     reason: format!("cannot run virtiofsd as {user}: {e}"),
-                }
-            })?),
-            None => None,
-        };
+                })?,
+            )
+        }
+        None => None,
+    };
     let mut set = virtiofs::Set::new(vm::make_scratch(&opts.env.tmp_dir)?);
     for (i, share) in opts.shares.iter().enumerate() {
         let sock = set.socket(i);
@@ -1393,13 +1385,13 @@ impl Session {
             Some(_) => ShareFs::Virtiofs,
             None => ShareFs::NineP,
         };
-        let start_virtiofs = || -> Result<Option<virtiofs::Set>, LaunchError> {
+        let spawn_virtiofs = || -> Result<Option<virtiofs::Set>, LaunchError> {
             match &virtiofsd {
                 Some(v) => start_virtiofs(opts, v, &log).map(Some),
                 None => Ok(None),
             }
         };
-        let mut virtiofs_set = start_virtiofs()?;
+        let mut virtiofs_set = spawn_virtiofs()?;
         let plan = |accel: qemu::VmAccel, virtiofs: &Option<virtiofs::Set>| qemu::Plan {
             qemu: qemu.clone(),
             run_as: opts.qemu_user.clone(),
@@ -1502,7 +1494,7 @@ impl Session {
                     drop(kvm_vm);
                     // Each virtiofsd served the dead qemu and has ended with it.
                     drop(virtiofs_set.take());
-                    virtiofs_set = start_virtiofs()?;
+                    virtiofs_set = spawn_virtiofs()?;
                     (opts.on_notice)(&Notice::KvmFallback {
                         reason: reason.clone(),
                     });
