@@ -1,5 +1,6 @@
 //! What `supermin doctor` asks the launcher: which qemu a run would use, whether it starts
-//! at all, and what the accelerator logic knows about KVM on this host. Read-only: nothing
+//! at all, what the accelerator logic knows about KVM on this host, and which virtiofsd
+//! shares would use. Read-only: nothing
 //! here boots a guest or changes the recorded verdict.
 
 use std::io::Write;
@@ -7,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{accel, qemu, LaunchEnv};
+use crate::{accel, qemu, virtiofs, LaunchEnv};
 
 /// The qemu binary a run would use.
 #[derive(Debug, Clone)]
@@ -30,6 +31,17 @@ pub fn find_qemu(env: &LaunchEnv) -> std::io::Result<QemuFound> {
         version: q.version,
         identity: q.identity,
     })
+}
+
+/// The virtiofsd a run with `--share` would use (`--share-transport auto`), as its path
+/// and version, or why there is none (shares then use 9p).
+pub fn find_virtiofsd(env: &LaunchEnv) -> Result<(PathBuf, String), String> {
+    virtiofs::find(
+        env.virtiofsd.as_deref(),
+        env.path.as_deref(),
+        env.home.as_deref(),
+    )
+    .map(|v| (v.path, v.version))
 }
 
 /// Starts qemu with no machine at all (`-machine none`, TCG) and quits it through its

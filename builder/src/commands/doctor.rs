@@ -183,6 +183,7 @@ pub fn doctor(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let kvm = check_qemu(&mut d, &env);
+    check_shares(&mut d, &env);
     let kernel = check_kernel(&mut d);
     check_cache(&mut d);
     let accel = check_env(&mut d, kvm.as_ref());
@@ -271,6 +272,23 @@ fn check_qemu(d: &mut Doctor, env: &LaunchEnv) -> Option<KvmState> {
         ),
     }
     Some(state)
+}
+
+/// Which transport `--share` directories take: virtiofs with a usable virtiofsd, else 9p.
+fn check_shares(d: &mut Doctor, env: &LaunchEnv) {
+    match diag::find_virtiofsd(env) {
+        Ok((path, version)) => d.add(
+            "shares",
+            Status::Ok,
+            format!("{} ({version}): --share uses virtiofs", path.display()),
+        ),
+        Err(why) => d.add_fix(
+            "shares",
+            Status::Note,
+            format!("{why}: --share uses qemu's 9p, slower on many small files"),
+            "install virtiofsd (Debian: apt install virtiofsd, or cargo install virtiofsd and copy it to /usr/local/libexec) or point SUPERMIN_VIRTIOFSD at one",
+        ),
+    }
 }
 
 /// The kernel as `supermin kernel` chooses it; its modules; their decompression.
