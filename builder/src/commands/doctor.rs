@@ -628,6 +628,12 @@ fn check_env(d: &mut Doctor, kvm: Option<&KvmState>) -> Option<Accel> {
                     accel = None;
                 }
             }
+            // Checked by the "shares" line, which says whether it is usable.
+            "SUPERMIN_VIRTIOFSD" => d.add(
+                "env",
+                Status::Ok,
+                format!("{shown}: the virtiofsd for --share"),
+            ),
             _ => d.add(
                 "env",
                 Status::Note,
