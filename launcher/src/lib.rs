@@ -116,6 +116,9 @@ pub enum Notice {
     KvmFallback { reason: String },
     /// A disk attached raw (no format named) starts like a qcow2 image.
     RawLooksLikeQcow2 { path: PathBuf },
+    /// `--share-transport virtiofs` where virtiofsd cannot make its
+    /// namespace sandbox: it runs without one.
+    VirtiofsWithoutSandbox { reason: String },
 }
 
 impl std::fmt::Display for Notice {
@@ -124,6 +127,10 @@ impl std::fmt::Display for Notice {
             Notice::KvmFallback { reason } => write!(
                 f,
                 "KVM failed ({reason}): using TCG, which is much slower; runs keep using TCG until the host reboots or qemu changes (`supermin run --recheck-kvm` tries KVM again)"
+            ),
+            Notice::VirtiofsWithoutSandbox { reason } => write!(
+                f,
+                "warning: virtiofsd cannot make its namespace sandbox here ({reason}): it runs with --sandbox=none, where a hostile guest may reach files outside the share that this user can; --share-transport auto would use 9p instead"
             ),
             Notice::RawLooksLikeQcow2 { path } => write!(
                 f,
@@ -770,12 +777,27 @@ fn share_transport(
     }
 }
 
-/// Starts one virtiofsd per share, as the user qemu runs as (see virtiofs.rs).
+/// Why the virtiofsd processes of a run did not start.
+enum VirtiofsStart {
+    /// virtiofsd could not make its namespace sandbox (see virtiofs.rs).
+    NoSandbox(String),
+    Failed(LaunchError),
+}
+
+impl From<LaunchError> for VirtiofsStart {
+    fn from(e: LaunchError) -> VirtiofsStart {
+        VirtiofsStart::Failed(e)
+    }
+}
+
+/// Starts one virtiofsd per share in `sandbox`, as the user qemu runs as
+/// (see virtiofs.rs).
 fn start_virtiofs(
     opts: &RunOptions,
     bin: &virtiofs::Virtiofsd,
+    sandbox: virtiofs::Sandbox,
     log: &dyn Fn(std::fmt::Arguments<'_>),
-) -> Result<virtiofs::Set, LaunchError> {
+) -> Result<virtiofs::Set, VirtiofsStart> {
     let run_as = match &opts.qemu_user {
         Some(user) => {
             Some(
@@ -796,11 +818,16 @@ fn start_virtiofs(
             &sock,
             run_as,
             opts.verbose,
-            log,
+            sandbox,
         )
-        .map_err(|reason| LaunchError::Virtiofsd {
-            host: share.host.clone(),
-            reason,
+        .map_err(|e| match e {
+            virtiofs::StartError::Exited(why) if sandbox == virtiofs::Sandbox::Namespace => {
+                VirtiofsStart::NoSandbox(why)
+            }
+            e => VirtiofsStart::Failed(LaunchError::Virtiofsd {
+                host: share.host.clone(),
+                reason: e.into_message(),
+            }),
         })?;
         log(format_args!(
             "virtiofsd for {} started ({}, --sandbox={})",
@@ -809,10 +836,7 @@ fn start_virtiofs(
                 Some(user) => format!("as {user}"),
                 None => "as this user".to_string(),
             },
-            match daemon.sandbox {
-                virtiofs::Sandbox::Namespace => "namespace",
-                virtiofs::Sandbox::None => "none",
-            }
+            sandbox.name()
         ));
         set.daemons.push(daemon);
     }
@@ -1380,18 +1404,52 @@ impl Session {
             }
         })?;
         log(format_args!("{} ({})", qemu.path.display(), qemu.version));
-        let virtiofsd = share_transport(opts, &log)?;
+        let mut virtiofsd = share_transport(opts, &log)?;
+        let mut sandbox = virtiofs::Sandbox::Namespace;
+        let mut virtiofs_set = None;
+        if let Some(v) = &virtiofsd {
+            match start_virtiofs(opts, v, sandbox, &log) {
+                Ok(set) => virtiofs_set = Some(set),
+                Err(VirtiofsStart::Failed(e)) => return Err(e),
+                Err(VirtiofsStart::NoSandbox(why))
+                    if opts.share_transport == ShareTransport::Auto =>
+                {
+                    log(format_args!(
+                        "shares over 9p: virtiofsd cannot make its namespace sandbox here ({why}), and without one a guest could reach files outside the share"
+                    ));
+                    virtiofsd = None;
+                }
+                Err(VirtiofsStart::NoSandbox(why)) => {
+                    (opts.on_notice)(&Notice::VirtiofsWithoutSandbox { reason: why });
+                    sandbox = virtiofs::Sandbox::None;
+                    virtiofs_set =
+                        Some(start_virtiofs(opts, v, sandbox, &log).map_err(|e| match e {
+                            VirtiofsStart::Failed(e) => e,
+                            VirtiofsStart::NoSandbox(why) => {
+                                LaunchError::VirtiofsRefused { reason: why }
+                            }
+                        })?);
+                }
+            }
+        }
         let share_fs = match virtiofsd {
             Some(_) => ShareFs::Virtiofs,
             None => ShareFs::NineP,
         };
+        // A new set after a failed KVM attempt, in the sandbox the first one got.
         let spawn_virtiofs = || -> Result<Option<virtiofs::Set>, LaunchError> {
             match &virtiofsd {
-                Some(v) => start_virtiofs(opts, v, &log).map(Some),
+                Some(v) => start_virtiofs(opts, v, sandbox, &log)
+                    .map(Some)
+                    .map_err(|e| match e {
+                        VirtiofsStart::Failed(e) => e,
+                        VirtiofsStart::NoSandbox(why) => {
+                            LaunchError::VirtiofsRefused { reason: why }
+                        }
+                    }),
                 None => Ok(None),
             }
         };
-        let mut virtiofs_set = spawn_virtiofs()?;
         let plan = |accel: qemu::VmAccel, virtiofs: &Option<virtiofs::Set>| qemu::Plan {
             qemu: qemu.clone(),
             run_as: opts.qemu_user.clone(),

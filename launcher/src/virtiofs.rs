@@ -18,9 +18,12 @@
 //!   writes in a `:rw` share is owned by that unprivileged user, so it cannot
 //!   plant a set-uid-root program. Unprivileged, its `--sandbox namespace`
 //!   puts it in a user namespace (guest root is that user, device nodes are
-//!   refused by the kernel) chrooted into the share; where unprivileged user
-//!   namespaces are not allowed it falls back to `--sandbox none` (said with
-//!   `-v`): still that user, with virtiofsd's own `O_NOFOLLOW` lookups.
+//!   refused by the kernel) chrooted into the share. Where it cannot make that
+//!   namespace (unprivileged user namespaces not allowed), virtiofsd without
+//!   a sandbox could be led to files outside the share (its own README:
+//!   "not recommended"), so `--share-transport auto` takes 9p instead, whose
+//!   server stays inside the share; only an explicit `--share-transport
+//!   virtiofs` runs it with `--sandbox=none`, with a warning.
 //! - A read-only share is `--readonly` (virtiofsd refuses every write
 //!   operation) and mounted `ro` in the guest; no extended attributes are
 //!   passed through (no `--xattr`).
@@ -204,7 +207,7 @@ pub enum Sandbox {
 }
 
 impl Sandbox {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Sandbox::Namespace => "namespace",
             Sandbox::None => "none",
@@ -241,10 +244,20 @@ pub fn args(dir: &Path, writable: bool, fd: i32, sandbox: Sandbox, as_root: bool
 }
 
 /// Why a daemon did not start: it could not be run at all, or it ran and
-/// gave up (a sandbox it may not create, among others).
-enum StartError {
+/// gave up (in the namespace sandbox: most likely that it may not create
+/// one, where unprivileged user namespaces are not allowed).
+#[derive(Debug)]
+pub enum StartError {
     Spawn(String),
     Exited(String),
+}
+
+impl StartError {
+    pub fn into_message(self) -> String {
+        match self {
+            StartError::Spawn(why) | StartError::Exited(why) => why,
+        }
+    }
 }
 
 /// One running virtiofsd serving one share.
@@ -253,7 +266,6 @@ pub struct Daemon {
     /// Our connected end of its vhost-user socket; qemu inherits it.
     qemu_end: OwnedFd,
     log: Arc<Mutex<VecDeque<String>>>,
-    pub sandbox: Sandbox,
 }
 
 impl Daemon {
@@ -268,43 +280,10 @@ impl Daemon {
         log.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
-    /// Starts virtiofsd for `dir` with its socket in `sock_dir` (private),
-    /// as `run_as` when given, trying the namespace sandbox first and no
-    /// sandbox when the namespace cannot be made (`note` hears why).
+    /// Starts virtiofsd for `dir` with its socket at `sock` (in a private
+    /// directory), as `run_as` when given, in `sandbox`; returns once it
+    /// waits for qemu.
     pub fn start(
-        bin: &Virtiofsd,
-        dir: &Path,
-        writable: bool,
-        sock: &Path,
-        run_as: Option<Ids>,
-        verbose: bool,
-        note: &dyn Fn(std::fmt::Arguments<'_>),
-    ) -> Result<Daemon, String> {
-        match Self::start_with(
-            bin,
-            dir,
-            writable,
-            sock,
-            run_as,
-            verbose,
-            Sandbox::Namespace,
-        ) {
-            Ok(d) => Ok(d),
-            Err(StartError::Spawn(why)) => Err(why),
-            Err(StartError::Exited(why)) => {
-                note(format_args!(
-                    "virtiofsd's namespace sandbox is not available here ({why}): running it with --sandbox=none"
-                ));
-                Self::start_with(bin, dir, writable, sock, run_as, verbose, Sandbox::None).map_err(
-                    |e| match e {
-                        StartError::Spawn(why) | StartError::Exited(why) => why,
-                    },
-                )
-            }
-        }
-    }
-
-    fn start_with(
         bin: &Virtiofsd,
         dir: &Path,
         writable: bool,
@@ -395,7 +374,6 @@ impl Daemon {
             child,
             qemu_end: ours.into(),
             log,
-            sandbox,
         };
         let until = Instant::now() + READY_TIMEOUT;
         loop {
