@@ -160,7 +160,7 @@ pub fn marker_root(dir: &Path, uuid: &str) -> PathBuf {
         "#!/bin/busybox sh\n\
          /bin/busybox mount -t proc proc /proc\n\
          mounts=$(/bin/busybox awk '{{printf \"%s:%s:%s:%s,\", $1, $2, $3, substr($4, 1, 2)}}' /proc/mounts)\n\
-         echo \"{MARKER} pid=$$ term=$TERM mounts=$mounts\"\n\
+         echo \"{MARKER} pid=$$ term=$TERM tainted=$(/bin/busybox cat /proc/sys/kernel/tainted) mounts=$mounts\"\n\
          /bin/busybox poweroff -f\n"
     );
     root_image(dir, uuid, Some(&script))

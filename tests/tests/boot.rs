@@ -94,6 +94,57 @@ fn host_kernel_boots_root_by_uuid_on_virtio_scsi_quietly() {
     );
 }
 
+/// The kernel's taint flag for an unsigned module (`TAINT_UNSIGNED_MODULE`, `E`).
+const TAINT_UNSIGNED_MODULE: u64 = 1 << 13;
+
+fn taint(log: &BootLog) -> u64 {
+    let line = log.line_with(MARKER);
+    let value = line
+        .split(" tainted=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no tainted= in {line}"));
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("bad tainted= in {line}"))
+}
+
+#[test]
+fn signed_modules_load_without_signatures_unless_verify_modules_is_given() {
+    let kernel = host_kernel();
+    // Meaningful only with signed modules, as Debian ships them.
+    let modules = supermin_kernel_probe::initrd_modules(&kernel, &[]).unwrap();
+    let ext4 = modules
+        .iter()
+        .find(|m| m.name == "ext4")
+        .expect("ext4 among the initrd modules");
+    let image = supermin_kernel_probe::read_module(&ext4.path).unwrap();
+    assert!(
+        image.ends_with(b"~Module signature appended~\n"),
+        "{} carries no signature: this test needs a kernel with signed modules",
+        ext4.path.display()
+    );
+    for (append, unsigned) in [("", true), (" supermin.verify_modules", false)] {
+        let dir = TempDir::new("boot-modsig");
+        let initrd = dir.join("initrd");
+        build_initrd(&kernel, &initrd, Compression::None);
+        let log = run(
+            &dir,
+            &kernel.path,
+            &initrd,
+            Disk::VirtioBlk,
+            &format!("console=ttyS0 panic=1 quiet root=UUID={UUID}{append}"),
+        );
+        assert_handover(&log, "rw");
+        assert_eq!(
+            taint(&log) & TAINT_UNSIGNED_MODULE != 0,
+            unsigned,
+            "append {append:?}: {}",
+            log.line_with(MARKER)
+        );
+    }
+}
+
 #[test]
 fn plain_ko_kernel_boots_root_dev_sda_on_virtio_scsi_verbosely() {
     let dir = TempDir::new("boot-sda");
