@@ -541,6 +541,10 @@ fn boot_tcg(
     mut generation: u64,
 ) -> Result<Vm, LaunchError> {
     let Some((store, key)) = saved else {
+        let plan = qemu::Plan {
+            never_saved: true,
+            ..plan
+        };
         b.log(format_args!("booting {} with TCG", plan.kernel.display()));
         let mut vm = b.start_vm(&plan, vm::make_scratch(&b.opts.env.tmp_dir)?, generation)?;
         let boot_deadline = earliest(b.stop.deadline(), Some(Instant::now() + BOOT_TIMEOUT));
@@ -1181,6 +1185,7 @@ impl Session {
             root_overlay: None,
             qmp: false,
             incoming: false,
+            never_saved: false,
             fdsets: disk_files
                 .iter()
                 .map(|(f, set)| (std::os::fd::AsRawFd::as_raw_fd(f), *set))

@@ -60,6 +60,7 @@ pub fn key(plan: &Plan) -> io::Result<Key> {
         root_overlay: Some(PathBuf::from("OVERLAY")),
         qmp: true,
         incoming: false,
+        never_saved: false,
         fdsets: Vec::new(),
         ..plan.clone()
     };
