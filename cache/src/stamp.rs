@@ -127,8 +127,15 @@ fn one_line(s: &str) -> String {
 }
 
 /// This boot's id, or `None` where `/proc` does not tell it.
+/// The one reader of `/proc/sys/kernel/random/boot_id` in the workspace (the
+/// stamp, the launcher's saved machines and accelerator verdicts use it).
 pub fn current_boot_id() -> Option<String> {
-    let text = fs::read_to_string(BOOT_ID_PATH).ok()?;
+    boot_id_from(&fs::read_to_string(BOOT_ID_PATH).ok()?)
+}
+
+/// The id in the text of the `boot_id` file: one line that can go into a
+/// `key=value` file, and not our own placeholder `unknown`.
+fn boot_id_from(text: &str) -> Option<String> {
     let id = text.trim();
     (!id.is_empty() && id != "unknown" && !id.contains(['\n', '='])).then(|| id.to_string())
 }
@@ -233,6 +240,19 @@ pub fn is_fresh_in_boot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_id_is_one_trimmed_line_that_fits_a_key_value_file() {
+        let id = "45987078-e925-4cdc-b4d5-8873fcb8d970";
+        assert_eq!(boot_id_from(&format!("{id}\n")).as_deref(), Some(id));
+        for bad in ["", " \n", "unknown\n", "a=b\n", "one\ntwo\n"] {
+            assert_eq!(boot_id_from(bad), None, "{bad:?}");
+        }
+        // On this host (Linux with /proc) the real file reads back as a UUID.
+        if let Ok(text) = fs::read_to_string(BOOT_ID_PATH) {
+            assert_eq!(current_boot_id().as_deref(), Some(text.trim()));
+        }
+    }
 
     fn sample() -> Stamp {
         Stamp {

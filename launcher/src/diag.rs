@@ -107,7 +107,7 @@ pub fn kvm_state(env: &LaunchEnv, qemu: &QemuFound) -> KvmState {
         let permission = reason.contains("ermission denied");
         return KvmState::NotUsable { reason, permission };
     }
-    let key = accel::boot_id().map(|boot_id| accel::VerdictKey {
+    let key = supermin_cache::current_boot_id().map(|boot_id| accel::VerdictKey {
         boot_id,
         qemu: qemu.identity.clone(),
     });

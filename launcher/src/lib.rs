@@ -416,16 +416,9 @@ fn read_ext2_uuid(path: &Path) -> Result<String, Option<io::Error>> {
     if sb[0x38..0x3a] != [0x53, 0xef] {
         return Err(None);
     }
-    let u = &sb[0x68..0x78];
-    let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    ))
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&sb[0x68..0x78]);
+    Ok(supermin_ext2::format_uuid(&uuid))
 }
 
 /// What booting needs besides the plan.
@@ -1193,7 +1186,7 @@ impl Session {
         };
 
         let verdict_file = accel::verdict_file(opts.env.runtime_dir.as_deref(), &opts.env.tmp_dir);
-        let verdict_key = accel::boot_id().map(|boot_id| accel::VerdictKey {
+        let verdict_key = supermin_cache::current_boot_id().map(|boot_id| accel::VerdictKey {
             boot_id,
             qemu: qemu.identity.clone(),
         });
