@@ -68,17 +68,43 @@ pub enum Accel {
     Tcg,
 }
 
+/// A name that is not an accelerator, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}{value:?} is not an accelerator: use auto, kvm or tcg")]
+pub struct UnknownAccel {
+    /// `--accel `, `SUPERMIN_ACCEL=` or nothing (a plain parse).
+    origin: &'static str,
+    /// The name given (lossily decoded when it was not UTF-8).
+    pub value: String,
+}
+
 impl std::str::FromStr for Accel {
-    type Err = String;
+    type Err = UnknownAccel;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "auto" => Ok(Accel::Auto),
             "kvm" => Ok(Accel::Kvm),
             "tcg" => Ok(Accel::Tcg),
-            other => Err(format!(
-                "unknown accelerator {other:?}: use auto, kvm or tcg"
-            )),
+            other => Err(UnknownAccel {
+                origin: "",
+                value: other.to_string(),
+            }),
         }
+    }
+}
+
+impl Accel {
+    /// The accelerator a run uses: `--accel` (`flag`) when given, else
+    /// `$SUPERMIN_ACCEL` (`env`) when set and not empty, else auto.
+    pub fn resolve(flag: Option<&str>, env: Option<&OsStr>) -> Result<Accel, UnknownAccel> {
+        let (origin, value) = match (flag, env.filter(|v| !v.is_empty())) {
+            (Some(flag), _) => ("--accel ", flag.into()),
+            (None, Some(env)) => ("SUPERMIN_ACCEL=", env.to_string_lossy()),
+            (None, None) => return Ok(Accel::Auto),
+        };
+        value
+            .parse()
+            .map_err(|e: UnknownAccel| UnknownAccel { origin, ..e })
     }
 }
 
@@ -1850,6 +1876,30 @@ mod tests {
         assert_eq!("kvm".parse::<Accel>().unwrap(), Accel::Kvm);
         assert_eq!("tcg".parse::<Accel>().unwrap(), Accel::Tcg);
         assert!("xen".parse::<Accel>().is_err());
+    }
+
+    #[test]
+    fn accel_comes_from_the_flag_then_the_environment_then_auto() {
+        let env = Some(OsStr::new("tcg"));
+        assert_eq!(Accel::resolve(Some("kvm"), env), Ok(Accel::Kvm));
+        assert_eq!(Accel::resolve(None, env), Ok(Accel::Tcg));
+        assert_eq!(Accel::resolve(None, Some(OsStr::new(""))), Ok(Accel::Auto));
+        assert_eq!(Accel::resolve(None, None), Ok(Accel::Auto));
+        // A bad value says which one it was, in one line.
+        let flag = Accel::resolve(Some("xen"), env).unwrap_err().to_string();
+        assert_eq!(
+            flag,
+            "--accel \"xen\" is not an accelerator: use auto, kvm or tcg"
+        );
+        let from_env = Accel::resolve(None, Some(OsStr::new("KVM")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            from_env,
+            "SUPERMIN_ACCEL=\"KVM\" is not an accelerator: use auto, kvm or tcg"
+        );
+        use std::os::unix::ffi::OsStrExt;
+        assert!(Accel::resolve(None, Some(OsStr::from_bytes(b"\xff"))).is_err());
     }
 
     #[test]

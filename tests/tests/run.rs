@@ -679,6 +679,33 @@ fn a_boot_failure_ends_with_the_console_lines() {
 }
 
 #[test]
+fn a_bad_accel_from_the_flag_or_the_environment_is_one_line_and_exit_1() {
+    let scratch = Scratch::new("bad-accel");
+    // Refused before anything is built or booted, so no appliance is needed.
+    let flag = supermin_run(&scratch, &os(&["--accel", "xen", "--", "true"]), None);
+    let mut cmd = run_command(&scratch, &os(&["--", "true"]));
+    let env = cmd
+        .env("SUPERMIN_ACCEL", "KVM")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let env = RunOutput {
+        status: env.status,
+        stdout: env.stdout,
+        stderr: String::from_utf8_lossy(&env.stderr).into_owned(),
+    };
+    for (out, named) in [(&flag, "--accel \"xen\""), (&env, "SUPERMIN_ACCEL=\"KVM\"")] {
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {out:?}");
+        assert!(lines[0].contains(named), "{out:?}");
+        assert!(lines[0].contains("use auto, kvm or tcg"), "{out:?}");
+    }
+    scratch.assert_tmp_clean();
+}
+
+#[test]
 fn accel_auto_runs_the_command_whether_or_not_kvm_works() {
     let scratch = Scratch::new("auto");
     let app = scratch.appliance("app", None);
