@@ -26,16 +26,21 @@ const MAGIC: &str = "supermin-rs stamp 1";
 const MAX_STAMP_BYTES: u64 = 4096;
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
+/// What a stamp records (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stamp {
+    /// The inputs that built the output.
     pub fingerprint: Fingerprint,
+    /// Whether the output was fsynced before it was published.
     pub synced: bool,
     /// `/proc/sys/kernel/random/boot_id` when written, or `None` if unknown.
     pub boot_id: Option<String>,
+    /// The version of the tool that wrote it.
     pub tool_version: String,
 }
 
 impl Stamp {
+    /// The stamp's file contents.
     pub fn to_text(&self) -> String {
         format!(
             "{MAGIC}\nfingerprint={}\nsynced={}\nboot_id={}\ntool_version={}\n",
@@ -140,13 +145,17 @@ fn boot_id_from(text: &str) -> Option<String> {
     (!id.is_empty() && id != "unknown" && !id.contains(['\n', '='])).then(|| id.to_string())
 }
 
+/// Whether an output can be used as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Freshness {
+    /// It can.
     Fresh,
+    /// It must be rebuilt, and why.
     Stale(StaleReason),
 }
 
 impl Freshness {
+    /// True for [`Freshness::Fresh`].
     pub fn is_fresh(&self) -> bool {
         matches!(self, Freshness::Fresh)
     }
@@ -155,10 +164,15 @@ impl Freshness {
 /// Why an output must be rebuilt; displayed in `-v` output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StaleReason {
+    /// The output directory does not exist.
     NoOutput,
+    /// It has no stamp.
     NoStamp,
+    /// Its stamp cannot be parsed (what is wrong with it).
     CorruptStamp(String),
+    /// It was built from other inputs.
     FingerprintChanged,
+    /// A file it must hold is missing (its name).
     MissingFile(String),
     /// Written without fsync in an earlier boot (or one we cannot identify):
     /// a power cut may have lost its data.
