@@ -87,6 +87,7 @@ pub fn key(plan: &Plan) -> io::Result<Key> {
 /// One saved machine, as `supermin cache` shows it.
 #[derive(Debug, Clone)]
 pub struct SavedInfo {
+    /// Its directory.
     pub dir: PathBuf,
     /// Blocks on disk (the state file is sparse).
     pub bytes: u64,
