@@ -945,6 +945,48 @@ fn fake_kvm_qemu(scratch: &Scratch, on_kvm: &str) -> OsString {
     path
 }
 
+// Regression: teardown joined the console readers without a bound, so a
+// process that qemu left behind holding its stdout and stderr (a helper it
+// started) kept `supermin run` waiting after the VM had ended.
+#[test]
+fn a_process_left_holding_the_console_cannot_hold_up_the_end_of_the_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new("console-held");
+    let app = scratch.appliance("app", None);
+    let bin = scratch.dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let pid_file = scratch.dir.join("lingering.pid");
+    // Only the boot (`-kernel`), not the `-help` probe, leaves the process.
+    let script = format!(
+        "#!/bin/sh\ncase \" $* \" in *\" -kernel \"*) sleep 60 & echo $! >'{}';; esac\nexec '{}' \"$@\"\n",
+        pid_file.display(),
+        real_qemu().display()
+    );
+    let wrapper = bin.join("qemu-system-x86_64");
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut path = OsString::from(&bin);
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+
+    let started = Instant::now();
+    let out = run_with_path(
+        &scratch,
+        &path,
+        &with_appliance(&app, "tcg", &["--cold", "--", "echo", "done"]),
+    );
+    let took = started.elapsed();
+    let lingering = std::fs::read_to_string(&pid_file).unwrap_or_default();
+    if !lingering.trim().is_empty() {
+        let _ = Command::new("kill").arg(lingering.trim()).status();
+    }
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout_text(), "done\n");
+    assert!(!lingering.trim().is_empty(), "the wrapper left no process");
+    assert!(took < Duration::from_secs(45), "the run took {took:?}");
+    scratch.assert_tmp_clean();
+}
+
 fn kvm_attempts(scratch: &Scratch) -> usize {
     std::fs::read_to_string(scratch.dir.join("kvm.log"))
         .map(|s| s.lines().count())
