@@ -923,17 +923,28 @@ fn real_qemu() -> PathBuf {
 /// (shell) when asked for KVM, appending a line to `kvm.log` each time, and
 /// the real qemu otherwise. Returns the `PATH` to run with.
 fn fake_kvm_qemu(scratch: &Scratch, on_kvm: &str) -> OsString {
-    use std::os::unix::fs::PermissionsExt;
     assert!(
         Path::new("/dev/kvm").exists(),
         "this test needs /dev/kvm (present on the project's machines) to reach the KVM attempt"
     );
+    let log = scratch.dir.join("kvm.log");
+    qemu_wrapper(
+        scratch,
+        &format!(
+            "for a in \"$@\"; do case \"$a\" in *accel=kvm*) echo kvm >>'{}'; {on_kvm};; esac; done",
+            log.display()
+        ),
+    )
+}
+
+/// A directory holding a `qemu-system-x86_64` wrapper that runs `before`
+/// (shell) and then the real qemu. Returns the `PATH` to run with.
+fn qemu_wrapper(scratch: &Scratch, before: &str) -> OsString {
+    use std::os::unix::fs::PermissionsExt;
     let bin = scratch.dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    let log = scratch.dir.join("kvm.log");
     let script = format!(
-        "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in *accel=kvm*) echo kvm >>'{}'; {on_kvm};; esac; done\nexec '{}' \"$@\"\n",
-        log.display(),
+        "#!/bin/sh\n{before}\nexec '{}' \"$@\"\n",
         real_qemu().display()
     );
     let wrapper = bin.join("qemu-system-x86_64");
@@ -950,24 +961,17 @@ fn fake_kvm_qemu(scratch: &Scratch, on_kvm: &str) -> OsString {
 // started) kept `supermin run` waiting after the VM had ended.
 #[test]
 fn a_process_left_holding_the_console_cannot_hold_up_the_end_of_the_run() {
-    use std::os::unix::fs::PermissionsExt;
     let scratch = Scratch::new("console-held");
     let app = scratch.appliance("app", None);
-    let bin = scratch.dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
     let pid_file = scratch.dir.join("lingering.pid");
     // Only the boot (`-kernel`), not the `-help` probe, leaves the process.
-    let script = format!(
-        "#!/bin/sh\ncase \" $* \" in *\" -kernel \"*) sleep 60 & echo $! >'{}';; esac\nexec '{}' \"$@\"\n",
-        pid_file.display(),
-        real_qemu().display()
+    let path = qemu_wrapper(
+        &scratch,
+        &format!(
+            "case \" $* \" in *\" -kernel \"*) sleep 60 & echo $! >'{}';; esac",
+            pid_file.display()
+        ),
     );
-    let wrapper = bin.join("qemu-system-x86_64");
-    std::fs::write(&wrapper, script).unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut path = OsString::from(&bin);
-    path.push(":");
-    path.push(std::env::var_os("PATH").unwrap_or_default());
 
     let started = Instant::now();
     let out = run_with_path(
