@@ -140,6 +140,7 @@ pub struct FingerprintBuilder {
 }
 
 impl FingerprintBuilder {
+    /// A fingerprint that starts with the tool's version, so that another version never reuses an output.
     pub fn new(tool_version: &str) -> Self {
         let mut b = FingerprintBuilder {
             hasher: Sha256::new(),
@@ -241,6 +242,7 @@ impl FingerprintBuilder {
         Ok(())
     }
 
+    /// The fingerprint of everything added.
     pub fn finish(self) -> Fingerprint {
         Fingerprint(self.hasher.finalize().into())
     }

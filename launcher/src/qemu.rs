@@ -100,11 +100,14 @@ pub enum VmAccel {
 /// `/etc/shadow` as its backing file must stay a raw disk).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskFormat {
+    /// A plain image.
     Raw,
+    /// A qcow2 image (its backing file only with `allow_backing`).
     Qcow2,
 }
 
 impl DiskFormat {
+    /// The name qemu's `format=` takes.
     pub fn name(self) -> &'static str {
         match self {
             DiskFormat::Raw => "raw",
@@ -245,10 +248,14 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got)
 }
 
+/// A disk attached to the guest (`--add`), after `/dev/vda` (the root).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
+    /// The image (a `/dev/fdset/N` path once the launcher has opened it).
     pub path: PathBuf,
+    /// Attached read-only.
     pub readonly: bool,
+    /// The format it is opened with.
     pub format: DiskFormat,
     /// A qcow2's backing file may be opened (the user trusts the chain).
     pub allow_backing: bool,

@@ -22,16 +22,10 @@ const DEFAULT_LOCK: &str = supermin_cache::DEFAULT_ENTRY.lock;
 pub(super) const SAVED_DIR: &str = "supermin-rs-saved";
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let accel = match args.accel.clone().or_else(|| {
-        std::env::var("SUPERMIN_ACCEL")
-            .ok()
-            .filter(|s| !s.is_empty())
-    }) {
-        None => Accel::Auto,
-        Some(name) => name
-            .parse::<Accel>()
-            .map_err(|e| anyhow::anyhow!("{e} (from --accel or SUPERMIN_ACCEL)"))?,
-    };
+    let accel = Accel::resolve(
+        args.accel.as_deref(),
+        std::env::var_os("SUPERMIN_ACCEL").as_deref(),
+    )?;
     let mut disks = Vec::new();
     for spec in &args.add {
         let disk = launcher::parse_disk_spec(spec).map_err(|e| anyhow::anyhow!("--add {e}"))?;
