@@ -14,23 +14,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-/// Output format of `--build`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Ext2,
-    Chroot,
-}
-
-/// What `kernel` is in an `-f ext2` appliance built from inputs (`--kernel-format`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum KernelFormat {
-    /// The PVH-bootable ELF `vmlinux` when the kernel carries the PVH note and the host is
-    /// x86_64 (qemu boots it without firmware and the emulated decompressor), else the bzImage
-    #[default]
-    Auto,
-    /// The distribution's bzImage, always (supermin 5's behaviour)
-    Bzimage,
-}
+pub use crate::plan::{Format, KernelFormat};
 
 /// What the user asked for, fully parsed.
 #[derive(Debug)]

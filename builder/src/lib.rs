@@ -1,5 +1,5 @@
-//! The supermin builder library: command-line grammar, the appliance pipeline, the initrd
-//! and chroot writers (booting appliances is the `supermin-launcher` crate's). The binary
+//! The supermin builder library: command-line grammar, the build plan and its fingerprint,
+//! the appliance pipeline, the initrd and chroot writers (booting appliances is the `supermin-launcher` crate's). The binary
 //! (`main.rs`) only parses, dispatches and reports; each module here returns typed errors.
 
 pub mod appliance;
@@ -10,5 +10,6 @@ pub mod cli;
 pub mod default_appliance;
 pub mod embedded;
 pub mod initrd;
+pub mod plan;
 mod sparse;
 pub mod vmlinux_cache;

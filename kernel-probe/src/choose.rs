@@ -43,14 +43,11 @@ pub struct ProbeEnv {
 }
 
 impl ProbeEnv {
-    /// Reads the `SUPERMIN_*` variables. An empty variable counts as unset
-    /// (`SUPERMIN_KERNEL= cmd` is the shell's way to unset it for one command).
-    /// The host CPU defaults to the one this program was built for.
-    pub fn from_env(host_cpu: Option<&str>) -> ProbeEnv {
-        ProbeEnv::from_vars(|name| std::env::var_os(name), host_cpu)
-    }
-
-    /// [`ProbeEnv::from_env`] with the variables looked up by `var`.
+    /// The `SUPERMIN_*` variables, looked up by `var` (the binary's snapshot of
+    /// its environment: this crate never reads the environment itself). An empty
+    /// variable counts as unset (`SUPERMIN_KERNEL= cmd` is the shell's way to
+    /// unset it for one command). The host CPU defaults to the one this program
+    /// was built for.
     pub fn from_vars(var: impl Fn(&str) -> Option<OsString>, host_cpu: Option<&str>) -> ProbeEnv {
         let var = |name: &str| var(name).filter(|v| !v.is_empty());
         ProbeEnv {

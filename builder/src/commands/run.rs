@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::Env;
 use anyhow::Context;
-use supermin::appliance::{self, BuildRequest, Source};
+use supermin::appliance::{self, BuildPlan, Source};
 use supermin::cli::{Format, RunArgs};
 use supermin_cache::Durability;
 use supermin_launcher::{
@@ -21,7 +22,7 @@ const DEFAULT_LOCK: &str = supermin_cache::DEFAULT_ENTRY.lock;
 /// Saved machines (booted appliances, restored instead of booting), beside it.
 pub(super) const SAVED_DIR: &str = "supermin-rs-saved";
 
-pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: &RunArgs, env: &Env) -> anyhow::Result<ExitCode> {
     let accel = match args.accel.clone().or_else(|| {
         std::env::var("SUPERMIN_ACCEL")
             .ok()
@@ -129,14 +130,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     };
     let appliance = match &args.appliance {
         Some(dir) => dir.clone(),
-        None => default_appliance(args.verbose, false)?,
+        None => default_appliance(args.verbose, false, env)?,
     };
     let mut opts = RunOptions {
         env: LaunchEnv::from_process(),
         recheck_kvm: args.recheck_kvm,
         qemu_user,
         on_notice: print_notice,
-        saved_machines: match supermin_cache::runtime_cache_dir() {
+        saved_machines: match env.runtime_cache_dir() {
             Ok(dir) => Some(dir.join(SAVED_DIR)),
             Err(_) => None,
         },
@@ -169,7 +170,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             // The cached default appliance is damaged in a way its stamp cannot see (say,
             // a truncated root): nothing has run yet, so rebuild it once and try again.
             eprintln!("supermin: warning: {e}; rebuilding the default appliance");
-            opts.appliance = default_appliance(args.verbose, true)?;
+            opts.appliance = default_appliance(args.verbose, true, env)?;
             result = launcher::run(&opts);
         }
     }
@@ -214,24 +215,25 @@ fn qemu_user(flag: Option<&str>) -> anyhow::Result<Option<String>> {
 
 /// Builds (or finds fresh, unless `force`) the embedded default appliance in the runtime
 /// cache.
-pub(super) fn default_appliance(verbose: u8, force: bool) -> anyhow::Result<PathBuf> {
-    let cache = supermin_cache::runtime_cache_dir()?;
-    let req = default_request(&cache, verbose, force)?;
-    let out = req.output.clone();
-    appliance::build(&req)
+pub(super) fn default_appliance(verbose: u8, force: bool, env: &Env) -> anyhow::Result<PathBuf> {
+    let cache = env.runtime_cache_dir()?;
+    let plan = default_plan(&cache, verbose, force, env)?;
+    let out = plan.output.clone();
+    appliance::build(&plan, &super::print_event)
         .with_context(|| format!("cannot build the default appliance in {}", out.display()))?;
     Ok(out)
 }
 
 /// The build of the default appliance in the per-user cache directory `cache` (also what
 /// `supermin cache` compares a cached one against).
-pub(super) fn default_request(
+pub(super) fn default_plan(
     cache: &std::path::Path,
     verbose: u8,
     force: bool,
-) -> anyhow::Result<BuildRequest> {
+    env: &Env,
+) -> anyhow::Result<BuildPlan> {
     let out = cache.join(DEFAULT_DIR);
-    Ok(BuildRequest {
+    Ok(BuildPlan {
         format: Format::Ext2,
         source: Source::Default,
         output: out.clone(),
@@ -243,10 +245,12 @@ pub(super) fn default_request(
         if_newer: !force,
         lock: Some(cache.join(DEFAULT_LOCK)),
         vmlinux: true,
-        vmlinux_cache: super::vmlinux_cache(),
+        vmlinux_cache: env.vmlinux_cache(),
         durability: Durability::Unsynced,
         verbose: verbose.saturating_sub(1),
-        time: super::now_or_epoch()?,
-        clamp_times: super::source_date_epoch()?,
+        time: env.now_or_epoch()?,
+        clamp_times: env.source_date_epoch()?,
+        options: appliance::BuildOptions::default(),
+        env: env.build(),
     })
 }
