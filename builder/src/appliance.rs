@@ -353,10 +353,6 @@ fn write_root(
         )
     });
     let opts = hostfiles::ResolveOptions {
-        host_cpu: plan
-            .host_cpu
-            .clone()
-            .unwrap_or_else(|| std::env::consts::ARCH.to_string()),
         deps: bopts.deps,
         ..hostfiles::ResolveOptions::default()
     };
@@ -493,13 +489,7 @@ fn write_initrd(
             data: kprobe::read_module(&m.path)?,
         });
     }
-    initrd::write_initrd(
-        out,
-        crate::embedded::init_binary(),
-        &loaded,
-        initrd::Compression::None,
-        mtime,
-    )?;
+    initrd::write_initrd(out, crate::embedded::init_binary(), &loaded, mtime)?;
     Ok(())
 }
 

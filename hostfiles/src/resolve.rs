@@ -17,9 +17,6 @@ use crate::tree::{FileKind, HostFile, Tree};
 pub struct ResolveOptions {
     /// The system whose files and package database are used; `/` normally.
     pub root: PathBuf,
-    /// `--host-cpu` (kept for the builder's fingerprint; package selection uses the
-    /// package manager's own native architecture).
-    pub host_cpu: String,
     /// Add the ELF closure (PT_INTERP + DT_NEEDED) of every ELF file in the set.
     pub elf_closure: bool,
     /// Use this package handler instead of detecting one.
@@ -32,7 +29,6 @@ impl Default for ResolveOptions {
     fn default() -> Self {
         ResolveOptions {
             root: PathBuf::from("/"),
-            host_cpu: std::env::consts::ARCH.to_string(),
             elf_closure: true,
             handler: None,
             deps: DepRule::default(),
