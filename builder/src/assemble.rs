@@ -688,7 +688,7 @@ pub fn open_base_image(
         path: img.path.clone(),
         source,
     };
-    if img.compression == supermin_hostfiles::Compression::None {
+    if img.compression.is_none() {
         return File::open(&img.path).map_err(io_err);
     }
     let mut reader = supermin_hostfiles::open_base_image(img, budget)
@@ -941,11 +941,7 @@ mod tests {
     fn image(dir: &Path, name: &str, bytes: &[u8]) -> BaseImage {
         let path = dir.join(name);
         std::fs::write(&path, bytes).unwrap();
-        let compression = if name.ends_with(".gz") {
-            Compression::Gzip
-        } else {
-            Compression::None
-        };
+        let compression = name.ends_with(".gz").then_some(Compression::Gzip);
         BaseImage { path, compression }
     }
 
@@ -1077,7 +1073,7 @@ mod tests {
         e.finish().unwrap();
         let img = BaseImage {
             path: path.clone(),
-            compression: Compression::Gzip,
+            compression: Some(Compression::Gzip),
         };
         let e = open_base_image(&img, d.path(), &InputBudget::new(8 << 20)).unwrap_err();
         assert!(

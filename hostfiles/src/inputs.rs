@@ -9,22 +9,19 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 
+use supermin_kernel_probe::compression::{decoder, Members};
+pub use supermin_kernel_probe::Compression;
+
 use crate::budget::{too_large, InputBudget};
 use crate::error::{read_err, HostfilesError, Result};
-
-/// How a base image (or a list) is compressed on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    Xz,
-}
 
 /// A tar archive to overlay on the appliance root, in input order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseImage {
+    /// The file, as named in the inputs.
     pub path: PathBuf,
-    pub compression: Compression,
+    /// How it is compressed on disk (`None`: a plain tar).
+    pub compression: Option<Compression>,
 }
 
 /// Everything the supermin.d inputs asked for.
@@ -121,21 +118,24 @@ fn read_one(path: &Path, inputs: &mut Inputs, budget: &InputBudget) -> Result<()
     Ok(())
 }
 
-fn sniff_compression(path: &Path) -> Result<Compression> {
+/// gzip and xz, like supermin: other compressed formats are not inputs. A gzip stream must
+/// use deflate (method 8), the only one gzip writes.
+fn sniff_compression(path: &Path) -> Result<Option<Compression>> {
     let mut magic = [0u8; 6];
     let mut f = File::open(path).map_err(read_err(path))?;
     let n = read_up_to(&mut f, &mut magic).map_err(read_err(path))?;
-    Ok(if n >= 3 && magic[..3] == [0x1f, 0x8b, 0x08] {
-        Compression::Gzip
-    } else if n >= 6 && magic == *b"\xfd7zXZ\0" {
-        Compression::Xz
-    } else {
-        Compression::None
+    let magic = &magic[..n];
+    Ok(match Compression::sniff(magic) {
+        Some(Compression::Gzip) if magic.starts_with(&[0x1f, 0x8b, 0x08]) => {
+            Some(Compression::Gzip)
+        }
+        Some(Compression::Xz) => Some(Compression::Xz),
+        _ => None,
     })
 }
 
 /// The first 512 decompressed bytes, which is all supermin looks at to classify.
-fn read_head(path: &Path, compression: Compression) -> Result<Vec<u8>> {
+fn read_head(path: &Path, compression: Option<Compression>) -> Result<Vec<u8>> {
     let mut r = open_decompressed(path, compression)?;
     let mut buf = vec![0u8; 512];
     let n = read_up_to(&mut r, &mut buf).map_err(|source| HostfilesError::Decompress {
@@ -182,26 +182,32 @@ fn classify(path: &Path, buf: &[u8]) -> Result<Content> {
     }
 }
 
-fn open_decompressed(path: &Path, compression: Compression) -> Result<Box<dyn Read + Send>> {
+fn open_decompressed(
+    path: &Path,
+    compression: Option<Compression>,
+) -> Result<Box<dyn Read + Send>> {
     let f = BufReader::with_capacity(128 * 1024, File::open(path).map_err(read_err(path))?);
-    Ok(match compression {
-        Compression::None => Box::new(f),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(f)),
-        Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(f)),
-    })
+    match compression {
+        None => Ok(Box::new(f)),
+        // Every stream of the file, as `gzip -d` and `xz -d` read it.
+        Some(c) => decoder(c, f, Members::All).map_err(|source| HostfilesError::Decompress {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// `path` decompressed; a compressed stream counts against `budget` (see
 /// [`InputBudget::reader`]).
 fn open_budgeted(
     path: &Path,
-    compression: Compression,
+    compression: Option<Compression>,
     budget: &InputBudget,
 ) -> Result<Box<dyn Read + Send>> {
     let r = open_decompressed(path, compression)?;
     Ok(match compression {
-        Compression::None => r,
-        Compression::Gzip | Compression::Xz => Box::new(budget.reader(path, r)),
+        None => r,
+        Some(_) => Box::new(budget.reader(path, r)),
     })
 }
 
@@ -331,7 +337,7 @@ mod tests {
             inputs.base_images,
             [BaseImage {
                 path: base,
-                compression: Compression::Gzip
+                compression: Some(Compression::Gzip)
             }]
         );
         assert_eq!(inputs.sources.len(), 6);
@@ -346,7 +352,7 @@ mod tests {
         let inputs = read_inputs(&[p1, p2, p3.clone()], &InputBudget::default()).unwrap();
         assert_eq!(inputs.packages, ["bash"]);
         assert_eq!(inputs.hostfiles, ["/bin/ls"]);
-        assert_eq!(inputs.base_images[0].compression, Compression::Xz);
+        assert_eq!(inputs.base_images[0].compression, Some(Compression::Xz));
         let mut ar = tar::Archive::new(
             open_base_image(&inputs.base_images[0], &InputBudget::default()).unwrap(),
         );
@@ -363,7 +369,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "base.tar", &tar_bytes(&[("etc/a", b"a")]));
         let inputs = read_inputs(&[p], &InputBudget::default()).unwrap();
-        assert_eq!(inputs.base_images[0].compression, Compression::None);
+        assert_eq!(inputs.base_images[0].compression, None);
     }
 
     #[test]
@@ -385,6 +391,23 @@ mod tests {
     }
 
     #[test]
+    fn only_gzip_and_xz_are_decompressed_like_supermin() {
+        let d = tempfile::tempdir().unwrap();
+        // A gzip magic with a method other than deflate, zstd: not decompressed, so their
+        // first byte is no input type's.
+        for (name, data) in [
+            ("p.gz7", &[0x1f, 0x8b, 0x07, 0, 0, 0][..]),
+            ("p.zst", &[0x28, 0xb5, 0x2f, 0xfd, 0, 0][..]),
+        ] {
+            let p = write(d.path(), name, data);
+            let e = read_inputs(&[p], &InputBudget::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(name) && e.contains("unknown file type"), "{e}");
+        }
+    }
+
+    #[test]
     fn truncated_gzip_input_is_an_error_not_a_panic() {
         let d = tempfile::tempdir().unwrap();
         let full = gzip(b"bash\ncoreutils\n");
@@ -401,7 +424,7 @@ mod tests {
                 flate2::Compression::fast(),
             )),
             Compression::Xz => Box::new(liblzma::write::XzEncoder::new(f, 1)),
-            Compression::None => Box::new(f),
+            other => panic!("no encoder for {other:?} here"),
         };
         for _ in 0..n {
             w.write_all(line).unwrap();

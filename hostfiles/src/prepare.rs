@@ -9,13 +9,16 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use supermin_kernel_probe::compression::{decoder, Members};
+
 use crate::error::{read_err, write_err, HostfilesError, Result};
 use crate::inputs::safe_tar_path;
+use crate::inputs::Compression;
 use crate::packages::{self, Handler};
 use crate::pattern::join_root;
 
@@ -346,12 +349,18 @@ fn download_pacman(
             })?;
             continue;
         }
-        let f = File::open(&pkg).map_err(read_err(&pkg))?;
-        if name.ends_with(".xz") {
-            extract_wanted(liblzma::read::XzDecoder::new(f), &tree, wanted, &pkg)?;
+        let f = BufReader::new(File::open(&pkg).map_err(read_err(&pkg))?);
+        let compression = if name.ends_with(".xz") {
+            Compression::Xz
         } else {
-            extract_wanted(flate2::read::GzDecoder::new(f), &tree, wanted, &pkg)?;
-        }
+            Compression::Gzip
+        };
+        let stream =
+            decoder(compression, f, Members::One).map_err(|source| HostfilesError::Decompress {
+                path: pkg.clone(),
+                source,
+            })?;
+        extract_wanted(stream, &tree, wanted, &pkg)?;
     }
     Ok(tree)
 }

@@ -17,6 +17,8 @@ use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use crate::bzimage::{payload_location, read_head, SETUP_HEADER_LEN};
+pub use crate::compression::Compression;
+use crate::compression::{decoder, Members};
 use crate::ProbeError;
 
 /// XEN_ELFNOTE_PHYS32_ENTRY: the 32-bit PVH entry point (xen/include/public/elfnote.h).
@@ -25,51 +27,6 @@ const PT_NOTE: u32 = 4;
 const SHT_NOTE: u32 = 7;
 /// Note segments of a kernel are a few KiB; refuse to read absurd sizes.
 const MAX_NOTE_BYTES: u64 = 1 << 20;
-
-/// How a bzImage payload is compressed (arch/x86/boot/compressed/Makefile).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    Gzip,
-    Xz,
-    Zstd,
-    Lzma,
-    Bzip2,
-    Lz4,
-    Lzo,
-}
-
-impl Compression {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Compression::Gzip => "gzip",
-            Compression::Xz => "xz",
-            Compression::Zstd => "zstd",
-            Compression::Lzma => "lzma",
-            Compression::Bzip2 => "bzip2",
-            Compression::Lz4 => "lz4",
-            Compression::Lzo => "lzo",
-        }
-    }
-
-    /// Recognises a payload by its first bytes, as the kernel's own
-    /// `decompress_method()` does (lib/decompress.c).
-    pub fn sniff(magic: &[u8]) -> Option<Compression> {
-        const TABLE: &[(&[u8], Compression)] = &[
-            (b"\x1f\x8b", Compression::Gzip),
-            (b"\x1f\x9e", Compression::Gzip),
-            (b"\xfd7zXZ\x00", Compression::Xz),
-            (b"\x28\xb5\x2f\xfd", Compression::Zstd),
-            (b"\x5d\x00\x00", Compression::Lzma),
-            (b"BZh", Compression::Bzip2),
-            (b"\x02\x21\x4c\x18", Compression::Lz4),
-            (b"\x89LZO", Compression::Lzo),
-        ];
-        TABLE
-            .iter()
-            .find(|(m, _)| magic.starts_with(m))
-            .map(|(_, c)| *c)
-    }
-}
 
 /// What [`extract_vmlinux`] produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,35 +88,6 @@ fn extract_inner(bzimage: &Path, out: &Path) -> Result<VmlinuxInfo, ProbeError> 
     })?;
     let mut writer = BufWriter::with_capacity(1 << 20, out_file);
     let size = match compression {
-        Compression::Gzip => pump(flate2::bufread::GzDecoder::new(payload), &mut writer, out)
-            .map_err(|e| e.into_probe(decompress_err))?,
-        Compression::Xz => {
-            let stream = liblzma::stream::Stream::new_stream_decoder(u64::MAX, 0)
-                .map_err(|e| decompress_err(io::Error::other(e)))?;
-            pump(
-                liblzma::bufread::XzDecoder::new_stream(payload, stream),
-                &mut writer,
-                out,
-            )
-            .map_err(|e| e.into_probe(decompress_err))?
-        }
-        Compression::Lzma => {
-            let stream = liblzma::stream::Stream::new_lzma_decoder(u64::MAX)
-                .map_err(|e| decompress_err(io::Error::other(e)))?;
-            pump(
-                liblzma::bufread::XzDecoder::new_stream(payload, stream),
-                &mut writer,
-                out,
-            )
-            .map_err(|e| e.into_probe(decompress_err))?
-        }
-        Compression::Zstd => {
-            let dec = ruzstd::decoding::StreamingDecoder::new(payload)
-                .map_err(|e| decompress_err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
-            pump(dec, &mut writer, out).map_err(|e| e.into_probe(decompress_err))?
-        }
-        Compression::Bzip2 => pump(bzip2::bufread::BzDecoder::new(payload), &mut writer, out)
-            .map_err(|e| e.into_probe(decompress_err))?,
         Compression::Lz4 => {
             let mut data = Vec::new();
             payload.read_to_end(&mut data).map_err(io_err)?;
@@ -170,6 +98,11 @@ fn extract_inner(bzimage: &Path, out: &Path) -> Result<VmlinuxInfo, ProbeError> 
                 path: bzimage.to_path_buf(),
                 format: "lzo".into(),
             })
+        }
+        // One stream: the kernel build appends the payload's size after it.
+        c => {
+            let stream = decoder(c, payload, Members::One).map_err(decompress_err)?;
+            pump(stream, &mut writer, out).map_err(|e| e.into_probe(decompress_err))?
         }
     };
     writer.flush().map_err(|source| ProbeError::Write {
@@ -256,38 +189,6 @@ fn lz4_legacy_decode(data: &[u8], to: &mut impl Write, out: &Path) -> Result<u64
         return Err(bad("no lz4 block found"));
     }
     Ok(total)
-}
-
-/// Decodes every zstd frame in `data`, skipping skippable frames; used for
-/// `.ko.zst` modules, which may hold more than one frame.
-pub(crate) fn zstd_decode_all(data: &[u8]) -> io::Result<Vec<u8>> {
-    let mut input = data;
-    let mut out = Vec::with_capacity(data.len() * 3);
-    while input.len() >= 4 {
-        let magic = u32::from_le_bytes([input[0], input[1], input[2], input[3]]);
-        if magic & 0xffff_fff0 == 0x184d_2a50 {
-            let len = input
-                .get(4..8)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-                .ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::UnexpectedEof, "truncated skippable frame")
-                })?;
-            input = input.get(8 + len..).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::UnexpectedEof, "truncated skippable frame")
-            })?;
-            continue;
-        }
-        let mut dec = ruzstd::decoding::StreamingDecoder::new(&mut input)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        dec.read_to_end(&mut out)?;
-    }
-    if !input.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "trailing bytes after the last zstd frame",
-        ));
-    }
-    Ok(out)
 }
 
 /// Little-endian ELF fields, for either class.
