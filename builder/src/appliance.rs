@@ -15,7 +15,7 @@ use supermin_ext2 as ext2;
 use supermin_hostfiles as hostfiles;
 use supermin_kernel_probe as kprobe;
 
-use crate::assemble::{open_base_image, AssembleError, Assembler};
+use crate::assemble::{AssembleError, Assembler};
 use crate::chroot::{self, ChrootError};
 use crate::default_appliance;
 use crate::initrd::{self, InitrdError, InitrdModule};
@@ -362,7 +362,7 @@ fn write_root(
             inputs
                 .base_images
                 .iter()
-                .map(|img| open_base_image(img, dir, &budget))
+                .map(|img| hostfiles::open_base_image(img, dir, &budget))
                 .collect::<Result<Vec<_>, _>>()
         });
         let set = hostfiles::resolve(&inputs, &opts);

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD};
 use supermin_ext2::{FileData, Meta, NodeId, NodeKind, Tree};
 
-use crate::sparse::copy_data;
+use supermin_hostfiles::sparse::copy_data;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChrootError {

@@ -11,5 +11,4 @@ pub mod default_appliance;
 pub mod embedded;
 pub mod initrd;
 pub mod plan;
-mod sparse;
 pub mod vmlinux_cache;

@@ -54,6 +54,62 @@ pub enum HostfilesError {
     BadExcludeLine { path: PathBuf, line: String },
     #[error("tar entry {entry:?} would land outside the appliance root ({reason})")]
     UnsafeTarPath { entry: String, reason: &'static str },
+    #[error("cannot read base image {path}")]
+    BaseImage {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("base image {path} is not a valid tar archive")]
+    BaseImageFormat {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("base image {image}: unsafe entry")]
+    UnsafeEntry {
+        image: PathBuf,
+        #[source]
+        source: Box<HostfilesError>,
+    },
+    #[error(
+        "base image {image} is truncated: member {member} runs past its end; rebuild or re-download it"
+    )]
+    Truncated { image: PathBuf, member: String },
+    #[error(
+        "base image {image}: hard link {path} points at {target}, which is not in the archive"
+    )]
+    DanglingHardLink {
+        image: PathBuf,
+        path: String,
+        target: String,
+    },
+    #[error("cannot write a scratch copy of base image {image} in {dir}")]
+    Scratch {
+        image: PathBuf,
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("base image {image}: sparse member {member} has a malformed map: {reason}")]
+    SparseMap {
+        image: PathBuf,
+        member: String,
+        reason: &'static str,
+    },
+    #[error(
+        "base image {image}: a member carries more than {} MiB of tar metadata (sparse map, long \
+         names, pax records) where real archives carry kilobytes; repack it (GNU tar: \
+         --format=gnu, without --sparse)",
+        crate::base_image::MAX_MEMBER_METADATA >> 20
+    )]
+    MemberMetadata { image: PathBuf },
+    #[error("base image {image}: member {member} has owner id {id}; ext2 stores 32-bit ids")]
+    OwnerTooLarge {
+        image: PathBuf,
+        member: String,
+        id: u64,
+    },
     #[error("could not detect the package manager of {root} (no dpkg, rpm or pacman database); run `supermin --list-drivers` to see what was probed")]
     NoPackageHandler { root: PathBuf },
     #[error("{path}: malformed package database: {message}")]

@@ -1,28 +1,18 @@
 //! Reading supermin.d inputs (supermin 5 semantics): each input file is sniffed by content,
 //! decompressed if it is gzip or xz, and sorted into packages, hostfiles, excludefiles or base
-//! images. Base images are only recorded here (never unpacked): the builder streams their
-//! entries into the image, checking each entry with [`safe_tar_path`] / [`BaseImageGuard`].
+//! images. Base images are only recorded here; [`crate::base_image`] walks them.
 //! Everything decompressed is counted against the build's [`InputBudget`].
 
-use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use supermin_kernel_probe::compression::{decoder, Members};
 pub use supermin_kernel_probe::Compression;
 
+use crate::base_image::BaseImage;
 use crate::budget::{too_large, InputBudget};
 use crate::error::{read_err, HostfilesError, Result};
-
-/// A tar archive to overlay on the appliance root, in input order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BaseImage {
-    /// The file, as named in the inputs.
-    pub path: PathBuf,
-    /// How it is compressed on disk (`None`: a plain tar).
-    pub compression: Option<Compression>,
-}
 
 /// Everything the supermin.d inputs asked for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -199,7 +189,7 @@ fn open_decompressed(
 
 /// `path` decompressed; a compressed stream counts against `budget` (see
 /// [`InputBudget::reader`]).
-fn open_budgeted(
+pub(crate) fn open_budgeted(
     path: &Path,
     compression: Option<Compression>,
     budget: &InputBudget,
@@ -209,76 +199,6 @@ fn open_budgeted(
         None => r,
         Some(_) => Box::new(budget.reader(path, r)),
     })
-}
-
-/// Open a base image as a decompressed tar stream (the builder streams its entries). The
-/// read that passes `budget` fails with an [`io::Error`] that [`too_large`] turns back into
-/// [`HostfilesError::InputTooLarge`].
-pub fn open_base_image(img: &BaseImage, budget: &InputBudget) -> Result<Box<dyn Read + Send>> {
-    open_budgeted(&img.path, img.compression, budget)
-}
-
-/// Validate a tar entry's path: returns it as a normalized relative path inside the root
-/// (`./etc/x/` -> `etc/x`; `.` or `./` -> empty, meaning the root itself), or an error for
-/// absolute paths and any `..` component. Symlinks are checked by [`BaseImageGuard`].
-pub fn safe_tar_path(entry: &Path) -> Result<PathBuf> {
-    let bad = |reason| HostfilesError::UnsafeTarPath {
-        entry: entry.display().to_string(),
-        reason,
-    };
-    let mut out = PathBuf::new();
-    for c in entry.components() {
-        match c {
-            Component::CurDir => {}
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => return Err(bad("it contains '..'")),
-            Component::RootDir | Component::Prefix(_) => return Err(bad("it is an absolute path")),
-        }
-    }
-    Ok(out)
-}
-
-/// Rejects base-image entries that would be written through a symlink: one made by an
-/// earlier entry (of any base image) or one the file set already holds (e.g. `/lib -> usr/lib`).
-#[derive(Debug, Default, Clone)]
-pub struct BaseImageGuard {
-    symlinks: HashSet<PathBuf>,
-}
-
-impl BaseImageGuard {
-    /// A guard that knows the symlinks of the host file set (relative to the root).
-    pub fn new<'a>(existing_symlinks: impl IntoIterator<Item = &'a Path>) -> Self {
-        let symlinks = existing_symlinks
-            .into_iter()
-            .filter_map(|p| safe_tar_path(p.strip_prefix("/").unwrap_or(p)).ok())
-            .collect();
-        BaseImageGuard { symlinks }
-    }
-
-    /// Check one entry; `is_symlink` records it so later entries below it are refused.
-    /// A symlink replaced by a non-symlink entry of the same name stops being a symlink.
-    pub fn check(&mut self, entry: &Path, is_symlink: bool) -> Result<PathBuf> {
-        let rel = safe_tar_path(entry)?;
-        let mut anc = rel.parent();
-        while let Some(a) = anc {
-            if a.as_os_str().is_empty() {
-                break;
-            }
-            if self.symlinks.contains(a) {
-                return Err(HostfilesError::UnsafeTarPath {
-                    entry: entry.display().to_string(),
-                    reason: "a parent directory is a symlink",
-                });
-            }
-            anc = a.parent();
-        }
-        if is_symlink {
-            self.symlinks.insert(rel.clone());
-        } else {
-            self.symlinks.remove(&rel);
-        }
-        Ok(rel)
-    }
 }
 
 #[cfg(test)]
@@ -354,7 +274,8 @@ mod tests {
         assert_eq!(inputs.hostfiles, ["/bin/ls"]);
         assert_eq!(inputs.base_images[0].compression, Some(Compression::Xz));
         let mut ar = tar::Archive::new(
-            open_base_image(&inputs.base_images[0], &InputBudget::default()).unwrap(),
+            crate::base_image::open_stream(&inputs.base_images[0], &InputBudget::default())
+                .unwrap(),
         );
         let names: Vec<String> = ar
             .entries()
@@ -472,7 +393,7 @@ mod tests {
         let inputs = read_inputs(&[list, base], &budget).unwrap();
         assert_eq!(budget.used(), 5000);
         // The base image is 4000 bytes of data plus headers: more than the 3000 left.
-        let mut r = open_base_image(&inputs.base_images[0], &budget).unwrap();
+        let mut r = crate::base_image::open_stream(&inputs.base_images[0], &budget).unwrap();
         let err = io::copy(&mut r, &mut io::sink()).unwrap_err();
         assert!(matches!(
             too_large(err),
@@ -486,7 +407,7 @@ mod tests {
         let p = write(d.path(), "base.tar", &tar_bytes(&[("a", &[1; 4000])]));
         let budget = InputBudget::new(10);
         let inputs = read_inputs(&[p], &budget).unwrap();
-        let mut r = open_base_image(&inputs.base_images[0], &budget).unwrap();
+        let mut r = crate::base_image::open_stream(&inputs.base_images[0], &budget).unwrap();
         io::copy(&mut r, &mut io::sink()).unwrap();
         assert_eq!(budget.used(), 0);
     }
@@ -499,32 +420,5 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/supermin.d"));
-    }
-
-    #[test]
-    fn safe_tar_path_normalizes_and_refuses_escapes() {
-        assert_eq!(
-            safe_tar_path(Path::new("./etc/x/")).unwrap(),
-            PathBuf::from("etc/x")
-        );
-        assert_eq!(safe_tar_path(Path::new("./")).unwrap(), PathBuf::new());
-        assert!(safe_tar_path(Path::new("../etc/passwd")).is_err());
-        assert!(safe_tar_path(Path::new("etc/../../x")).is_err());
-        assert!(safe_tar_path(Path::new("/etc/passwd")).is_err());
-    }
-
-    #[test]
-    fn guard_refuses_entries_below_a_symlink() {
-        let mut g = BaseImageGuard::new([Path::new("/lib")]);
-        assert!(g.check(Path::new("lib/evil.so"), false).is_err());
-        assert!(g.check(Path::new("./etc/link"), true).is_ok());
-        assert!(g.check(Path::new("etc/link/passwd"), false).is_err());
-        assert_eq!(
-            g.check(Path::new("etc/other"), false).unwrap(),
-            PathBuf::from("etc/other")
-        );
-        // Replacing the symlink by a directory makes its children fine again.
-        g.check(Path::new("etc/link"), false).unwrap();
-        assert!(g.check(Path::new("etc/link/passwd"), false).is_ok());
     }
 }

@@ -16,8 +16,8 @@ use std::process::{Command, Stdio};
 
 use supermin_kernel_probe::compression::{decoder, Members};
 
+use crate::base_image::safe_tar_path;
 use crate::error::{read_err, write_err, HostfilesError, Result};
-use crate::inputs::safe_tar_path;
 use crate::inputs::Compression;
 use crate::packages::{self, Handler};
 use crate::pattern::join_root;

@@ -5,9 +5,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::base_image::BaseImage;
 use crate::elf::Closure;
 use crate::error::{HostfilesError, Result};
-use crate::inputs::{BaseImage, Inputs};
+use crate::inputs::Inputs;
 use crate::packages::{self, DepRule, Handler};
 use crate::pattern::{fnmatch, glob, join_root};
 use crate::tree::{FileKind, HostFile, Tree};
