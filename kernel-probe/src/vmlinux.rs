@@ -16,6 +16,10 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+use goblin::container::{Container, Ctx, Endian};
+use goblin::elf::program_header::{ProgramHeader, PT_NOTE};
+use goblin::elf::section_header::{SectionHeader, SHT_NOTE};
+
 use crate::bzimage::{payload_location, read_head, SETUP_HEADER_LEN};
 pub use crate::compression::Compression;
 use crate::compression::{decoder, Members};
@@ -23,8 +27,6 @@ use crate::ProbeError;
 
 /// XEN_ELFNOTE_PHYS32_ENTRY: the 32-bit PVH entry point (xen/include/public/elfnote.h).
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
-const PT_NOTE: u32 = 4;
-const SHT_NOTE: u32 = 7;
 /// Note segments of a kernel are a few KiB; refuse to read absurd sizes.
 const MAX_NOTE_BYTES: u64 = 1 << 20;
 
@@ -191,41 +193,10 @@ fn lz4_legacy_decode(data: &[u8], to: &mut impl Write, out: &Path) -> Result<u64
     Ok(total)
 }
 
-/// Little-endian ELF fields, for either class.
-struct Elf<'a> {
-    head: &'a [u8],
-    is64: bool,
-}
-
-impl Elf<'_> {
-    fn u16(&self, at: usize) -> Option<u16> {
-        Some(u16::from_le_bytes(
-            self.head.get(at..at + 2)?.try_into().ok()?,
-        ))
-    }
-    fn u32(&self, at: usize) -> Option<u32> {
-        Some(u32::from_le_bytes(
-            self.head.get(at..at + 4)?.try_into().ok()?,
-        ))
-    }
-    fn u64(&self, at: usize) -> Option<u64> {
-        Some(u64::from_le_bytes(
-            self.head.get(at..at + 8)?.try_into().ok()?,
-        ))
-    }
-    /// A word-sized field: 8 bytes at `at64` in ELF64, 4 bytes at `at32` in ELF32.
-    fn word(&self, at32: usize, at64: usize) -> Option<u64> {
-        if self.is64 {
-            self.u64(at64)
-        } else {
-            self.u32(at32).map(u64::from)
-        }
-    }
-}
-
 /// Reads the PVH entry note from the ELF at `path`, looking in PT_NOTE
 /// segments first and SHT_NOTE sections second (a stripped vmlinux keeps
-/// both). `Err(NotElf)` when the file is not a little-endian ELF.
+/// both). `Err(NotElf)` when the file is not a little-endian ELF. goblin parses
+/// the headers; only they and the note areas are read, never the whole file.
 pub fn pvh_entry_of(path: &Path) -> Result<Option<u64>, ProbeError> {
     let not_elf = |reason: &str| ProbeError::NotElf {
         path: path.to_path_buf(),
@@ -250,50 +221,57 @@ pub fn pvh_entry_of(path: &Path) -> Result<Option<u64>, ProbeError> {
     if ehdr[5] != 1 {
         return Err(not_elf("not little-endian"));
     }
-    let is64 = match ehdr[4] {
-        1 => false,
-        2 if got == 64 => true,
-        _ => return Err(not_elf("unknown ELF class")),
-    };
-    let e = Elf { head: &ehdr, is64 };
-    let bad = || not_elf("truncated ELF header");
-    let phoff = e.word(0x1c, 0x20).ok_or_else(bad)?;
-    let shoff = e.word(0x20, 0x28).ok_or_else(bad)?;
-    let (phentsize, phnum) = if is64 {
-        (e.u16(0x36).ok_or_else(bad)?, e.u16(0x38).ok_or_else(bad)?)
-    } else {
-        (e.u16(0x2a).ok_or_else(bad)?, e.u16(0x2c).ok_or_else(bad)?)
-    };
-    let (shentsize, shnum) = if is64 {
-        (e.u16(0x3a).ok_or_else(bad)?, e.u16(0x3c).ok_or_else(bad)?)
-    } else {
-        (e.u16(0x2e).ok_or_else(bad)?, e.u16(0x30).ok_or_else(bad)?)
-    };
+    let hdr = goblin::elf::Elf::parse_header(&ehdr[..got])
+        .map_err(|e| not_elf(&format!("unknown ELF class ({e})")))?;
+    let container = hdr
+        .container()
+        .map_err(|e| not_elf(&format!("unknown ELF class ({e})")))?;
+    let ctx = Ctx::new(container, Endian::Little);
+    let is64 = container == Container::Big;
 
+    // (offset, size, alignment) of every note area, segments first.
     let mut regions = Vec::new();
-    let ph_table =
-        read_at(&mut file, phoff, u64::from(phentsize) * u64::from(phnum)).map_err(io_err)?;
-    note_regions(
-        &ph_table,
-        phentsize,
-        phnum,
-        is64,
-        &PROGRAM_HEADERS,
-        &mut regions,
-    );
-    let sh_table = if shoff != 0 && shnum != 0 {
-        read_at(&mut file, shoff, u64::from(shentsize) * u64::from(shnum)).map_err(io_err)?
-    } else {
-        Vec::new()
+    let (phent, shent) = if is64 { (56, 64) } else { (32, 40) };
+    // A table with entries of another size, or cut short, has no notes we can read.
+    let entries = |entsize: u16, count: u16, table: &[u8], standard: usize| {
+        if usize::from(entsize) == standard {
+            usize::from(count).min(table.len() / standard)
+        } else {
+            0
+        }
     };
-    note_regions(
-        &sh_table,
-        shentsize,
-        shnum,
-        is64,
-        &SECTION_HEADERS,
-        &mut regions,
-    );
+    let ph_table = read_at(
+        &mut file,
+        hdr.e_phoff,
+        u64::from(hdr.e_phentsize) * u64::from(hdr.e_phnum),
+    )
+    .map_err(io_err)?;
+    let n = entries(hdr.e_phentsize, hdr.e_phnum, &ph_table, phent);
+    if let Ok(phdrs) = ProgramHeader::parse(&ph_table, 0, n, ctx) {
+        regions.extend(
+            phdrs
+                .iter()
+                .filter(|p| p.p_type == PT_NOTE)
+                .map(|p| (p.p_offset, p.p_filesz, p.p_align)),
+        );
+    }
+    if hdr.e_shoff != 0 && hdr.e_shnum != 0 {
+        let sh_table = read_at(
+            &mut file,
+            hdr.e_shoff,
+            u64::from(hdr.e_shentsize) * u64::from(hdr.e_shnum),
+        )
+        .map_err(io_err)?;
+        let n = entries(hdr.e_shentsize, hdr.e_shnum, &sh_table, shent);
+        if let Ok(shdrs) = SectionHeader::parse(&sh_table, 0, n, ctx) {
+            regions.extend(
+                shdrs
+                    .iter()
+                    .filter(|s| s.sh_type == SHT_NOTE)
+                    .map(|s| (s.sh_offset, s.sh_size, s.sh_addralign)),
+            );
+        }
+    }
     for (off, size, align) in regions {
         let notes = read_at(&mut file, off, size.min(MAX_NOTE_BYTES)).map_err(io_err)?;
         if let Some(entry) = find_pvh_note(&notes, if align == 8 { 8 } else { 4 }) {
@@ -301,62 +279,6 @@ pub fn pvh_entry_of(path: &Path) -> Result<Option<u64>, ProbeError> {
         }
     }
     Ok(None)
-}
-
-/// Where an ELF header table keeps what a note search needs, as (64-bit, 32-bit) offsets
-/// within one entry: program headers and section headers differ only in these.
-struct TableLayout {
-    type_at: usize,
-    note_type: u32,
-    offset: (usize, usize),
-    size: (usize, usize),
-    align: (usize, usize),
-}
-
-const PROGRAM_HEADERS: TableLayout = TableLayout {
-    type_at: 0,
-    note_type: PT_NOTE,
-    offset: (0x08, 0x04),
-    size: (0x20, 0x10),
-    align: (0x30, 0x1c),
-};
-
-const SECTION_HEADERS: TableLayout = TableLayout {
-    type_at: 4,
-    note_type: SHT_NOTE,
-    offset: (0x18, 0x10),
-    size: (0x20, 0x14),
-    align: (0x30, 0x20),
-};
-
-/// Appends the (offset, size, alignment) of every note entry of `table`.
-fn note_regions(
-    table: &[u8],
-    entsize: u16,
-    count: u16,
-    is64: bool,
-    layout: &TableLayout,
-    out: &mut Vec<(u64, u64, u64)>,
-) {
-    for i in 0..usize::from(count) {
-        let entry = Elf {
-            head: table.get(i * usize::from(entsize)..).unwrap_or(&[]),
-            is64,
-        };
-        if entry.u32(layout.type_at) != Some(layout.note_type) {
-            continue;
-        }
-        let field = |(at64, at32): (usize, usize)| {
-            if is64 {
-                entry.u64(at64)
-            } else {
-                entry.u32(at32).map(u64::from)
-            }
-        };
-        if let (Some(off), Some(size)) = (field(layout.offset), field(layout.size)) {
-            out.push((off, size, field(layout.align).unwrap_or(4)));
-        }
-    }
 }
 
 /// Reads up to `len` bytes at `off` (fewer at end of file).
@@ -562,6 +484,46 @@ mod tests {
             None,
             "other owner"
         );
+    }
+
+    #[test]
+    fn the_pvh_note_is_read_from_the_elf_headers_and_odd_files_are_not_elves() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmlinux");
+        fs::write(&path, fake_elf64(Some(0x100_0000))).unwrap();
+        assert_eq!(pvh_entry_of(&path).unwrap(), Some(0x100_0000));
+        fs::write(&path, fake_elf64(None)).unwrap();
+        assert_eq!(pvh_entry_of(&path).unwrap(), None);
+        // A program header table cut short: no notes to read, not an error.
+        let mut cut = fake_elf64(Some(0x100_0000));
+        cut.truncate(64 + 20);
+        fs::write(&path, &cut).unwrap();
+        assert_eq!(pvh_entry_of(&path).unwrap(), None);
+        for (bytes, why) in [
+            (
+                {
+                    let mut e = fake_elf64(None);
+                    e[5] = 2;
+                    e
+                },
+                "little-endian",
+            ),
+            (
+                {
+                    let mut e = fake_elf64(None);
+                    e[4] = 3;
+                    e
+                },
+                "ELF class",
+            ),
+            (b"#!/bin/sh\n".to_vec(), "no ELF magic"),
+        ] {
+            fs::write(&path, bytes).unwrap();
+            match pvh_entry_of(&path) {
+                Err(ProbeError::NotElf { reason, .. }) => assert!(reason.contains(why), "{reason}"),
+                other => panic!("{why}: {other:?}"),
+            }
+        }
     }
 
     #[test]
