@@ -20,8 +20,11 @@ use crate::CacheError;
 /// Where the cache base came from, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BaseOrigin {
+    /// `$LIBGUESTFS_CACHEDIR`.
     LibguestfsCachedir,
+    /// `$TMPDIR`.
     Tmpdir,
+    /// `/var/tmp`, when neither variable is set.
     Default,
 }
 

@@ -140,6 +140,7 @@ pub struct FingerprintBuilder {
 }
 
 impl FingerprintBuilder {
+    /// Starts a fingerprint; `tool_version` opens it, so another version never matches.
     pub fn new(tool_version: &str) -> Self {
         let mut b = FingerprintBuilder {
             hasher: Sha256::new(),
@@ -237,6 +238,7 @@ impl FingerprintBuilder {
         Ok(())
     }
 
+    /// The fingerprint of everything added, in order.
     pub fn finish(self) -> Fingerprint {
         Fingerprint(self.hasher.finalize().into())
     }

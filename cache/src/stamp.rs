@@ -26,16 +26,21 @@ const MAGIC: &str = "supermin-rs stamp 1";
 const MAX_STAMP_BYTES: u64 = 4096;
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
+/// What a published output records about itself (the `.supermin-stamp` file).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stamp {
+    /// The fingerprint of the inputs it was built from.
     pub fingerprint: Fingerprint,
+    /// Whether it was fsynced before it was published.
     pub synced: bool,
     /// `/proc/sys/kernel/random/boot_id` when written, or `None` if unknown.
     pub boot_id: Option<String>,
+    /// The version of the tool that built it.
     pub tool_version: String,
 }
 
 impl Stamp {
+    /// The stamp file's contents.
     pub fn to_text(&self) -> String {
         format!(
             "{MAGIC}\nfingerprint={}\nsynced={}\nboot_id={}\ntool_version={}\n",
@@ -133,13 +138,17 @@ pub fn current_boot_id() -> Option<String> {
     (!id.is_empty() && id != "unknown" && !id.contains(['\n', '='])).then(|| id.to_string())
 }
 
+/// Whether an output can be reused as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Freshness {
+    /// It can.
     Fresh,
+    /// It must be rebuilt, for this reason.
     Stale(StaleReason),
 }
 
 impl Freshness {
+    /// True for [`Freshness::Fresh`].
     pub fn is_fresh(&self) -> bool {
         matches!(self, Freshness::Fresh)
     }
@@ -148,10 +157,15 @@ impl Freshness {
 /// Why an output must be rebuilt; displayed in `-v` output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StaleReason {
+    /// There is no output.
     NoOutput,
+    /// The output has no stamp.
     NoStamp,
+    /// The stamp cannot be parsed; what is wrong with it.
     CorruptStamp(String),
+    /// Something that determines the output changed.
     FingerprintChanged,
+    /// An output file is missing; its name.
     MissingFile(String),
     /// Written without fsync in an earlier boot (or one we cannot identify):
     /// a power cut may have lost its data.

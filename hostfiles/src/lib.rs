@@ -7,6 +7,8 @@
 //! members this crate walks for it ([`read_base_image`]: base-image tars live here only).
 //! Decompression is bounded by an [`InputBudget`] the caller passes in.
 
+#![warn(missing_docs)]
+
 mod base_image;
 mod budget;
 mod elf;

@@ -27,11 +27,14 @@ mod cpio;
 /// What one `--prepare` does.
 #[derive(Debug, Clone)]
 pub struct PrepareOptions {
+    /// The packages to prepare, by name.
     pub packages: Vec<String>,
+    /// `--use-installed`: take files from the installed packages instead of downloading them.
     pub use_installed: bool,
     /// `--packager-config`: passed to `apt-get -c`, `dnf download --config=` or
     /// `pacman --config` (instead of the host's configuration minus its CacheDir).
     pub packager_config: Option<PathBuf>,
+    /// Where supermin.d is written.
     pub out_dir: PathBuf,
     /// `SOURCE_DATE_EPOCH`: every tar entry gets this mtime.
     pub source_date_epoch: Option<i64>,
@@ -39,6 +42,7 @@ pub struct PrepareOptions {
     pub root: PathBuf,
 }
 
+/// Writes a supermin.d for `opts` (supermin's `--prepare`).
 pub fn prepare(opts: &PrepareOptions) -> Result<()> {
     if opts.packages.is_empty() {
         return Err(HostfilesError::NoPackages);

@@ -30,6 +30,7 @@ pub struct SparseWriter<'f> {
 }
 
 impl<'f> SparseWriter<'f> {
+    /// A writer at the start of `file`, which must read as zeros (new).
     pub fn new(file: &'f File) -> SparseWriter<'f> {
         SparseWriter { file, pos: 0 }
     }
@@ -101,7 +102,9 @@ impl<'f> SparseWriter<'f> {
 /// Which side of a copy failed.
 #[derive(Debug)]
 pub enum CopyError {
+    /// Reading failed.
     Read(io::Error),
+    /// Writing failed.
     Write(io::Error),
 }
 

@@ -81,6 +81,7 @@ pub enum KernelSource {
 }
 
 impl KernelSource {
+    /// The rule's name, for reports.
     pub fn as_str(self) -> &'static str {
         match self {
             KernelSource::Env => "SUPERMIN_KERNEL",
@@ -104,6 +105,7 @@ pub enum VersionSource {
 }
 
 impl VersionSource {
+    /// Where the version came from, for reports.
     pub fn as_str(self) -> &'static str {
         match self {
             VersionSource::Env => "SUPERMIN_KERNEL_VERSION",
@@ -114,6 +116,7 @@ impl VersionSource {
     }
 }
 
+/// What became of a candidate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// This is the kernel.
@@ -125,6 +128,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The verdict, for reports.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Chosen => "chosen",
@@ -137,21 +141,32 @@ impl Verdict {
 /// One file considered as the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
+    /// The kernel file.
     pub path: PathBuf,
+    /// Its version, when it could be told.
     pub version: Option<String>,
+    /// Where the version came from.
     pub version_source: Option<VersionSource>,
+    /// Its modules directory, when there is one.
     pub modules_dir: Option<PathBuf>,
+    /// What became of it.
     pub verdict: Verdict,
+    /// Why.
     pub reason: String,
 }
 
 /// The chosen kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kernel {
+    /// The kernel file (a bzImage).
     pub path: PathBuf,
+    /// Its version.
     pub version: String,
+    /// Where the version came from.
     pub version_source: VersionSource,
+    /// Its modules directory.
     pub modules_dir: PathBuf,
+    /// Which rule chose it.
     pub source: KernelSource,
     /// `/boot/config-VERSION` when it exists: tells built-in from absent
     /// modules when the modules directory has no `modules.builtin`.
@@ -165,11 +180,17 @@ pub struct Kernel {
 /// can tell, and `ctime` catches `touch -r` tricks).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FileIdentity {
+    /// The file.
     pub path: PathBuf,
+    /// Its device.
     pub dev: u64,
+    /// Its inode.
     pub ino: u64,
+    /// Its size.
     pub size: u64,
+    /// Its modification time, in nanoseconds.
     pub mtime_ns: i128,
+    /// Its change time, in nanoseconds.
     pub ctime_ns: i128,
 }
 

@@ -8,6 +8,8 @@
 //! gives the cache what it needs to notice a change. [`compression`] is the
 //! workspace's one decompressing reader (supermin.d inputs use it too).
 
+#![warn(missing_docs)]
+
 mod bzimage;
 mod choose;
 pub mod compression;

@@ -59,6 +59,7 @@ pub struct Module {
 /// A module that was wanted but is not loaded from the initrd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotLoaded {
+    /// The module's name.
     pub name: String,
     /// Who wanted it: `boot`, `extra`, or the module whose softdep named it.
     pub wanted_by: String,
@@ -72,6 +73,7 @@ pub struct NotLoaded {
 pub struct ModuleSet {
     /// In load order: each module after everything it depends on.
     pub modules: Vec<Module>,
+    /// Wanted names the set does not hold, and why.
     pub not_loaded: Vec<NotLoaded>,
 }
 

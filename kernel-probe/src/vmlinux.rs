@@ -33,6 +33,7 @@ const MAX_NOTE_BYTES: u64 = 1 << 20;
 /// What [`extract_vmlinux`] produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VmlinuxInfo {
+    /// How the payload was compressed.
     pub compression: Compression,
     /// Bytes written to the output file.
     pub size: u64,
