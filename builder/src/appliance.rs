@@ -29,12 +29,18 @@ pub const DEFAULT_SIZE: u64 = 4 << 30;
 pub enum KernelChoice {
     /// The PVH-bootable ELF extracted from the bzImage.
     Pvh {
+        /// How the payload was compressed.
         compression: &'static str,
+        /// The PVH entry point.
         entry: u64,
+        /// The vmlinux's size in bytes.
         size: u64,
     },
     /// The bzImage, and why.
-    BzImage { why: String },
+    BzImage {
+        /// Why not the PVH vmlinux.
+        why: String,
+    },
 }
 
 impl KernelChoice {
@@ -75,54 +81,84 @@ pub fn pvh_wanted(
     Ok(())
 }
 
+/// What [`build`] did.
 #[derive(Debug)]
 pub enum Outcome {
     /// `--if-newer` found the output fresh.
     UpToDate,
+    /// It built and published the output.
     Built {
+        /// What the user was warned about (also sent as [`Event::Warning`]).
         warnings: Vec<String>,
     },
 }
 
+/// Why a build failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// No kernel or module could be used.
     #[error(transparent)]
     Probe(#[from] kprobe::ProbeError),
+    /// The cache (fingerprint, lock, publish) failed.
     #[error(transparent)]
     Cache(#[from] cache::CacheError),
+    /// Inputs could not be read or resolved.
     #[error(transparent)]
     Hostfiles(#[from] hostfiles::HostfilesError),
+    /// The tree could not be assembled.
     #[error(transparent)]
     Assemble(#[from] AssembleError),
+    /// The root image could not be written.
     #[error(transparent)]
     Ext2(#[from] ext2::Ext2Error),
+    /// The initrd could not be written.
     #[error(transparent)]
     Initrd(#[from] InitrdError),
+    /// The chroot could not be written.
     #[error(transparent)]
     Chroot(#[from] ChrootError),
+    /// The appliance's `/init` cannot run.
     #[error(transparent)]
     Init(#[from] crate::check::InitError),
+    /// A file operation on the output failed.
     #[error("cannot {what} {path}")]
     Io {
+        /// What was being done.
         what: &'static str,
+        /// To what.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: io::Error,
     },
+    /// An input does not exist.
     #[error("input {0} does not exist")]
     MissingInput(PathBuf),
+    /// The output exists and is not a directory.
     #[error("output {0} exists and is not a directory; remove it or choose another -o")]
     OutputNotDir(PathBuf),
+    /// The output and an input contain one another.
     #[error(
         "output {output} is inside input {input} (or the other way round): the next build would \
          read its own output; choose an -o outside the inputs"
     )]
-    OutputInsideInput { output: PathBuf, input: PathBuf },
+    OutputInsideInput {
+        /// The output.
+        output: PathBuf,
+        /// The input.
+        input: PathBuf,
+    },
+    /// `--size` cannot hold the appliance.
     #[error(
         "the appliance needs {needed} bytes but --size gives {size}; give a larger --size \
          (the default is 4G)"
     )]
-    SizeTooSmall { size: u64, needed: u64 },
+    SizeTooSmall {
+        /// The size given.
+        size: u64,
+        /// The least size that holds it.
+        needed: u64,
+    },
 }
 
 impl BuildError {

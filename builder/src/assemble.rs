@@ -73,6 +73,7 @@ pub fn default_dir_meta(time: i64) -> Meta {
 pub struct Assembler {
     tree: Tree,
     time: i64,
+    /// What the user should hear about, so far.
     pub warnings: Vec<String>,
 }
 
@@ -106,10 +107,12 @@ impl Assembler {
         }
     }
 
+    /// The assembled tree.
     pub fn finish(self) -> Tree {
         self.tree
     }
 
+    /// The tree so far.
     pub fn tree(&self) -> &Tree {
         &self.tree
     }

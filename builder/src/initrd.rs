@@ -35,34 +35,54 @@ const S_IFCHR: u32 = 0o020_000;
 
 /// Where the init finds the module list and the modules (see the module docs).
 pub const MODULE_LIST_PATH: &str = "/modules";
+/// Where the modules are, one `NAME.ko` each.
 pub const MODULE_DIR: &str = "/lib/modules";
 
 /// One kernel module for the initrd. `name` is the module's name without `.ko`
 /// (a trailing `.ko` is tolerated and dropped); `data` is the decompressed ELF object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitrdModule {
+    /// The module's name.
     pub name: String,
+    /// The decompressed ELF object.
     pub data: Vec<u8>,
 }
 
 /// Why a cpio entry could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum CpioError {
+    /// An entry name that is not a clean path.
     #[error(
         "cpio entry name {name:?} is not a clean path (empty, `.`/`..` component or NUL byte)"
     )]
-    InvalidName { name: String },
+    InvalidName {
+        /// The entry's name.
+        name: String,
+    },
+    /// An entry larger than newc can describe.
     #[error("cpio entry {name:?} is {size} bytes; newc stores sizes in 32 bits (at most 4 GiB)")]
-    TooLarge { name: String, size: u64 },
+    TooLarge {
+        /// The entry's name.
+        name: String,
+        /// Its size.
+        size: u64,
+    },
+    /// An entry's reader gave fewer bytes than promised.
     #[error("cpio entry {name:?}: the reader gave {actual} bytes, the header promised {expected}")]
     ShortRead {
+        /// The entry's name.
         name: String,
+        /// What the header promised.
         expected: u32,
+        /// What the reader gave.
         actual: u64,
     },
+    /// Writing an entry failed.
     #[error("writing cpio entry {name:?} failed")]
     Io {
+        /// The entry's name.
         name: String,
+        /// The cause.
         #[source]
         source: io::Error,
     },
@@ -71,33 +91,54 @@ pub enum CpioError {
 /// Why an initrd could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum InitrdError {
+    /// A module name the initrd cannot store.
     #[error(
         "module name {name:?} cannot be stored in the initrd: it must be non-empty and \
          contain no `/`, newline or NUL"
     )]
-    BadModuleName { name: String },
+    BadModuleName {
+        /// The name.
+        name: String,
+    },
+    /// A module listed twice.
     #[error("module {name:?} is listed twice; each module can be loaded only once")]
-    DuplicateModule { name: String },
+    DuplicateModule {
+        /// The module.
+        name: String,
+    },
+    /// `SOURCE_DATE_EPOCH` outside newc's 32-bit times.
     #[error(
         "SOURCE_DATE_EPOCH={value:?} is not a number of seconds between 0 and 4294967295; \
          unset it or set it to a Unix time"
     )]
-    BadSourceDateEpoch { value: String },
+    BadSourceDateEpoch {
+        /// Its value.
+        value: String,
+    },
+    /// The initrd file cannot be created.
     #[error("cannot create the initrd {path}")]
     Create {
+        /// The initrd.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: io::Error,
     },
+    /// An entry could not be written.
     #[error("building the initrd {path} failed")]
     Cpio {
+        /// The initrd.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: CpioError,
     },
+    /// The initrd file cannot be written.
     #[error("writing the initrd {path} failed (is the disk full?)")]
     Write {
+        /// The initrd.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: io::Error,
     },
@@ -131,6 +172,7 @@ struct Header {
 }
 
 impl<W: Write> CpioWriter<W> {
+    /// A writer into `inner`; every entry gets `mtime`.
     pub fn new(inner: W, mtime: u32) -> Self {
         CpioWriter {
             inner,

@@ -2,6 +2,8 @@
 //! the appliance pipeline, the initrd and chroot writers (booting appliances is the `supermin-launcher` crate's). The binary
 //! (`main.rs`) only parses, dispatches and reports; each module here returns typed errors.
 
+#![warn(missing_docs)]
+
 pub mod appliance;
 pub mod assemble;
 pub mod check;
