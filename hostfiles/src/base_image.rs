@@ -790,34 +790,33 @@ mod tests {
         assert!(matches!(e, HostfilesError::Truncated { .. }), "{e}");
     }
 
+    /// A GNU tar header of `kind`, mode and size, checksummed.
+    fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_cksum();
+        h
+    }
+
     #[test]
     fn members_come_out_in_archive_order_with_their_metadata() {
+        use tar::EntryType::{Directory, Link, Regular, Symlink};
         let d = tempfile::tempdir().unwrap();
         let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o750);
+        let mut h = header(Directory, 0o750, 0);
         h.set_uid(7);
         h.set_gid(8);
         h.set_mtime(1_700_000_000);
-        h.set_size(0);
         h.set_cksum();
         b.append_data(&mut h, "etc/", &[][..]).unwrap();
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_size(3);
-        h.set_cksum();
-        b.append_data(&mut h, "etc/a", &b"abc"[..]).unwrap();
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Link);
-        h.set_size(0);
-        h.set_cksum();
-        b.append_link(&mut h, "etc/b", "etc/a").unwrap();
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        h.set_cksum();
-        b.append_link(&mut h, "etc/c", "a").unwrap();
+        b.append_data(&mut header(Regular, 0o644, 3), "etc/a", &b"abc"[..])
+            .unwrap();
+        b.append_link(&mut header(Link, 0o644, 0), "etc/b", "etc/a")
+            .unwrap();
+        b.append_link(&mut header(Symlink, 0o777, 0), "etc/c", "a")
+            .unwrap();
         let img = image(d.path(), "base.tar", &b.into_inner().unwrap());
         let (entries, _) = walk(&img, d.path(), &InputBudget::default()).unwrap();
         let paths: Vec<_> = entries
@@ -847,11 +846,8 @@ mod tests {
     fn a_hard_link_to_nothing_before_it_is_an_error() {
         let d = tempfile::tempdir().unwrap();
         let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Link);
-        h.set_size(0);
-        h.set_cksum();
-        b.append_link(&mut h, "b", "a").unwrap();
+        b.append_link(&mut header(tar::EntryType::Link, 0o644, 0), "b", "a")
+            .unwrap();
         let img = image(d.path(), "base.tar", &b.into_inner().unwrap());
         let e = walk(&img, d.path(), &InputBudget::default()).err().unwrap();
         assert!(matches!(e, HostfilesError::DanglingHardLink { .. }), "{e}");

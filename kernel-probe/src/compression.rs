@@ -32,7 +32,7 @@ pub enum Compression {
 }
 
 /// Every format, for [`Compression::from_name`].
-const ALL: [Compression; 7] = [
+pub(crate) const ALL: [Compression; 7] = [
     Compression::Gzip,
     Compression::Xz,
     Compression::Zstd,
