@@ -167,13 +167,9 @@ impl FingerprintBuilder {
         self.field(value);
     }
 
-    /// An environment variable of this process: its value, or its absence
-    /// (unset and set-to-empty differ).
-    pub fn env(&mut self, name: &str) {
-        self.env_value(name, std::env::var_os(name).as_deref());
-    }
-
-    /// An environment variable with an explicit value (`None` = unset).
+    /// An environment variable's value as the caller captured it (`None` =
+    /// unset; unset and set-to-empty differ). The caller reads the environment,
+    /// once, so that what the fingerprint saw is a value it can be tested with.
     pub fn env_value(&mut self, name: &str, value: Option<&OsStr>) {
         match value {
             Some(v) => {

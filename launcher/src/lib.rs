@@ -159,12 +159,18 @@ pub struct LaunchEnv {
 impl LaunchEnv {
     /// Reads the variables above from this process's environment.
     pub fn from_process() -> LaunchEnv {
+        LaunchEnv::from_vars(|name| std::env::var_os(name))
+    }
+
+    /// Reads the variables above through `var` (the binary's one snapshot of
+    /// the environment).
+    pub fn from_vars(var: impl Fn(&str) -> Option<OsString>) -> LaunchEnv {
         LaunchEnv {
-            path: std::env::var_os("PATH"),
-            runtime_dir: std::env::var_os("XDG_RUNTIME_DIR")
+            path: var("PATH"),
+            runtime_dir: var("XDG_RUNTIME_DIR")
                 .map(PathBuf::from)
                 .filter(|p| p.is_absolute()),
-            tmp_dir: std::env::var_os("TMPDIR")
+            tmp_dir: var("TMPDIR")
                 .map(PathBuf::from)
                 .filter(|p| p.is_absolute())
                 .unwrap_or_else(|| PathBuf::from("/var/tmp")),

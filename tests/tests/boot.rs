@@ -6,7 +6,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use supermin::initrd::Compression;
 use supermin_tests::{
     boot, build_initrd, host_kernel, kernel_by_version_prefix, marker_root, root_without_init,
     zstd_modules_copy, Boot, BootLog, Disk, TempDir, MARKER,
@@ -77,7 +76,7 @@ fn host_kernel_boots_root_by_uuid_on_virtio_scsi_quietly() {
     let dir = TempDir::new("boot-uuid-scsi");
     let kernel = host_kernel();
     let initrd = dir.join("initrd");
-    build_initrd(&kernel, &initrd, Compression::None);
+    build_initrd(&kernel, &initrd);
     let log = run(
         &dir,
         &kernel.path,
@@ -127,7 +126,7 @@ fn signed_modules_load_without_signatures_unless_verify_modules_is_given() {
     for (append, unsigned) in [("", true), (" supermin.verify_modules", false)] {
         let dir = TempDir::new("boot-modsig");
         let initrd = dir.join("initrd");
-        build_initrd(&kernel, &initrd, Compression::None);
+        build_initrd(&kernel, &initrd);
         let log = run(
             &dir,
             &kernel.path,
@@ -150,7 +149,7 @@ fn plain_ko_kernel_boots_root_dev_sda_on_virtio_scsi_verbosely() {
     let dir = TempDir::new("boot-sda");
     let kernel = kernel_by_version_prefix("6.1.");
     let initrd = dir.join("initrd");
-    build_initrd(&kernel, &initrd, Compression::None);
+    build_initrd(&kernel, &initrd);
     let log = run(
         &dir,
         &kernel.path,
@@ -164,11 +163,11 @@ fn plain_ko_kernel_boots_root_dev_sda_on_virtio_scsi_verbosely() {
 }
 
 #[test]
-fn plain_ko_kernel_boots_root_dev_vda_read_only_on_virtio_blk_from_gzip_initrd() {
+fn plain_ko_kernel_boots_root_dev_vda_read_only_on_virtio_blk() {
     let dir = TempDir::new("boot-vda");
     let kernel = kernel_by_version_prefix("6.1.");
     let initrd = dir.join("initrd");
-    build_initrd(&kernel, &initrd, Compression::Gzip);
+    build_initrd(&kernel, &initrd);
     let log = run(
         &dir,
         &kernel.path,
@@ -192,7 +191,7 @@ fn xz_module_kernel_selected_by_env_boots_root_by_uuid() {
         kernel.modules_dir.display()
     );
     let initrd = dir.join("initrd");
-    build_initrd(&kernel, &initrd, Compression::Zstd);
+    build_initrd(&kernel, &initrd);
     let log = run(
         &dir,
         &kernel.path,
@@ -220,7 +219,7 @@ fn zstd_compressed_modules_boot_root_dev_sda() {
         "expected the .ko.zst copies, got {chosen:?}"
     );
     let initrd = dir.join("initrd");
-    build_initrd(&kernel, &initrd, Compression::None);
+    build_initrd(&kernel, &initrd);
     let log = run(
         &dir,
         &kernel.path,
@@ -236,7 +235,7 @@ fn missing_root_device_is_reported_and_the_guest_powers_off() {
     let dir = TempDir::new("boot-noroot");
     let kernel = kernel_by_version_prefix("6.1.");
     let initrd = dir.join("initrd");
-    build_initrd(&kernel, &initrd, Compression::None);
+    build_initrd(&kernel, &initrd);
     let log = run(
         &dir,
         &kernel.path,
@@ -260,7 +259,7 @@ fn root_without_init_is_reported_with_its_listing_and_the_guest_powers_off() {
     let dir = TempDir::new("boot-noinit");
     let kernel = kernel_by_version_prefix("6.1.");
     let initrd = dir.join("initrd");
-    build_initrd(&kernel, &initrd, Compression::None);
+    build_initrd(&kernel, &initrd);
     let root = root_without_init(dir.path(), UUID);
     let log = run_root(
         &root,
