@@ -1,100 +1,46 @@
-//! The `--build` pipeline: plan cheaply, decide freshness, build into a staging sibling,
-//! publish atomically.
+//! The `--build` pipeline: take a [`BuildPlan`], decide freshness from its fingerprint,
+//! build into a staging sibling, publish atomically.
 //!
-//! The order matters for speed and correctness. The fingerprint is computed from things that
-//! cost milliseconds (input bytes or identities, the package database's identity, the chosen
-//! kernel's identity, options, environment, this tool's sources), so an up-to-date
-//! `--if-newer` never resolves packages. Only then is the file set resolved and the output
-//! written: the ext2 image, the initrd and the kernel for `-f ext2`, a directory for
-//! `-f chroot`.
-//!
-//! What the fingerprint leaves out, on purpose: the host files that packages and hostfiles
-//! globs name are not hashed one by one (that would cost a resolution). Package files are
-//! covered by the package database's identity, which every install, upgrade or removal
-//! changes; a file edited behind the package manager's back is not noticed, as in supermin.
+//! The order matters for speed and correctness. The fingerprint ([`BuildPlan::fingerprint`])
+//! costs milliseconds, so an up-to-date `--if-newer` never resolves packages. Only then is
+//! the file set resolved and the output written: the ext2 image, the initrd and the kernel
+//! for `-f ext2`, a directory for `-f chroot`. What the user should hear on the way
+//! (progress at `-v`, warnings) is handed to the caller as [`Event`]s; nothing here prints.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use supermin_cache::{self as cache, Durability, Fingerprint, FingerprintBuilder, HashMode};
+use supermin_cache as cache;
 use supermin_ext2 as ext2;
 use supermin_hostfiles as hostfiles;
 use supermin_kernel_probe as kprobe;
 
-use crate::assemble::{open_base_image, AssembleError, Assembler};
+use crate::assemble::{AssembleError, Assembler};
 use crate::chroot::{self, ChrootError};
-use crate::cli::{Format, KernelFormat};
 use crate::default_appliance;
 use crate::initrd::{self, InitrdError, InitrdModule};
+pub use crate::plan::{BuildEnv, BuildOptions, BuildPlan, Format, KernelFormat, Source};
 
 /// supermin 5's default ext2 size: sparse, so it costs only what is written.
 pub const DEFAULT_SIZE: u64 = 4 << 30;
-
-/// Where the appliance's contents come from.
-#[derive(Debug, Clone)]
-pub enum Source {
-    /// supermin.d inputs (files or directories), and how many bytes their compressed files
-    /// may decompress to, together, and any one file in their base images may declare
-    /// (`SUPERMIN_MAX_INPUT_SIZE`, or [`hostfiles::DEFAULT_MAX_INPUT_SIZE`]).
-    Inputs {
-        paths: Vec<PathBuf>,
-        max_input_size: u64,
-    },
-    /// The definition embedded in this binary (for `supermin run`).
-    Default,
-}
-
-/// Everything one build needs to know, resolved from the command line and environment.
-#[derive(Debug, Clone)]
-pub struct BuildRequest {
-    pub format: Format,
-    pub source: Source,
-    pub output: PathBuf,
-    pub size: Option<u64>,
-    pub host_cpu: Option<String>,
-    pub copy_kernel: bool,
-    pub fixed: bool,
-    pub include_packagelist: bool,
-    pub if_newer: bool,
-    pub lock: Option<PathBuf>,
-    /// Also write `vmlinux` (the kernel's payload as a PVH-bootable ELF) for the launcher.
-    pub vmlinux: bool,
-    /// Where extracted `vmlinux` files are kept between builds (in the runtime cache);
-    /// `None` extracts every time. It does not change the output, so it is not in the
-    /// fingerprint.
-    pub vmlinux_cache: Option<PathBuf>,
-    /// fsync the output before publishing it (fixed appliances are meant to last).
-    pub durability: Durability,
-    pub verbose: u8,
-    /// `SOURCE_DATE_EPOCH`, or the build time.
-    pub time: i64,
-    /// `SOURCE_DATE_EPOCH` when set: the root's times are clamped to it, so that the same
-    /// inputs give a bit-identical image.
-    pub clamp_times: Option<i64>,
-}
-
-/// The choices beyond supermin 5's options that shape an appliance built from inputs. Kept
-/// apart from [`BuildRequest`] so that callers building the embedded default appliance (no
-/// packages, a `vmlinux` beside `kernel`) need not name them; both are in the fingerprint.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BuildOptions {
-    /// What `kernel` is (`--kernel-format`).
-    pub kernel_format: KernelFormat,
-    /// How package dependencies are followed (`--complete-deps`).
-    pub deps: hostfiles::DepRule,
-}
 
 /// Why an appliance's `kernel` is what it is, for `-v` and `supermin kernel`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelChoice {
     /// The PVH-bootable ELF extracted from the bzImage.
     Pvh {
+        /// How the payload was compressed.
         compression: &'static str,
+        /// The PVH entry point.
         entry: u64,
+        /// The vmlinux's size in bytes.
         size: u64,
     },
     /// The bzImage, and why.
-    BzImage { why: String },
+    BzImage {
+        /// Why not the PVH vmlinux.
+        why: String,
+    },
 }
 
 impl KernelChoice {
@@ -135,54 +81,84 @@ pub fn pvh_wanted(
     Ok(())
 }
 
+/// What [`build`] did.
 #[derive(Debug)]
 pub enum Outcome {
     /// `--if-newer` found the output fresh.
     UpToDate,
+    /// It built and published the output.
     Built {
+        /// What the user was warned about (also sent as [`Event::Warning`]).
         warnings: Vec<String>,
     },
 }
 
+/// Why a build failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// No kernel or module could be used.
     #[error(transparent)]
     Probe(#[from] kprobe::ProbeError),
+    /// The cache (fingerprint, lock, publish) failed.
     #[error(transparent)]
     Cache(#[from] cache::CacheError),
+    /// Inputs could not be read or resolved.
     #[error(transparent)]
     Hostfiles(#[from] hostfiles::HostfilesError),
+    /// The tree could not be assembled.
     #[error(transparent)]
     Assemble(#[from] AssembleError),
+    /// The root image could not be written.
     #[error(transparent)]
     Ext2(#[from] ext2::Ext2Error),
+    /// The initrd could not be written.
     #[error(transparent)]
     Initrd(#[from] InitrdError),
+    /// The chroot could not be written.
     #[error(transparent)]
     Chroot(#[from] ChrootError),
+    /// The appliance's `/init` cannot run.
     #[error(transparent)]
     Init(#[from] crate::check::InitError),
+    /// A file operation on the output failed.
     #[error("cannot {what} {path}")]
     Io {
+        /// What was being done.
         what: &'static str,
+        /// To what.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: io::Error,
     },
+    /// An input does not exist.
     #[error("input {0} does not exist")]
     MissingInput(PathBuf),
+    /// The output exists and is not a directory.
     #[error("output {0} exists and is not a directory; remove it or choose another -o")]
     OutputNotDir(PathBuf),
+    /// The output and an input contain one another.
     #[error(
         "output {output} is inside input {input} (or the other way round): the next build would \
          read its own output; choose an -o outside the inputs"
     )]
-    OutputInsideInput { output: PathBuf, input: PathBuf },
+    OutputInsideInput {
+        /// The output.
+        output: PathBuf,
+        /// The input.
+        input: PathBuf,
+    },
+    /// `--size` cannot hold the appliance.
     #[error(
         "the appliance needs {needed} bytes but --size gives {size}; give a larger --size \
          (the default is 4G)"
     )]
-    SizeTooSmall { size: u64, needed: u64 },
+    SizeTooSmall {
+        /// The size given.
+        size: u64,
+        /// The least size that holds it.
+        needed: u64,
+    },
 }
 
 impl BuildError {
@@ -215,36 +191,46 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> B
     }
 }
 
-/// A logger that prints `supermin: ...` lines at or above a verbosity.
-struct Log {
-    verbose: u8,
+/// What a build has to say on the way, handed to the caller of [`build`] (the binary
+/// prints it; other callers may collect or drop it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A step or a finding, at `-v` (a few at `-vv`).
+    Progress(&'a str),
+    /// One package of the resolved set, at `-vv`.
+    Package(&'a str),
+    /// Something the user should know; the build goes on. Also in [`Outcome::Built`].
+    Warning(&'a str),
 }
 
-impl Log {
+/// Hands [`Event`]s at or below the plan's verbosity to the caller.
+struct Log<'a> {
+    verbose: u8,
+    say: &'a (dyn Fn(Event<'_>) + Sync),
+}
+
+impl Log<'_> {
     fn at(&self, level: u8, msg: impl FnOnce() -> String) {
         if self.verbose >= level {
-            println!("supermin: {}", msg());
+            (self.say)(Event::Progress(&msg()));
         }
     }
 }
 
-/// Runs one build (or finds it unnecessary) with the default [`BuildOptions`].
-pub fn build(req: &BuildRequest) -> Result<Outcome, BuildError> {
-    build_with(req, &BuildOptions::default())
-}
-
-/// Runs one build (or finds it unnecessary).
-pub fn build_with(req: &BuildRequest, opts: &BuildOptions) -> Result<Outcome, BuildError> {
+/// Runs one build (or finds it unnecessary), telling `say` what happens.
+pub fn build(plan: &BuildPlan, say: &(dyn Fn(Event<'_>) + Sync)) -> Result<Outcome, BuildError> {
+    let opts = &plan.options;
     let log = Log {
-        verbose: req.verbose,
+        verbose: plan.verbose,
+        say,
     };
     log.at(1, || {
         format!("version: supermin-rs {}", env!("CARGO_PKG_VERSION"))
     });
-    check_output(req)?;
-    let kernel = match req.format {
+    check_output(plan)?;
+    let kernel = match plan.format {
         Format::Ext2 => {
-            let env = kprobe::ProbeEnv::from_env(req.host_cpu.as_deref());
+            let env = plan.env.probe_env(plan.host_cpu.as_deref());
             let k = kprobe::probe(&env)?;
             log.at(1, || {
                 format!(
@@ -258,22 +244,22 @@ pub fn build_with(req: &BuildRequest, opts: &BuildOptions) -> Result<Outcome, Bu
         }
         Format::Chroot => None,
     };
-    let fp = fingerprint(req, opts, kernel.as_ref())?;
+    let fp = plan.fingerprint(kernel.as_ref())?;
     log.at(2, || format!("fingerprint: {fp}"));
 
-    let _lock = match &req.lock {
+    let _lock = match &plan.lock {
         Some(path) => {
             log.at(1, || format!("acquiring lock on {}", path.display()));
             Some(cache::lock(path)?)
         }
         None => None,
     };
-    let required: &[&str] = match req.format {
+    let required: &[&str] = match plan.format {
         Format::Ext2 => &cache::APPLIANCE_FILES,
         Format::Chroot => &[],
     };
-    if req.if_newer {
-        match cache::is_fresh(&req.output, &fp, required)? {
+    if plan.if_newer {
+        match cache::is_fresh(&plan.output, &fp, required)? {
             cache::Freshness::Fresh => {
                 log.at(1, || "if-newer: output does not need rebuilding".into());
                 return Ok(Outcome::UpToDate);
@@ -281,13 +267,13 @@ pub fn build_with(req: &BuildRequest, opts: &BuildOptions) -> Result<Outcome, Bu
             cache::Freshness::Stale(why) => log.at(1, || format!("if-newer: rebuilding: {why}")),
         }
     }
-    if let Ok(n) = cache::clean_debris(&req.output) {
+    if let Ok(n) = cache::clean_debris(&plan.output) {
         if n > 0 {
             log.at(1, || format!("removed {n} leftovers of interrupted builds"));
         }
     }
 
-    let staging = cache::Staging::new(&req.output)?;
+    let staging = cache::Staging::new(&plan.output)?;
     let dir = staging.path().to_path_buf();
     let mut warnings = Vec::new();
 
@@ -298,20 +284,20 @@ pub fn build_with(req: &BuildRequest, opts: &BuildOptions) -> Result<Outcome, Bu
     std::thread::scope(|scope| -> Result<(), BuildError> {
         // The kernel file too: extracting the vmlinux is decompression, CPU work like the
         // initrd's, and needs nothing from the root.
-        let initrd_job = match (&req.format, &kernel) {
+        let initrd_job = match (&plan.format, &kernel) {
             (Format::Ext2, Some(k)) => Some(scope.spawn(move || {
-                let mtime = initrd::initrd_mtime(req.clamp_times)?;
-                write_initrd(k, &dir_ref.join("initrd"), &req.source, mtime, log_ref)?;
-                let choice = write_kernel(k, dir_ref, req, opts)?;
+                let mtime = initrd::initrd_mtime(plan.clamp_times)?;
+                write_initrd(k, &dir_ref.join("initrd"), &plan.source, mtime, log_ref)?;
+                let choice = write_kernel(k, dir_ref, plan, opts)?;
                 log_ref.at(1, || format!("kernel format: {}", choice.describe(&k.path)));
-                if req.fixed {
-                    write_readme_fixed(dir_ref, k, req, &choice)?;
+                if plan.fixed {
+                    write_readme_fixed(dir_ref, k, plan, &choice)?;
                 }
                 Ok::<(), BuildError>(())
             })),
             _ => None,
         };
-        let root = write_root(req, opts, &dir, kernel.as_ref(), &log, &mut warnings);
+        let root = write_root(plan, opts, &dir, kernel.as_ref(), &log, &mut warnings);
         if let Some(job) = initrd_job {
             match job.join() {
                 Ok(result) => result?,
@@ -321,26 +307,26 @@ pub fn build_with(req: &BuildRequest, opts: &BuildOptions) -> Result<Outcome, Bu
         root
     })?;
     for w in &warnings {
-        eprintln!("supermin: warning: {w}");
+        say(Event::Warning(w));
     }
-    log.at(1, || format!("publishing {}", req.output.display()));
-    staging.commit(&fp, env!("CARGO_PKG_VERSION"), req.durability)?;
+    log.at(1, || format!("publishing {}", plan.output.display()));
+    staging.commit(&fp, env!("CARGO_PKG_VERSION"), plan.durability)?;
     log.at(1, || "done".into());
     Ok(Outcome::Built { warnings })
 }
 
 /// The inputs exist, and the output can be replaced without harm: it is a directory (or
 /// nothing yet) and it neither holds nor lies inside an input.
-fn check_output(req: &BuildRequest) -> Result<(), BuildError> {
-    match std::fs::symlink_metadata(&req.output) {
-        Ok(m) if !m.is_dir() => return Err(BuildError::OutputNotDir(req.output.clone())),
+fn check_output(plan: &BuildPlan) -> Result<(), BuildError> {
+    match std::fs::symlink_metadata(&plan.output) {
+        Ok(m) if !m.is_dir() => return Err(BuildError::OutputNotDir(plan.output.clone())),
         _ => {}
     }
-    let Source::Inputs { paths: inputs, .. } = &req.source else {
+    let Source::Inputs { paths: inputs, .. } = &plan.source else {
         return Ok(());
     };
     // The output may not exist yet: compare through its (existing) parent.
-    let output = match (req.output.parent(), req.output.file_name()) {
+    let output = match (plan.output.parent(), plan.output.file_name()) {
         (Some(parent), Some(name)) => {
             let parent = if parent.as_os_str().is_empty() {
                 Path::new(".")
@@ -349,16 +335,16 @@ fn check_output(req: &BuildRequest) -> Result<(), BuildError> {
             };
             std::fs::canonicalize(parent)
                 .map(|p| p.join(name))
-                .unwrap_or_else(|_| req.output.clone())
+                .unwrap_or_else(|_| plan.output.clone())
         }
-        _ => req.output.clone(),
+        _ => plan.output.clone(),
     };
     for input in inputs {
         let canonical =
             std::fs::canonicalize(input).map_err(|_| BuildError::MissingInput(input.clone()))?;
         if output.starts_with(&canonical) || canonical.starts_with(&output) {
             return Err(BuildError::OutputInsideInput {
-                output: req.output.clone(),
+                output: plan.output.clone(),
                 input: input.clone(),
             });
         }
@@ -370,15 +356,15 @@ fn check_output(req: &BuildRequest) -> Result<(), BuildError> {
 /// the launcher, the `vmlinux` beside `kernel` into `dir` (the kernel file and README.fixed
 /// are written beside the initrd).
 fn write_root(
-    req: &BuildRequest,
+    plan: &BuildPlan,
     bopts: &BuildOptions,
     dir: &Path,
     kernel: Option<&kprobe::Kernel>,
-    log: &Log,
+    log: &Log<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<(), BuildError> {
     // What goes into the root.
-    let (inputs, elf_only, budget) = match &req.source {
+    let (inputs, elf_only, budget) = match &plan.source {
         Source::Inputs {
             paths,
             max_input_size,
@@ -403,10 +389,6 @@ fn write_root(
         )
     });
     let opts = hostfiles::ResolveOptions {
-        host_cpu: req
-            .host_cpu
-            .clone()
-            .unwrap_or_else(|| std::env::consts::ARCH.to_string()),
         deps: bopts.deps,
         ..hostfiles::ResolveOptions::default()
     };
@@ -416,7 +398,7 @@ fn write_root(
             inputs
                 .base_images
                 .iter()
-                .map(|img| open_base_image(img, dir, &budget))
+                .map(|img| hostfiles::open_base_image(img, dir, &budget))
                 .collect::<Result<Vec<_>, _>>()
         });
         let set = hostfiles::resolve(&inputs, &opts);
@@ -435,14 +417,14 @@ fn write_root(
             set.handler.map(|h| format!(" ({h})")).unwrap_or_default()
         )
     });
-    if req.verbose >= 2 {
+    if plan.verbose >= 2 {
         for p in &set.packages {
-            println!("  - {p}");
+            (log.say)(Event::Package(p));
         }
     }
     warnings.extend(set.warnings.iter().cloned());
 
-    let mut asm = Assembler::new(req.time);
+    let mut asm = Assembler::new(plan.time);
     for (img, file) in inputs.base_images.iter().zip(images) {
         let n = asm.add_base_image(img, file, dir, &budget)?;
         log.at(1, || {
@@ -450,7 +432,7 @@ fn write_root(
         });
     }
     asm.add_file_set(&set)?;
-    if req.include_packagelist {
+    if plan.include_packagelist {
         asm.add_packagelist(&set.packages)?;
     }
     if elf_only {
@@ -462,7 +444,7 @@ fn write_root(
     }
     warnings.append(&mut asm.warnings);
     let mut tree = asm.finish();
-    if let Some(epoch) = req.clamp_times {
+    if let Some(epoch) = plan.clamp_times {
         tree.clamp_times(epoch);
     }
     log.at(1, || "tree assembled".into());
@@ -470,12 +452,12 @@ fn write_root(
     log.at(1, || checked.summary());
     warnings.extend(checked.warnings);
 
-    match (&req.format, kernel) {
+    match (&plan.format, kernel) {
         (Format::Ext2, Some(k)) => {
             let root = dir.join("root");
             let opts = ext2::Options {
-                size: Some(req.size.unwrap_or(DEFAULT_SIZE)),
-                creation_time: req.time,
+                size: Some(plan.size.unwrap_or(DEFAULT_SIZE)),
+                creation_time: plan.time,
                 ..ext2::Options::default()
             };
             let summary = ext2::write_image(&tree, &root, &opts).map_err(|e| match e {
@@ -493,13 +475,13 @@ fn write_root(
                     ext2::format_uuid(&summary.uuid)
                 )
             });
-            if summary.private && req.fixed {
+            if summary.private && plan.fixed {
                 warnings.push(
                     "the root holds files that only their owners may read, so root is mode 0600 and only this user can boot it; exclude them (an excludefiles input) to share the appliance".into(),
                 );
             }
-            if req.vmlinux {
-                write_vmlinux(k, dir, req.vmlinux_cache.as_deref(), log, warnings);
+            if plan.vmlinux {
+                write_vmlinux(k, dir, plan.vmlinux_cache.as_deref(), log, warnings);
             }
         }
         _ => {
@@ -510,77 +492,12 @@ fn write_root(
     Ok(())
 }
 
-/// Everything that determines the output, cheaply (see the module docs for what is left
-/// out on purpose).
-pub fn fingerprint(
-    req: &BuildRequest,
-    opts: &BuildOptions,
-    kernel: Option<&kprobe::Kernel>,
-) -> Result<Fingerprint, BuildError> {
-    let mut fb = FingerprintBuilder::new(env!("CARGO_PKG_VERSION"));
-    // This tool's code (the init, the daemon, the default appliance's definition and the
-    // writers), identified by a hash of its sources made at compile time: two builds of the
-    // same sources share a cached appliance, any change to them rebuilds it.
-    fb.str("source", env!("SUPERMIN_SOURCE_ID"));
-    fb.str("format", &format!("{:?}", req.format));
-    fb.str("size", &format!("{:?}", req.size));
-    fb.str(
-        "host-cpu",
-        req.host_cpu.as_deref().unwrap_or(std::env::consts::ARCH),
-    );
-    fb.str(
-        "flags",
-        &format!(
-            "copy_kernel={} fixed={} packagelist={} vmlinux={}",
-            req.copy_kernel, req.fixed, req.include_packagelist, req.vmlinux
-        ),
-    );
-    fb.str("kernel-format", &format!("{:?}", opts.kernel_format));
-    fb.str("deps", &format!("{:?}", opts.deps));
-    for var in [
-        "SUPERMIN_KERNEL",
-        "SUPERMIN_KERNEL_VERSION",
-        "SUPERMIN_MODULES",
-        "SOURCE_DATE_EPOCH",
-    ] {
-        fb.env(var);
-    }
-    match &req.source {
-        // max_input_size is left out: it decides whether a build succeeds, never what it
-        // writes, and a failed build publishes nothing to be found fresh.
-        Source::Inputs { paths, .. } => {
-            for p in paths {
-                fb.str("input", &p.to_string_lossy());
-                // Small files (lists, base images of a few MB) by contents: an edit that
-                // keeps size and mtime is still seen. Larger ones by identity (ctime moves
-                // on every write).
-                fb.tree(p, HashMode::ContentsUpTo(8 << 20))?;
-            }
-        }
-        Source::Default => fb.str("input", "embedded default appliance"),
-    }
-    let root = Path::new("/");
-    match hostfiles::package_db_identity(root) {
-        Ok(id) => fb.bytes("package-db", &id),
-        Err(_) => fb.str("package-db", "none"),
-    }
-    if let Some(k) = kernel {
-        fb.str("kernel", &k.path.to_string_lossy());
-        fb.str("kernel-version", &k.version);
-        fb.str("modules", &k.modules_dir.to_string_lossy());
-        for id in k.identity()? {
-            fb.str("identity", &format!("{id:?}"));
-        }
-    }
-    Ok(fb.finish())
-}
-
 fn write_initrd(
     k: &kprobe::Kernel,
     out: &Path,
     source: &Source,
     mtime: u32,
-    log: &Log,
+    log: &Log<'_>,
 ) -> Result<(), BuildError> {
     // libguestfs attaches the root as virtio-scsi or virtio-blk; our launcher always uses
     // virtio-blk, so the default appliance skips the SCSI modules (a tenth of a second of
@@ -608,13 +525,7 @@ fn write_initrd(
             data: kprobe::read_module(&m.path)?,
         });
     }
-    initrd::write_initrd(
-        out,
-        crate::embedded::init_binary(),
-        &loaded,
-        initrd::Compression::None,
-        mtime,
-    )?;
+    initrd::write_initrd(out, crate::embedded::init_binary(), &loaded, mtime)?;
     Ok(())
 }
 
@@ -624,20 +535,20 @@ fn write_initrd(
 fn write_kernel(
     k: &kprobe::Kernel,
     dir: &Path,
-    req: &BuildRequest,
+    plan: &BuildPlan,
     opts: &BuildOptions,
 ) -> Result<KernelChoice, BuildError> {
     let dest = dir.join("kernel");
     let choice = choose_kernel(
         k,
         &dest,
-        &req.source,
+        &plan.source,
         opts,
-        req.host_cpu.as_deref(),
-        req.vmlinux_cache.as_deref(),
+        plan.host_cpu.as_deref(),
+        plan.vmlinux_cache.as_deref(),
     )?;
     if let KernelChoice::BzImage { .. } = choice {
-        write_bzimage(k, &dest, req.copy_kernel)?;
+        write_bzimage(k, &dest, plan.copy_kernel)?;
     }
     Ok(choice)
 }
@@ -694,7 +605,7 @@ fn write_vmlinux(
     k: &kprobe::Kernel,
     dir: &Path,
     cache: Option<&Path>,
-    log: &Log,
+    log: &Log<'_>,
     warnings: &mut Vec<String>,
 ) {
     let dest = dir.join("vmlinux");
@@ -716,11 +627,11 @@ fn write_vmlinux(
 fn write_readme_fixed(
     dir: &Path,
     k: &kprobe::Kernel,
-    req: &BuildRequest,
+    plan: &BuildPlan,
     choice: &KernelChoice,
 ) -> Result<(), BuildError> {
     let dest = dir.join("README.fixed");
-    let inputs = match &req.source {
+    let inputs = match &plan.source {
         Source::Inputs { paths: p, .. } => p
             .iter()
             .map(|p| p.display().to_string())
@@ -751,8 +662,8 @@ fn write_readme_fixed(
         },
         kernel = k.path.display(),
         kversion = k.version,
-        dir = std::path::absolute(&req.output)
-            .unwrap_or_else(|_| req.output.clone())
+        dir = std::path::absolute(&plan.output)
+            .unwrap_or_else(|_| plan.output.clone())
             .display(),
     );
     std::fs::write(&dest, text).map_err(io_err("write", &dest))
@@ -761,131 +672,6 @@ fn write_readme_fixed(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn request(input: &Path) -> BuildRequest {
-        BuildRequest {
-            format: Format::Ext2,
-            source: Source::Inputs {
-                paths: vec![input.to_path_buf()],
-                max_input_size: hostfiles::DEFAULT_MAX_INPUT_SIZE,
-            },
-            output: input.with_file_name("out"),
-            size: None,
-            host_cpu: None,
-            copy_kernel: false,
-            fixed: false,
-            include_packagelist: false,
-            if_newer: true,
-            lock: None,
-            vmlinux: false,
-            vmlinux_cache: None,
-            durability: Durability::Unsynced,
-            verbose: 0,
-            time: 0,
-            clamp_times: None,
-        }
-    }
-
-    // --if-newer is only as good as this: what determines the output must move the
-    // fingerprint, and nothing else may.
-    #[test]
-    fn the_fingerprint_follows_what_determines_the_output_and_nothing_else() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().join("supermin.d");
-        std::fs::create_dir(&d).unwrap();
-        let list = d.join("hostfiles");
-        std::fs::write(&list, "/etc/hostname\n").unwrap();
-        let opts = BuildOptions::default();
-        let fp = |req: &BuildRequest, opts: &BuildOptions| fingerprint(req, opts, None).unwrap();
-        let base = fp(&request(&d), &opts);
-        assert_eq!(base, fp(&request(&d), &opts), "not deterministic");
-
-        // What does not shape the output: verbosity, the lock, the cache of vmlinux files,
-        // the output's own path, durability.
-        let mut same = request(&d);
-        same.verbose = 3;
-        same.lock = Some(d.join("lock"));
-        same.vmlinux_cache = Some(d.join("cache"));
-        same.durability = Durability::Synced;
-        assert_eq!(base, fp(&same, &opts));
-
-        // An edit inside supermin.d that keeps the size and the mtime.
-        let before = std::fs::metadata(&list).unwrap();
-        std::fs::write(&list, "/etc/hostnamf\n").unwrap();
-        let f = std::fs::File::options().write(true).open(&list).unwrap();
-        f.set_modified(before.modified().unwrap()).unwrap();
-        assert_eq!(std::fs::metadata(&list).unwrap().size(), before.size());
-        let edited = fp(&request(&d), &opts);
-        assert_ne!(base, edited, "an edit with size and mtime kept went unseen");
-
-        // Each option that shapes the output.
-        let changed: Vec<(&str, BuildRequest, BuildOptions)> = vec![
-            (
-                "size",
-                BuildRequest {
-                    size: Some(1 << 30),
-                    ..request(&d)
-                },
-                opts,
-            ),
-            (
-                "format",
-                BuildRequest {
-                    format: Format::Chroot,
-                    ..request(&d)
-                },
-                opts,
-            ),
-            (
-                "copy_kernel",
-                BuildRequest {
-                    copy_kernel: true,
-                    ..request(&d)
-                },
-                opts,
-            ),
-            (
-                "fixed",
-                BuildRequest {
-                    fixed: true,
-                    ..request(&d)
-                },
-                opts,
-            ),
-            (
-                "packagelist",
-                BuildRequest {
-                    include_packagelist: true,
-                    ..request(&d)
-                },
-                opts,
-            ),
-            (
-                "kernel format",
-                request(&d),
-                BuildOptions {
-                    kernel_format: KernelFormat::Bzimage,
-                    ..opts
-                },
-            ),
-            (
-                "deps",
-                request(&d),
-                BuildOptions {
-                    deps: hostfiles::DepRule::Complete,
-                    ..opts
-                },
-            ),
-        ];
-        for (what, req, o) in changed {
-            assert_ne!(
-                edited,
-                fp(&req, &o),
-                "{what} did not change the fingerprint"
-            );
-        }
-    }
 
     #[test]
     fn pvh_is_wanted_only_for_inputs_on_x86_64_with_the_auto_format() {

@@ -26,24 +26,37 @@ use supermin_hostfiles::{self as hostfiles, Missing, TreeView, ViewNode};
 /// Why the appliance's `/init` cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
+    /// `/init` has no execute bit.
     #[error(
         "the appliance's /init is not executable (mode {mode:04o}): it would fail at boot with \
          `execl: /init: Permission denied`; make it executable in its input (chmod 0755 before \
          packing init.tar.gz)"
     )]
-    NotExecutable { mode: u32 },
+    NotExecutable {
+        /// Its mode bits.
+        mode: u32,
+    },
+    /// `/init` is not a regular file.
     #[error("the appliance's /init is not a regular file (or a symlink to one); replace it")]
     NotAFile,
+    /// `/init` is a script whose interpreter is not in the appliance.
     #[error(
         "the appliance's /init is a script for {interp}, which is not in the appliance: add it \
          (a hostfiles line or its package)"
     )]
-    ScriptInterpreterMissing { interp: String },
+    ScriptInterpreterMissing {
+        /// The interpreter.
+        interp: String,
+    },
+    /// `/init` (an ELF program) lacks its loader or a library.
     #[error(
         "the appliance's /init cannot start: {problem}; add what is missing (a hostfiles line or \
          its package) or drop the excludefiles line that removes it"
     )]
-    Unloadable { problem: String },
+    Unloadable {
+        /// What is missing.
+        problem: String,
+    },
 }
 
 impl InitError {
@@ -57,10 +70,13 @@ impl InitError {
 /// What the check found that does not stop the build.
 #[derive(Debug, Default)]
 pub struct CheckReport {
+    /// What the user should hear about.
     pub warnings: Vec<String>,
     /// Regular files in the tree, the ELF objects among them, and how long the check took.
     pub files: usize,
+    /// ELF objects among the regular files.
     pub elf_objects: usize,
+    /// How long the check took.
     pub elapsed: std::time::Duration,
 }
 

@@ -16,20 +16,28 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD};
 use supermin_ext2::{FileData, Meta, NodeId, NodeKind, Tree};
 
-use crate::sparse::copy_data;
+use supermin_hostfiles::sparse::copy_data;
 
+/// Why a chroot could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum ChrootError {
+    /// A file or directory cannot be created.
     #[error("cannot create {path}")]
     Create {
+        /// Which.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: io::Error,
     },
+    /// A file cannot be copied into the chroot.
     #[error("cannot copy {from} to {to}")]
     Copy {
+        /// The source.
         from: String,
+        /// The destination.
         to: PathBuf,
+        /// The cause.
         #[source]
         source: io::Error,
     },
@@ -46,6 +54,7 @@ impl ChrootError {
 /// What the writer could not reproduce exactly (e.g. device nodes as non-root).
 #[derive(Debug, Default)]
 pub struct ChrootReport {
+    /// What was not reproduced exactly.
     pub warnings: Vec<String>,
 }
 

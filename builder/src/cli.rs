@@ -14,93 +14,127 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-/// Output format of `--build`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Ext2,
-    Chroot,
-}
-
-/// What `kernel` is in an `-f ext2` appliance built from inputs (`--kernel-format`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum KernelFormat {
-    /// The PVH-bootable ELF `vmlinux` when the kernel carries the PVH note and the host is
-    /// x86_64 (qemu boots it without firmware and the emulated decompressor), else the bzImage
-    #[default]
-    Auto,
-    /// The distribution's bzImage, always (supermin 5's behaviour)
-    Bzimage,
-}
+pub use crate::plan::{Format, KernelFormat};
 
 /// What the user asked for, fully parsed.
 #[derive(Debug)]
 pub enum Command {
+    /// `--version`.
     Version,
+    /// `--list-drivers`.
     ListDrivers,
+    /// `--prepare`.
     Prepare(PrepareArgs),
+    /// `--build`.
     Build(BuildArgs),
+    /// `mkfs`.
     Mkfs(MkfsArgs),
+    /// `kernel`.
     Kernel(KernelArgs),
     // Boxed: the largest arguments by far, parsed once.
+    /// `run`.
     Run(Box<RunArgs>),
+    /// `update-appliance`.
     UpdateAppliance(UpdateArgs),
+    /// `doctor`.
     Doctor(DoctorArgs),
+    /// `cache`.
     Cache(CacheArgs),
 }
 
+/// `supermin --prepare`'s arguments.
 #[derive(Debug, Clone)]
 pub struct PrepareArgs {
+    /// `-v` count.
     pub verbose: u8,
+    /// `--use-installed`.
     pub use_installed: bool,
+    /// `--packager-config`.
     pub packager_config: Option<PathBuf>,
+    /// `-o DIR`.
     pub output: PathBuf,
+    /// The package names.
     pub packages: Vec<String>,
 }
 
+/// `supermin --build`'s arguments.
 #[derive(Debug, Clone)]
 pub struct BuildArgs {
+    /// `-v` count.
     pub verbose: u8,
+    /// `-f`.
     pub format: Format,
+    /// `--if-newer`.
     pub if_newer: bool,
+    /// `--lock FILE`.
     pub lock: Option<PathBuf>,
+    /// `--copy-kernel`.
     pub copy_kernel: bool,
+    /// `--fixed`.
     pub fixed: bool,
+    /// `--size`, in bytes.
     pub size: Option<u64>,
+    /// `--host-cpu`.
     pub host_cpu: Option<String>,
+    /// `--include-packagelist`.
     pub include_packagelist: bool,
+    /// `--kernel-format`.
     pub kernel_format: KernelFormat,
+    /// `--complete-deps`.
     pub complete_deps: bool,
+    /// `-o DIR`.
     pub output: PathBuf,
+    /// The inputs (none: the embedded default appliance).
     pub inputs: Vec<PathBuf>,
 }
 
 /// A usage error: one line for the user.
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
+    /// Neither `--prepare` nor `--build`.
     #[error("you must use --prepare or --build to select the mode")]
     NoMode,
+    /// Both `--prepare` and `--build`.
     #[error("you must use only one of --prepare and --build")]
     TwoModes,
+    /// `--format` with `--prepare`.
     #[error("cannot use --prepare and --format options together")]
     FormatWithPrepare,
+    /// `--build` without `--format`.
     #[error("when using --build, you must specify an output --format")]
     NoFormat,
+    /// A `--format` other than ext2 or chroot; what was given.
     #[error("unknown --format option ({0}): use ext2 or chroot")]
     BadFormat(String),
+    /// No `-o`.
     #[error("output directory (-o option) must be supplied")]
     NoOutput,
+    /// A `--size` that is not a size.
     #[error("invalid --size: {reason}")]
-    BadSize { value: String, reason: String },
+    BadSize {
+        /// What was given.
+        value: String,
+        /// Why it is not a size.
+        reason: String,
+    },
+    /// A `--build` option without `--build`.
     #[error("{option} is only meaningful with --build")]
-    BuildOnly { option: &'static str },
+    BuildOnly {
+        /// The option.
+        option: &'static str,
+    },
+    /// `--prepare` without packages.
     #[error("--prepare needs at least one package name")]
     NoPackages,
+    /// supermin 4's `--dtb`.
     #[error("the --dtb option was removed in supermin 5.1.18; drop it and the wildcard after it")]
     Dtb,
+    /// supermin 4's `--names`.
     #[error(
         "this is supermin version 5, but --names belongs to supermin 4: upgrade libguestfs (>= 1.26)"
     )]
     Names,
+    /// What the parser said.
     #[error("{0}")]
     Clap(String),
 }
@@ -108,7 +142,9 @@ pub enum UsageError {
 /// `--help` and friends are not errors, but they end the run successfully with text.
 #[derive(Debug)]
 pub enum Parsed {
+    /// A command to run.
     Command(Command),
+    /// Help or version text to print.
     Help(String),
 }
 
@@ -219,6 +255,7 @@ enum Sub {
     Cache(CacheArgs),
 }
 
+/// `supermin doctor`'s arguments.
 #[derive(Args, Debug, Clone)]
 pub struct DoctorArgs {
     /// Print one JSON object instead of text
@@ -232,12 +269,15 @@ pub struct DoctorArgs {
     pub verbose: u8,
 }
 
+/// `supermin cache`'s arguments.
 #[derive(Args, Debug, Clone)]
 pub struct CacheArgs {
+    /// What to do.
     #[command(subcommand)]
     pub action: CacheAction,
 }
 
+/// What `supermin cache` does.
 #[derive(Subcommand, Debug, Clone)]
 pub enum CacheAction {
     /// Each cached appliance: size on disk, last use, still fresh for this host
@@ -265,6 +305,7 @@ pub enum CacheAction {
     },
 }
 
+/// `supermin mkfs`'s arguments.
 #[derive(Args, Debug, Clone)]
 pub struct MkfsArgs {
     /// Directory whose tree becomes the filesystem
@@ -286,6 +327,7 @@ pub struct MkfsArgs {
     pub verbose: u8,
 }
 
+/// `supermin kernel`'s arguments.
 #[derive(Args, Debug, Clone)]
 pub struct KernelArgs {
     /// Print JSON instead of text
@@ -296,6 +338,7 @@ pub struct KernelArgs {
     pub host_cpu: Option<String>,
 }
 
+/// `supermin update-appliance`'s arguments.
 #[derive(Args, Debug, Clone)]
 pub struct UpdateArgs {
     /// Where to write the appliance
@@ -315,6 +358,7 @@ pub struct UpdateArgs {
     pub verbose: u8,
 }
 
+/// `supermin run`'s arguments.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Appliance directory (kernel, initrd, root) whose /init is supermin's daemon, as built by

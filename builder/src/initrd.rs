@@ -15,8 +15,8 @@
 //!
 //! The archive is written in one pass, in a fixed entry order, with inode numbers counted
 //! from 1 and one mtime for every entry (0, or `SOURCE_DATE_EPOCH`), so the same inputs give
-//! the same bytes. Uncompressed is the default because the kernel unpacks it fastest; gzip and
-//! zstd are there for size.
+//! the same bytes. It is not compressed: the kernel unpacks a plain archive fastest, and the
+//! modules in it are few (a gzip or zstd mode once here was never used, and went).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
@@ -35,44 +35,54 @@ const S_IFCHR: u32 = 0o020_000;
 
 /// Where the init finds the module list and the modules (see the module docs).
 pub const MODULE_LIST_PATH: &str = "/modules";
+/// Where the modules are, one `NAME.ko` each.
 pub const MODULE_DIR: &str = "/lib/modules";
-
-/// How the cpio stream is compressed on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Compression {
-    /// Plain newc: the kernel unpacks it fastest.
-    #[default]
-    None,
-    Gzip,
-    Zstd,
-}
 
 /// One kernel module for the initrd. `name` is the module's name without `.ko`
 /// (a trailing `.ko` is tolerated and dropped); `data` is the decompressed ELF object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitrdModule {
+    /// The module's name.
     pub name: String,
+    /// The decompressed ELF object.
     pub data: Vec<u8>,
 }
 
 /// Why a cpio entry could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum CpioError {
+    /// An entry name that is not a clean path.
     #[error(
         "cpio entry name {name:?} is not a clean path (empty, `.`/`..` component or NUL byte)"
     )]
-    InvalidName { name: String },
+    InvalidName {
+        /// The entry's name.
+        name: String,
+    },
+    /// An entry larger than newc can describe.
     #[error("cpio entry {name:?} is {size} bytes; newc stores sizes in 32 bits (at most 4 GiB)")]
-    TooLarge { name: String, size: u64 },
+    TooLarge {
+        /// The entry's name.
+        name: String,
+        /// Its size.
+        size: u64,
+    },
+    /// An entry's reader gave fewer bytes than promised.
     #[error("cpio entry {name:?}: the reader gave {actual} bytes, the header promised {expected}")]
     ShortRead {
+        /// The entry's name.
         name: String,
+        /// What the header promised.
         expected: u32,
+        /// What the reader gave.
         actual: u64,
     },
+    /// Writing an entry failed.
     #[error("writing cpio entry {name:?} failed")]
     Io {
+        /// The entry's name.
         name: String,
+        /// The cause.
         #[source]
         source: io::Error,
     },
@@ -81,33 +91,54 @@ pub enum CpioError {
 /// Why an initrd could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum InitrdError {
+    /// A module name the initrd cannot store.
     #[error(
         "module name {name:?} cannot be stored in the initrd: it must be non-empty and \
          contain no `/`, newline or NUL"
     )]
-    BadModuleName { name: String },
+    BadModuleName {
+        /// The name.
+        name: String,
+    },
+    /// A module listed twice.
     #[error("module {name:?} is listed twice; each module can be loaded only once")]
-    DuplicateModule { name: String },
+    DuplicateModule {
+        /// The module.
+        name: String,
+    },
+    /// `SOURCE_DATE_EPOCH` outside newc's 32-bit times.
     #[error(
         "SOURCE_DATE_EPOCH={value:?} is not a number of seconds between 0 and 4294967295; \
          unset it or set it to a Unix time"
     )]
-    BadSourceDateEpoch { value: String },
+    BadSourceDateEpoch {
+        /// Its value.
+        value: String,
+    },
+    /// The initrd file cannot be created.
     #[error("cannot create the initrd {path}")]
     Create {
+        /// The initrd.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: io::Error,
     },
+    /// An entry could not be written.
     #[error("building the initrd {path} failed")]
     Cpio {
+        /// The initrd.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: CpioError,
     },
+    /// The initrd file cannot be written.
     #[error("writing the initrd {path} failed (is the disk full?)")]
     Write {
+        /// The initrd.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: io::Error,
     },
@@ -141,6 +172,7 @@ struct Header {
 }
 
 impl<W: Write> CpioWriter<W> {
+    /// A writer into `inner`; every entry gets `mtime`.
     pub fn new(inner: W, mtime: u32) -> Self {
         CpioWriter {
             inner,
@@ -397,7 +429,6 @@ pub fn write_initrd(
     out: &Path,
     init: &[u8],
     modules: &[InitrdModule],
-    compression: Compression,
     mtime: u32,
 ) -> Result<(), InitrdError> {
     let with_path = |err: InitrdError| match err {
@@ -416,31 +447,7 @@ pub fn write_initrd(
         source,
     })?;
     let buffered = BufWriter::with_capacity(1 << 20, file);
-    let buffered = match compression {
-        Compression::None => {
-            write_initrd_cpio(buffered, mtime, init, modules).map_err(with_path)?
-        }
-        Compression::Gzip => {
-            // flate2's gzip header has mtime 0 and no file name by default: deterministic.
-            let encoder = flate2::write::GzEncoder::new(buffered, flate2::Compression::default());
-            write_initrd_cpio(encoder, mtime, init, modules)
-                .map_err(with_path)?
-                .finish()
-                .map_err(write_err)?
-        }
-        Compression::Zstd => {
-            // ruzstd's encoder panics on I/O errors, so it compresses from memory into
-            // memory (infallible) and the file is written here, where errors are reported.
-            let raw = write_initrd_cpio(Vec::new(), mtime, init, modules).map_err(with_path)?;
-            let packed = ruzstd::encoding::compress_to_vec(
-                &raw[..],
-                ruzstd::encoding::CompressionLevel::Fastest,
-            );
-            let mut buffered = buffered;
-            buffered.write_all(&packed).map_err(write_err)?;
-            buffered
-        }
-    };
+    let buffered = write_initrd_cpio(buffered, mtime, init, modules).map_err(with_path)?;
     // Durability (fsync before publishing) is the caller's decision, not the writer's.
     buffered
         .into_inner()
@@ -707,29 +714,19 @@ mod tests {
     }
 
     #[test]
-    fn same_inputs_give_the_same_bytes_for_every_compression() {
+    fn same_inputs_give_the_same_bytes() {
         let dir = temp_dir("determinism");
-        for compression in [Compression::None, Compression::Gzip, Compression::Zstd] {
-            let a = dir.join("a");
-            let b = dir.join("b");
-            write_initrd(&a, b"init", &sample_modules(), compression, 0).unwrap();
-            write_initrd(&b, b"init", &sample_modules(), compression, 0).unwrap();
-            assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
-        }
+        let a = dir.join("a");
+        let b = dir.join("b");
+        write_initrd(&a, b"init", &sample_modules(), 0).unwrap();
+        write_initrd(&b, b"init", &sample_modules(), 0).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Decompresses with the system tool and lists with GNU cpio, which the kernel's
-    /// unpacker agrees with on newc.
-    fn cpio_listing(path: &Path, decompress: Option<&str>) -> String {
-        let raw = match decompress {
-            None => std::fs::read(path).unwrap(),
-            Some(tool) => {
-                let out = Command::new(tool).arg("-dc").arg(path).output().unwrap();
-                assert!(out.status.success(), "{tool} -dc failed");
-                out.stdout
-            }
-        };
+    /// Lists with GNU cpio, which the kernel's unpacker agrees with on newc.
+    fn cpio_listing(path: &Path) -> String {
+        let raw = std::fs::read(path).unwrap();
         let mut child = Command::new("cpio")
             .args(["-itv", "--quiet"])
             .stdin(std::process::Stdio::piped())
@@ -743,16 +740,12 @@ mod tests {
     }
 
     #[test]
-    fn gnu_cpio_reads_every_compression() {
+    fn gnu_cpio_reads_the_initrd() {
         let dir = temp_dir("gnu-cpio");
-        for (compression, tool) in [
-            (Compression::None, None),
-            (Compression::Gzip, Some("gzip")),
-            (Compression::Zstd, Some("zstd")),
-        ] {
+        {
             let path = dir.join("initrd");
-            write_initrd(&path, b"#!init", &sample_modules(), compression, 0).unwrap();
-            let listing = cpio_listing(&path, tool);
+            write_initrd(&path, b"#!init", &sample_modules(), 0).unwrap();
+            let listing = cpio_listing(&path);
             let lines: Vec<&str> = listing.lines().collect();
             assert_eq!(lines.len(), 11, "{listing}");
             assert!(lines[0].starts_with("drwxr-xr-x") && lines[0].ends_with(" dev"));
@@ -767,7 +760,7 @@ mod tests {
     #[test]
     fn unwritable_output_is_a_create_error_naming_the_path() {
         let path = Path::new("/nonexistent-dir/initrd");
-        let err = write_initrd(path, b"", &[], Compression::None, 0).unwrap_err();
+        let err = write_initrd(path, b"", &[], 0).unwrap_err();
         assert!(matches!(err, InitrdError::Create { path: ref p, .. } if p == path));
     }
 }

@@ -1,6 +1,8 @@
-//! The supermin builder library: command-line grammar, the appliance pipeline, the initrd
-//! and chroot writers (booting appliances is the `supermin-launcher` crate's). The binary
+//! The supermin builder library: command-line grammar, the build plan and its fingerprint,
+//! the appliance pipeline, the initrd and chroot writers (booting appliances is the `supermin-launcher` crate's). The binary
 //! (`main.rs`) only parses, dispatches and reports; each module here returns typed errors.
+
+#![warn(missing_docs)]
 
 pub mod appliance;
 pub mod assemble;
@@ -10,5 +12,5 @@ pub mod cli;
 pub mod default_appliance;
 pub mod embedded;
 pub mod initrd;
-mod sparse;
+pub mod plan;
 pub mod vmlinux_cache;

@@ -7,6 +7,8 @@ mod commands;
 use supermin::cli::{self, Parsed};
 
 fn main() -> ExitCode {
+    // The one read of the environment: commands and libraries get values from it.
+    let env = commands::Env::capture();
     let parsed = match cli::parse(std::env::args_os().skip(1).collect()) {
         Ok(p) => p,
         Err(e) => {
@@ -21,7 +23,7 @@ fn main() -> ExitCode {
         }
         Parsed::Command(c) => c,
     };
-    match commands::run(command) {
+    match commands::run(command, &env) {
         Ok(code) => code,
         Err(err) => {
             commands::report(&err);

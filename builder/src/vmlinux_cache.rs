@@ -71,16 +71,7 @@ fn key(bzimage: &Path) -> Option<String> {
 fn read_info(path: &Path) -> Option<VmlinuxInfo> {
     let text = fs::read_to_string(path).ok()?;
     let mut fields = text.split_whitespace();
-    let compression = match fields.next()? {
-        "gzip" => Compression::Gzip,
-        "xz" => Compression::Xz,
-        "zstd" => Compression::Zstd,
-        "lzma" => Compression::Lzma,
-        "bzip2" => Compression::Bzip2,
-        "lz4" => Compression::Lz4,
-        "lzo" => Compression::Lzo,
-        _ => return None,
-    };
+    let compression = Compression::from_name(fields.next()?)?;
     let size = fields.next()?.parse().ok()?;
     let pvh_entry = match fields.next()? {
         "none" => None,

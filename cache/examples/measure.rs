@@ -51,7 +51,7 @@ fn fingerprint(supermin_d: &Path) -> Result<Fingerprint, supermin_cache::CacheEr
         "SUPERMIN_MODULES",
         "SOURCE_DATE_EPOCH",
     ] {
-        b.env(var);
+        b.env_value(var, std::env::var_os(var).as_deref());
     }
     for (k, v) in [
         ("format", "ext2"),

@@ -20,8 +20,11 @@ use crate::CacheError;
 /// Where the cache base came from, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BaseOrigin {
+    /// `$LIBGUESTFS_CACHEDIR`.
     LibguestfsCachedir,
+    /// `$TMPDIR`.
     Tmpdir,
+    /// Neither is set: `/var/tmp`.
     Default,
 }
 
@@ -49,9 +52,10 @@ pub fn cache_base_from(env: impl Fn(&str) -> Option<OsString>) -> (PathBuf, Base
 }
 
 /// `$LIBGUESTFS_CACHEDIR` | `$TMPDIR` | `/var/tmp`, then `.guestfs-<euid>`,
-/// created 0755 if missing and checked with [`check_cache_dir`].
-pub fn runtime_cache_dir() -> Result<PathBuf, CacheError> {
-    let (base, origin) = cache_base_from(|name| std::env::var_os(name));
+/// created 0755 if missing and checked with [`check_cache_dir`]. The variables are
+/// looked up by `env` (the binary's snapshot of its environment).
+pub fn runtime_cache_dir(env: impl Fn(&str) -> Option<OsString>) -> Result<PathBuf, CacheError> {
+    let (base, origin) = cache_base_from(env);
     runtime_cache_dir_in(&base, origin)
 }
 

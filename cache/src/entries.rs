@@ -25,7 +25,9 @@ use crate::{check_cache_dir, try_lock, BaseOrigin, CacheError, Stamp};
 /// A kind of cached appliance: its directory name and its builders' lock file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryKind {
+    /// Its directory's name in the per-user cache directory.
     pub name: &'static str,
+    /// Its builders' lock file's name beside it.
     pub lock: &'static str,
     /// Who builds it, for people.
     pub builder: &'static str,
@@ -45,6 +47,7 @@ pub const LIBGUESTFS_ENTRY: EntryKind = EntryKind {
     builder: "libguestfs",
 };
 
+/// Every kind of cached appliance, in the order `supermin cache list` shows them.
 pub const ENTRY_KINDS: [EntryKind; 2] = [DEFAULT_ENTRY, LIBGUESTFS_ENTRY];
 
 /// The per-user cache directories this environment names: `$LIBGUESTFS_CACHEDIR` and
@@ -81,8 +84,11 @@ pub fn user_cache_dirs(env: impl Fn(&str) -> Option<OsString>) -> Vec<(PathBuf, 
 /// One cached appliance as found on disk.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// Which kind of appliance it is.
     pub kind: EntryKind,
+    /// Its directory.
     pub dir: PathBuf,
+    /// Its builders' lock file.
     pub lock: PathBuf,
     /// Allocated bytes (`st_blocks`: a sparse 4 GiB root costs what it holds), hard links
     /// counted once, symlinks not followed.
@@ -174,7 +180,9 @@ pub fn disk_usage(path: &Path) -> io::Result<u64> {
 /// What [`remove_entry`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removal {
+    /// The entry is gone.
     Removed {
+        /// The bytes it held.
         bytes: u64,
     },
     /// A builder holds the lock: left alone.

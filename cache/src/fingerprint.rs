@@ -140,6 +140,7 @@ pub struct FingerprintBuilder {
 }
 
 impl FingerprintBuilder {
+    /// A fingerprint that starts with the tool's version, so that another version never reuses an output.
     pub fn new(tool_version: &str) -> Self {
         let mut b = FingerprintBuilder {
             hasher: Sha256::new(),
@@ -166,13 +167,9 @@ impl FingerprintBuilder {
         self.field(value);
     }
 
-    /// An environment variable of this process: its value, or its absence
-    /// (unset and set-to-empty differ).
-    pub fn env(&mut self, name: &str) {
-        self.env_value(name, std::env::var_os(name).as_deref());
-    }
-
-    /// An environment variable with an explicit value (`None` = unset).
+    /// An environment variable's value as the caller captured it (`None` =
+    /// unset; unset and set-to-empty differ). The caller reads the environment,
+    /// once, so that what the fingerprint saw is a value it can be tested with.
     pub fn env_value(&mut self, name: &str, value: Option<&OsStr>) {
         match value {
             Some(v) => {
@@ -241,6 +238,7 @@ impl FingerprintBuilder {
         Ok(())
     }
 
+    /// The fingerprint of everything added.
     pub fn finish(self) -> Fingerprint {
         Fingerprint(self.hasher.finalize().into())
     }

@@ -7,6 +7,8 @@
 //! [`Staging::commit`] it. The runtime cache of `supermin run` lives in
 //! [`runtime_cache_dir`]. This crate builds nothing itself.
 
+#![warn(missing_docs)]
+
 mod dir;
 mod entries;
 mod error;

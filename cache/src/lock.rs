@@ -31,6 +31,7 @@ pub struct Lock {
 }
 
 impl Lock {
+    /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
     }

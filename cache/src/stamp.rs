@@ -26,16 +26,21 @@ const MAGIC: &str = "supermin-rs stamp 1";
 const MAX_STAMP_BYTES: u64 = 4096;
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
+/// What a stamp records (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stamp {
+    /// The inputs that built the output.
     pub fingerprint: Fingerprint,
+    /// Whether the output was fsynced before it was published.
     pub synced: bool,
     /// `/proc/sys/kernel/random/boot_id` when written, or `None` if unknown.
     pub boot_id: Option<String>,
+    /// The version of the tool that wrote it.
     pub tool_version: String,
 }
 
 impl Stamp {
+    /// The stamp's file contents.
     pub fn to_text(&self) -> String {
         format!(
             "{MAGIC}\nfingerprint={}\nsynced={}\nboot_id={}\ntool_version={}\n",
@@ -127,19 +132,30 @@ fn one_line(s: &str) -> String {
 }
 
 /// This boot's id, or `None` where `/proc` does not tell it.
+/// The one reader of `/proc/sys/kernel/random/boot_id` in the workspace (the
+/// stamp, the launcher's saved machines and accelerator verdicts use it).
 pub fn current_boot_id() -> Option<String> {
-    let text = fs::read_to_string(BOOT_ID_PATH).ok()?;
+    boot_id_from(&fs::read_to_string(BOOT_ID_PATH).ok()?)
+}
+
+/// The id in the text of the `boot_id` file: one line that can go into a
+/// `key=value` file, and not our own placeholder `unknown`.
+fn boot_id_from(text: &str) -> Option<String> {
     let id = text.trim();
     (!id.is_empty() && id != "unknown" && !id.contains(['\n', '='])).then(|| id.to_string())
 }
 
+/// Whether an output can be used as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Freshness {
+    /// It can.
     Fresh,
+    /// It must be rebuilt, and why.
     Stale(StaleReason),
 }
 
 impl Freshness {
+    /// True for [`Freshness::Fresh`].
     pub fn is_fresh(&self) -> bool {
         matches!(self, Freshness::Fresh)
     }
@@ -148,10 +164,15 @@ impl Freshness {
 /// Why an output must be rebuilt; displayed in `-v` output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StaleReason {
+    /// The output directory does not exist.
     NoOutput,
+    /// It has no stamp.
     NoStamp,
+    /// Its stamp cannot be parsed (what is wrong with it).
     CorruptStamp(String),
+    /// It was built from other inputs.
     FingerprintChanged,
+    /// A file it must hold is missing (its name).
     MissingFile(String),
     /// Written without fsync in an earlier boot (or one we cannot identify):
     /// a power cut may have lost its data.
@@ -233,6 +254,19 @@ pub fn is_fresh_in_boot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_id_is_one_trimmed_line_that_fits_a_key_value_file() {
+        let id = "45987078-e925-4cdc-b4d5-8873fcb8d970";
+        assert_eq!(boot_id_from(&format!("{id}\n")).as_deref(), Some(id));
+        for bad in ["", " \n", "unknown\n", "a=b\n", "one\ntwo\n"] {
+            assert_eq!(boot_id_from(bad), None, "{bad:?}");
+        }
+        // On this host (Linux with /proc) the real file reads back as a UUID.
+        if let Ok(text) = fs::read_to_string(BOOT_ID_PATH) {
+            assert_eq!(current_boot_id().as_deref(), Some(text.trim()));
+        }
+    }
 
     fn sample() -> Stamp {
         Stamp {

@@ -15,17 +15,17 @@ fn environment_precedence_is_cachedir_then_tmpdir_then_var_tmp() {
     std::env::set_var("LIBGUESTFS_CACHEDIR", a.path());
     std::env::set_var("TMPDIR", b.path());
     assert_eq!(
-        runtime_cache_dir().unwrap(),
+        runtime_cache_dir(|n| std::env::var_os(n)).unwrap(),
         fs::canonicalize(a.path()).unwrap().join(&name)
     );
     std::env::remove_var("LIBGUESTFS_CACHEDIR");
     assert_eq!(
-        runtime_cache_dir().unwrap(),
+        runtime_cache_dir(|n| std::env::var_os(n)).unwrap(),
         fs::canonicalize(b.path()).unwrap().join(&name)
     );
     std::env::set_var("LIBGUESTFS_CACHEDIR", "");
     assert_eq!(
-        runtime_cache_dir().unwrap(),
+        runtime_cache_dir(|n| std::env::var_os(n)).unwrap(),
         fs::canonicalize(b.path()).unwrap().join(&name)
     );
     std::env::remove_var("LIBGUESTFS_CACHEDIR");

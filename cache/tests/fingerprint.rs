@@ -1,6 +1,7 @@
 //! Fingerprints of supermin.d-like inputs move exactly when something that
 //! determines the output moves.
 
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -18,11 +19,16 @@ fn supermin_d(root: &Path) {
 
 /// What the builder would hash for one `--build`.
 fn build_fp(input: &Path, mode: HashMode, size: &str) -> Fingerprint {
+    build_fp_env(input, mode, size, None)
+}
+
+/// [`build_fp`] with `SUPERMIN_KERNEL` as the caller captured it (`None` = unset).
+fn build_fp_env(input: &Path, mode: HashMode, size: &str, kernel: Option<&str>) -> Fingerprint {
     let mut b = FingerprintBuilder::new("supermin-rs 0.1.0");
     b.tree(input, mode).unwrap();
     b.str("format", "ext2");
     b.str("size", size);
-    b.env("SUPERMIN_CACHE_TEST_FP_VAR");
+    b.env_value("SUPERMIN_KERNEL", kernel.map(OsStr::new));
     b.finish()
 }
 
@@ -109,12 +115,8 @@ fn options_and_environment_change_it() {
     supermin_d(d.path());
     let base = build_fp(d.path(), HashMode::Contents, "4G");
     assert_ne!(build_fp(d.path(), HashMode::Contents, "8G"), base);
-    // Only this test touches this variable.
-    std::env::set_var("SUPERMIN_CACHE_TEST_FP_VAR", "/boot/vmlinuz-x");
-    let with_env = build_fp(d.path(), HashMode::Contents, "4G");
-    std::env::set_var("SUPERMIN_CACHE_TEST_FP_VAR", "");
-    let empty_env = build_fp(d.path(), HashMode::Contents, "4G");
-    std::env::remove_var("SUPERMIN_CACHE_TEST_FP_VAR");
+    let with_env = build_fp_env(d.path(), HashMode::Contents, "4G", Some("/boot/vmlinuz-x"));
+    let empty_env = build_fp_env(d.path(), HashMode::Contents, "4G", Some(""));
     assert_ne!(with_env, base);
     assert_ne!(empty_env, base);
     assert_ne!(empty_env, with_env);

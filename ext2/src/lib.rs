@@ -14,6 +14,8 @@
 //! inode, extended attributes and htree indexes: sparse_super, large_file,
 //! filetype, 256-byte inodes with nanosecond and post-2038 timestamps.
 
+#![warn(missing_docs)]
+
 mod blockmap;
 mod disk;
 mod error;
@@ -71,6 +73,7 @@ pub struct Summary {
     pub blocks_used: u64,
     /// Inodes in use, the reserved ones included.
     pub inodes_used: u64,
+    /// The filesystem UUID.
     pub uuid: [u8; 16],
     /// The tree holds a file or directory that others may not read, so the
     /// image was left mode 0600.

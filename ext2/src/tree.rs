@@ -28,11 +28,14 @@ pub const MAX_NAME_LEN: usize = 255;
 /// nanoseconds within that second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Timestamp {
+    /// Seconds since the epoch.
     pub secs: i64,
+    /// Nanoseconds within the second.
     pub nsec: u32,
 }
 
 impl Timestamp {
+    /// A timestamp of `secs` and `nsec`.
     pub fn new(secs: i64, nsec: u32) -> Timestamp {
         Timestamp { secs, nsec }
     }
@@ -44,23 +47,31 @@ pub struct Meta {
     /// Permission bits including setuid, setgid and sticky; the file type
     /// comes from [`NodeKind`], so bits above `0o7777` are ignored.
     pub mode: u16,
+    /// Owner.
     pub uid: u32,
+    /// Group.
     pub gid: u32,
+    /// Access time.
     pub atime: Timestamp,
+    /// Modification time.
     pub mtime: Timestamp,
+    /// Change time.
     pub ctime: Timestamp,
 }
 
 /// Where a regular file's bytes come from.
 #[derive(Debug, Clone)]
 pub enum FileData {
+    /// No bytes.
     Empty,
     /// A host file read at write time (holes found with SEEK_DATA/SEEK_HOLE
     /// stay holes). `len` is the size recorded at planning time; if the file
     /// changed size, what is there is written up to `len` and the rest reads
     /// as zeros.
     Host {
+        /// The host file.
         path: PathBuf,
+        /// The size to write.
         len: u64,
     },
     /// A byte range of an open file (e.g. a member of a decompressed tar
@@ -68,8 +79,11 @@ pub enum FileData {
     /// (`lseek` with SEEK_DATA/SEEK_HOLE) moves the file's offset: do not
     /// rely on it while an image is being written.
     Range {
+        /// The open file.
         file: Arc<File>,
+        /// Where the range starts.
         offset: u64,
+        /// Its length.
         len: u64,
     },
     /// Small in-memory contents (generated files such as README or module
@@ -87,6 +101,7 @@ impl FileData {
         }
     }
 
+    /// True when the file has no bytes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -95,23 +110,34 @@ impl FileData {
 /// What a node is.
 #[derive(Debug, Clone)]
 pub enum NodeKind {
+    /// A directory.
     Dir,
+    /// A regular file and where its bytes come from.
     File(FileData),
     /// The link target, any bytes but NUL.
     Symlink(Vec<u8>),
+    /// A character device.
     CharDev {
+        /// Major number.
         major: u32,
+        /// Minor number.
         minor: u32,
     },
+    /// A block device.
     BlockDev {
+        /// Major number.
         major: u32,
+        /// Minor number.
         minor: u32,
     },
+    /// A named pipe.
     Fifo,
+    /// A socket.
     Socket,
 }
 
 impl NodeKind {
+    /// True for a directory.
     pub fn is_dir(&self) -> bool {
         matches!(self, NodeKind::Dir)
     }
@@ -141,6 +167,7 @@ pub struct Tree {
 pub struct WalkEntry {
     /// Absolute path, e.g. `b"/usr/bin/ls"`; the root is `b"/"`.
     pub path: Vec<u8>,
+    /// The node.
     pub id: NodeId,
 }
 
@@ -210,6 +237,7 @@ impl Tree {
         }
     }
 
+    /// The root directory's node.
     pub fn root(&self) -> NodeId {
         NodeId(0)
     }

@@ -39,6 +39,7 @@ impl InputBudget {
         }
     }
 
+    /// The limit, in bytes.
     pub fn limit(&self) -> u64 {
         self.limit
     }

@@ -27,12 +27,19 @@ use crate::tree::{FileKind, Tree};
 /// What the closure needs from one ELF object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ElfInfo {
+    /// ELF64 (else ELF32).
     pub class64: bool,
+    /// Little-endian (else big-endian).
     pub little_endian: bool,
+    /// `e_machine`.
     pub machine: u16,
+    /// `PT_INTERP`: the program interpreter, for executables.
     pub interp: Option<String>,
+    /// `DT_NEEDED` names, in order.
     pub needed: Vec<String>,
+    /// `DT_RPATH` directories.
     pub rpath: Vec<String>,
+    /// `DT_RUNPATH` directories.
     pub runpath: Vec<String>,
 }
 

@@ -1,31 +1,18 @@
 //! Reading supermin.d inputs (supermin 5 semantics): each input file is sniffed by content,
 //! decompressed if it is gzip or xz, and sorted into packages, hostfiles, excludefiles or base
-//! images. Base images are only recorded here (never unpacked): the builder streams their
-//! entries into the image, checking each entry with [`safe_tar_path`] / [`BaseImageGuard`].
+//! images. Base images are only recorded here; [`crate::base_image`] walks them.
 //! Everything decompressed is counted against the build's [`InputBudget`].
 
-use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
+use supermin_kernel_probe::compression::{decoder, Members};
+pub use supermin_kernel_probe::Compression;
+
+use crate::base_image::BaseImage;
 use crate::budget::{too_large, InputBudget};
 use crate::error::{read_err, HostfilesError, Result};
-
-/// How a base image (or a list) is compressed on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    Xz,
-}
-
-/// A tar archive to overlay on the appliance root, in input order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BaseImage {
-    pub path: PathBuf,
-    pub compression: Compression,
-}
 
 /// Everything the supermin.d inputs asked for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -121,21 +108,24 @@ fn read_one(path: &Path, inputs: &mut Inputs, budget: &InputBudget) -> Result<()
     Ok(())
 }
 
-fn sniff_compression(path: &Path) -> Result<Compression> {
+/// gzip and xz, like supermin: other compressed formats are not inputs. A gzip stream must
+/// use deflate (method 8), the only one gzip writes.
+fn sniff_compression(path: &Path) -> Result<Option<Compression>> {
     let mut magic = [0u8; 6];
     let mut f = File::open(path).map_err(read_err(path))?;
     let n = read_up_to(&mut f, &mut magic).map_err(read_err(path))?;
-    Ok(if n >= 3 && magic[..3] == [0x1f, 0x8b, 0x08] {
-        Compression::Gzip
-    } else if n >= 6 && magic == *b"\xfd7zXZ\0" {
-        Compression::Xz
-    } else {
-        Compression::None
+    let magic = &magic[..n];
+    Ok(match Compression::sniff(magic) {
+        Some(Compression::Gzip) if magic.starts_with(&[0x1f, 0x8b, 0x08]) => {
+            Some(Compression::Gzip)
+        }
+        Some(Compression::Xz) => Some(Compression::Xz),
+        _ => None,
     })
 }
 
 /// The first 512 decompressed bytes, which is all supermin looks at to classify.
-fn read_head(path: &Path, compression: Compression) -> Result<Vec<u8>> {
+fn read_head(path: &Path, compression: Option<Compression>) -> Result<Vec<u8>> {
     let mut r = open_decompressed(path, compression)?;
     let mut buf = vec![0u8; 512];
     let n = read_up_to(&mut r, &mut buf).map_err(|source| HostfilesError::Decompress {
@@ -182,97 +172,33 @@ fn classify(path: &Path, buf: &[u8]) -> Result<Content> {
     }
 }
 
-fn open_decompressed(path: &Path, compression: Compression) -> Result<Box<dyn Read + Send>> {
+fn open_decompressed(
+    path: &Path,
+    compression: Option<Compression>,
+) -> Result<Box<dyn Read + Send>> {
     let f = BufReader::with_capacity(128 * 1024, File::open(path).map_err(read_err(path))?);
-    Ok(match compression {
-        Compression::None => Box::new(f),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(f)),
-        Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(f)),
-    })
+    match compression {
+        None => Ok(Box::new(f)),
+        // Every stream of the file, as `gzip -d` and `xz -d` read it.
+        Some(c) => decoder(c, f, Members::All).map_err(|source| HostfilesError::Decompress {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// `path` decompressed; a compressed stream counts against `budget` (see
 /// [`InputBudget::reader`]).
-fn open_budgeted(
+pub(crate) fn open_budgeted(
     path: &Path,
-    compression: Compression,
+    compression: Option<Compression>,
     budget: &InputBudget,
 ) -> Result<Box<dyn Read + Send>> {
     let r = open_decompressed(path, compression)?;
     Ok(match compression {
-        Compression::None => r,
-        Compression::Gzip | Compression::Xz => Box::new(budget.reader(path, r)),
+        None => r,
+        Some(_) => Box::new(budget.reader(path, r)),
     })
-}
-
-/// Open a base image as a decompressed tar stream (the builder streams its entries). The
-/// read that passes `budget` fails with an [`io::Error`] that [`too_large`] turns back into
-/// [`HostfilesError::InputTooLarge`].
-pub fn open_base_image(img: &BaseImage, budget: &InputBudget) -> Result<Box<dyn Read + Send>> {
-    open_budgeted(&img.path, img.compression, budget)
-}
-
-/// Validate a tar entry's path: returns it as a normalized relative path inside the root
-/// (`./etc/x/` -> `etc/x`; `.` or `./` -> empty, meaning the root itself), or an error for
-/// absolute paths and any `..` component. Symlinks are checked by [`BaseImageGuard`].
-pub fn safe_tar_path(entry: &Path) -> Result<PathBuf> {
-    let bad = |reason| HostfilesError::UnsafeTarPath {
-        entry: entry.display().to_string(),
-        reason,
-    };
-    let mut out = PathBuf::new();
-    for c in entry.components() {
-        match c {
-            Component::CurDir => {}
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => return Err(bad("it contains '..'")),
-            Component::RootDir | Component::Prefix(_) => return Err(bad("it is an absolute path")),
-        }
-    }
-    Ok(out)
-}
-
-/// Rejects base-image entries that would be written through a symlink: one made by an
-/// earlier entry (of any base image) or one the file set already holds (e.g. `/lib -> usr/lib`).
-#[derive(Debug, Default, Clone)]
-pub struct BaseImageGuard {
-    symlinks: HashSet<PathBuf>,
-}
-
-impl BaseImageGuard {
-    /// A guard that knows the symlinks of the host file set (relative to the root).
-    pub fn new<'a>(existing_symlinks: impl IntoIterator<Item = &'a Path>) -> Self {
-        let symlinks = existing_symlinks
-            .into_iter()
-            .filter_map(|p| safe_tar_path(p.strip_prefix("/").unwrap_or(p)).ok())
-            .collect();
-        BaseImageGuard { symlinks }
-    }
-
-    /// Check one entry; `is_symlink` records it so later entries below it are refused.
-    /// A symlink replaced by a non-symlink entry of the same name stops being a symlink.
-    pub fn check(&mut self, entry: &Path, is_symlink: bool) -> Result<PathBuf> {
-        let rel = safe_tar_path(entry)?;
-        let mut anc = rel.parent();
-        while let Some(a) = anc {
-            if a.as_os_str().is_empty() {
-                break;
-            }
-            if self.symlinks.contains(a) {
-                return Err(HostfilesError::UnsafeTarPath {
-                    entry: entry.display().to_string(),
-                    reason: "a parent directory is a symlink",
-                });
-            }
-            anc = a.parent();
-        }
-        if is_symlink {
-            self.symlinks.insert(rel.clone());
-        } else {
-            self.symlinks.remove(&rel);
-        }
-        Ok(rel)
-    }
 }
 
 #[cfg(test)]
@@ -331,7 +257,7 @@ mod tests {
             inputs.base_images,
             [BaseImage {
                 path: base,
-                compression: Compression::Gzip
+                compression: Some(Compression::Gzip)
             }]
         );
         assert_eq!(inputs.sources.len(), 6);
@@ -346,9 +272,10 @@ mod tests {
         let inputs = read_inputs(&[p1, p2, p3.clone()], &InputBudget::default()).unwrap();
         assert_eq!(inputs.packages, ["bash"]);
         assert_eq!(inputs.hostfiles, ["/bin/ls"]);
-        assert_eq!(inputs.base_images[0].compression, Compression::Xz);
+        assert_eq!(inputs.base_images[0].compression, Some(Compression::Xz));
         let mut ar = tar::Archive::new(
-            open_base_image(&inputs.base_images[0], &InputBudget::default()).unwrap(),
+            crate::base_image::open_stream(&inputs.base_images[0], &InputBudget::default())
+                .unwrap(),
         );
         let names: Vec<String> = ar
             .entries()
@@ -363,7 +290,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "base.tar", &tar_bytes(&[("etc/a", b"a")]));
         let inputs = read_inputs(&[p], &InputBudget::default()).unwrap();
-        assert_eq!(inputs.base_images[0].compression, Compression::None);
+        assert_eq!(inputs.base_images[0].compression, None);
     }
 
     #[test]
@@ -385,6 +312,23 @@ mod tests {
     }
 
     #[test]
+    fn only_gzip_and_xz_are_decompressed_like_supermin() {
+        let d = tempfile::tempdir().unwrap();
+        // A gzip magic with a method other than deflate, zstd: not decompressed, so their
+        // first byte is no input type's.
+        for (name, data) in [
+            ("p.gz7", &[0x1f, 0x8b, 0x07, 0, 0, 0][..]),
+            ("p.zst", &[0x28, 0xb5, 0x2f, 0xfd, 0, 0][..]),
+        ] {
+            let p = write(d.path(), name, data);
+            let e = read_inputs(&[p], &InputBudget::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(name) && e.contains("unknown file type"), "{e}");
+        }
+    }
+
+    #[test]
     fn truncated_gzip_input_is_an_error_not_a_panic() {
         let d = tempfile::tempdir().unwrap();
         let full = gzip(b"bash\ncoreutils\n");
@@ -401,7 +345,7 @@ mod tests {
                 flate2::Compression::fast(),
             )),
             Compression::Xz => Box::new(liblzma::write::XzEncoder::new(f, 1)),
-            Compression::None => Box::new(f),
+            other => panic!("no encoder for {other:?} here"),
         };
         for _ in 0..n {
             w.write_all(line).unwrap();
@@ -449,7 +393,7 @@ mod tests {
         let inputs = read_inputs(&[list, base], &budget).unwrap();
         assert_eq!(budget.used(), 5000);
         // The base image is 4000 bytes of data plus headers: more than the 3000 left.
-        let mut r = open_base_image(&inputs.base_images[0], &budget).unwrap();
+        let mut r = crate::base_image::open_stream(&inputs.base_images[0], &budget).unwrap();
         let err = io::copy(&mut r, &mut io::sink()).unwrap_err();
         assert!(matches!(
             too_large(err),
@@ -463,7 +407,7 @@ mod tests {
         let p = write(d.path(), "base.tar", &tar_bytes(&[("a", &[1; 4000])]));
         let budget = InputBudget::new(10);
         let inputs = read_inputs(&[p], &budget).unwrap();
-        let mut r = open_base_image(&inputs.base_images[0], &budget).unwrap();
+        let mut r = crate::base_image::open_stream(&inputs.base_images[0], &budget).unwrap();
         io::copy(&mut r, &mut io::sink()).unwrap();
         assert_eq!(budget.used(), 0);
     }
@@ -476,32 +420,5 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/supermin.d"));
-    }
-
-    #[test]
-    fn safe_tar_path_normalizes_and_refuses_escapes() {
-        assert_eq!(
-            safe_tar_path(Path::new("./etc/x/")).unwrap(),
-            PathBuf::from("etc/x")
-        );
-        assert_eq!(safe_tar_path(Path::new("./")).unwrap(), PathBuf::new());
-        assert!(safe_tar_path(Path::new("../etc/passwd")).is_err());
-        assert!(safe_tar_path(Path::new("etc/../../x")).is_err());
-        assert!(safe_tar_path(Path::new("/etc/passwd")).is_err());
-    }
-
-    #[test]
-    fn guard_refuses_entries_below_a_symlink() {
-        let mut g = BaseImageGuard::new([Path::new("/lib")]);
-        assert!(g.check(Path::new("lib/evil.so"), false).is_err());
-        assert!(g.check(Path::new("./etc/link"), true).is_ok());
-        assert!(g.check(Path::new("etc/link/passwd"), false).is_err());
-        assert_eq!(
-            g.check(Path::new("etc/other"), false).unwrap(),
-            PathBuf::from("etc/other")
-        );
-        // Replacing the symlink by a directory makes its children fine again.
-        g.check(Path::new("etc/link"), false).unwrap();
-        assert!(g.check(Path::new("etc/link/passwd"), false).is_ok());
     }
 }

@@ -3,9 +3,13 @@
 //! excludefiles, merged-/usr symlinks, the ELF closure, and `supermin --prepare`.
 //!
 //! Data flows one way: [`read_inputs`] -> [`Inputs`] -> [`resolve`] -> [`FileSet`]. This
-//! crate never writes an image; the builder streams the file set and the base images.
+//! crate never writes an image; the builder streams the file set and the base images, whose
+//! members this crate walks for it ([`read_base_image`]: base-image tars live here only).
 //! Decompression is bounded by an [`InputBudget`] the caller passes in.
 
+#![warn(missing_docs)]
+
+mod base_image;
 mod budget;
 mod elf;
 mod error;
@@ -15,18 +19,21 @@ mod packages;
 mod pattern;
 mod prepare;
 mod resolve;
+pub mod sparse;
 #[cfg(test)]
 mod testutil;
 mod tree;
 
 use std::path::Path;
 
+pub use base_image::{
+    open_base_image, read_base_image, safe_tar_path, BaseEntry, BaseEntryKind, BaseImage,
+    BaseImageGuard,
+};
 pub use budget::{too_large, InputBudget, DEFAULT_MAX_INPUT_SIZE};
 pub use elf::{read_elf, read_elf_from, ElfInfo};
 pub use error::HostfilesError;
-pub use inputs::{
-    open_base_image, read_inputs, safe_tar_path, BaseImage, BaseImageGuard, Compression, Inputs,
-};
+pub use inputs::{read_inputs, Compression, Inputs};
 pub use linkcheck::{
     check_links, elf_info_in, resolve_in, LinkProblem, LinkReport, Missing, TreeView, ViewNode,
 };

@@ -24,14 +24,22 @@ use crate::pattern::fnmatch;
 /// One node of a tree, without following a final symlink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ViewNode {
+    /// A directory.
     Dir,
+    /// A symlink to this target.
     Symlink(PathBuf),
-    File { mode: u32 },
+    /// A regular file.
+    File {
+        /// Its mode bits.
+        mode: u32,
+    },
+    /// Anything else.
     Other,
 }
 
 /// A file system tree that is not on disk yet (or not here): what the check reads.
 pub trait TreeView: Sync {
+    /// How file contents are read.
     type File: FileExt;
     /// The node at absolute in-tree `path`, not following a final symlink.
     fn node(&self, path: &Path) -> Option<ViewNode>;
@@ -96,14 +104,18 @@ fn push_components(todo: &mut Vec<OsString>, path: &Path) {
 /// What one object lacks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Missing {
+    /// The program interpreter (`PT_INTERP`).
     Interpreter(String),
+    /// A `DT_NEEDED` library.
     Library(String),
 }
 
 /// An ELF object that cannot be loaded in the tree, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkProblem {
+    /// The ELF object that needs it.
     pub object: PathBuf,
+    /// What it needs and the tree lacks.
     pub missing: Missing,
 }
 
@@ -134,9 +146,11 @@ pub fn elf_info_in<V: TreeView + ?Sized>(view: &V, path: &Path) -> Option<ElfInf
 /// What [`check_links`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkReport {
+    /// Every unmet need.
     pub problems: Vec<LinkProblem>,
     /// Regular files in the tree, and the ELF objects among them.
     pub files: usize,
+    /// How many ELF objects were checked.
     pub elf_objects: usize,
 }
 

@@ -9,13 +9,16 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use supermin_kernel_probe::compression::{decoder, Members};
+
+use crate::base_image::safe_tar_path;
 use crate::error::{read_err, write_err, HostfilesError, Result};
-use crate::inputs::safe_tar_path;
+use crate::inputs::Compression;
 use crate::packages::{self, Handler};
 use crate::pattern::join_root;
 
@@ -24,11 +27,14 @@ mod cpio;
 /// What one `--prepare` does.
 #[derive(Debug, Clone)]
 pub struct PrepareOptions {
+    /// The packages to prepare, by name.
     pub packages: Vec<String>,
+    /// `--use-installed`: take files from the installed packages instead of downloading them.
     pub use_installed: bool,
     /// `--packager-config`: passed to `apt-get -c`, `dnf download --config=` or
     /// `pacman --config` (instead of the host's configuration minus its CacheDir).
     pub packager_config: Option<PathBuf>,
+    /// Where supermin.d is written.
     pub out_dir: PathBuf,
     /// `SOURCE_DATE_EPOCH`: every tar entry gets this mtime.
     pub source_date_epoch: Option<i64>,
@@ -36,6 +42,7 @@ pub struct PrepareOptions {
     pub root: PathBuf,
 }
 
+/// Writes a supermin.d for `opts` (supermin's `--prepare`).
 pub fn prepare(opts: &PrepareOptions) -> Result<()> {
     if opts.packages.is_empty() {
         return Err(HostfilesError::NoPackages);
@@ -346,12 +353,18 @@ fn download_pacman(
             })?;
             continue;
         }
-        let f = File::open(&pkg).map_err(read_err(&pkg))?;
-        if name.ends_with(".xz") {
-            extract_wanted(liblzma::read::XzDecoder::new(f), &tree, wanted, &pkg)?;
+        let f = BufReader::new(File::open(&pkg).map_err(read_err(&pkg))?);
+        let compression = if name.ends_with(".xz") {
+            Compression::Xz
         } else {
-            extract_wanted(flate2::read::GzDecoder::new(f), &tree, wanted, &pkg)?;
-        }
+            Compression::Gzip
+        };
+        let stream =
+            decoder(compression, f, Members::One).map_err(|source| HostfilesError::Decompress {
+                path: pkg.clone(),
+                source,
+            })?;
+        extract_wanted(stream, &tree, wanted, &pkg)?;
     }
     Ok(tree)
 }

@@ -5,9 +5,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::base_image::BaseImage;
 use crate::elf::Closure;
 use crate::error::{HostfilesError, Result};
-use crate::inputs::{BaseImage, Inputs};
+use crate::inputs::Inputs;
 use crate::packages::{self, DepRule, Handler};
 use crate::pattern::{fnmatch, glob, join_root};
 use crate::tree::{FileKind, HostFile, Tree};
@@ -17,9 +18,6 @@ use crate::tree::{FileKind, HostFile, Tree};
 pub struct ResolveOptions {
     /// The system whose files and package database are used; `/` normally.
     pub root: PathBuf,
-    /// `--host-cpu` (kept for the builder's fingerprint; package selection uses the
-    /// package manager's own native architecture).
-    pub host_cpu: String,
     /// Add the ELF closure (PT_INTERP + DT_NEEDED) of every ELF file in the set.
     pub elf_closure: bool,
     /// Use this package handler instead of detecting one.
@@ -32,7 +30,6 @@ impl Default for ResolveOptions {
     fn default() -> Self {
         ResolveOptions {
             root: PathBuf::from("/"),
-            host_cpu: std::env::consts::ARCH.to_string(),
             elf_closure: true,
             handler: None,
             deps: DepRule::default(),

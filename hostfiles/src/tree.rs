@@ -17,12 +17,19 @@ use crate::pattern::join_root;
 /// What kind of file a [`HostFile`] is (from `lstat`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FileKind {
+    /// A directory.
     Dir,
+    /// A regular file.
     Regular,
+    /// A symlink.
     Symlink,
+    /// A character device.
     CharDev,
+    /// A block device.
     BlockDev,
+    /// A named pipe.
     Fifo,
+    /// A socket.
     Socket,
 }
 
@@ -30,19 +37,31 @@ pub enum FileKind {
 /// at `root + path`. Read its contents from there (the builder handles unreadable files).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostFile {
+    /// Its absolute path in the appliance (and under the root on the host).
     pub path: PathBuf,
+    /// What it is.
     pub kind: FileKind,
     /// Full `st_mode` (type and permission bits).
     pub mode: u32,
+    /// Owner.
     pub uid: u32,
+    /// Group.
     pub gid: u32,
+    /// Size in bytes.
     pub size: u64,
+    /// Modification time (seconds, nanoseconds).
     pub mtime: (i64, u32),
+    /// Access time (seconds, nanoseconds).
     pub atime: (i64, u32),
+    /// Change time (seconds, nanoseconds).
     pub ctime: (i64, u32),
+    /// Device it lives on (with `ino`, tells hard links apart).
     pub dev: u64,
+    /// Inode number.
     pub ino: u64,
+    /// Device number, for device files.
     pub rdev: u64,
+    /// Hard link count.
     pub nlink: u64,
     /// The link text, for symlinks.
     pub link_target: Option<PathBuf>,

@@ -3,14 +3,13 @@
 //! chroot(8). Needs root for chroot (CI runs as root) and gcc; fails saying so otherwise.
 
 use std::fs;
-use std::io::Read;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use supermin_hostfiles::{
-    open_base_image, prepare, read_inputs, resolve, BaseImageGuard, FileKind, FileSet, InputBudget,
-    PrepareOptions, ResolveOptions,
+    open_base_image, prepare, read_base_image, read_inputs, resolve, BaseEntryKind, FileKind,
+    FileSet, HostfilesError, InputBudget, PrepareOptions, ResolveOptions,
 };
 
 /// Panics, saying why, unless chroot(8) works here.
@@ -47,30 +46,27 @@ fn materialize(set: &FileSet, dir: &Path) {
             _ => {}
         }
     }
-    let symlinks: Vec<PathBuf> = set
-        .files
-        .iter()
-        .filter(|f| f.kind == FileKind::Symlink)
-        .map(|f| f.path.clone())
-        .collect();
-    let mut guard = BaseImageGuard::new(symlinks.iter().map(|p| p.as_path()));
+    // Base images on top, walked as the builder walks them (the scratch copies of
+    // compressed ones are unlinked files in `dir`).
+    let budget = InputBudget::default();
     for img in &set.base_images {
-        let mut ar = tar::Archive::new(open_base_image(img, &InputBudget::default()).unwrap());
-        for e in ar.entries().unwrap() {
-            let mut e = e.unwrap();
-            let is_link = e.header().entry_type().is_symlink();
-            let rel = guard.check(&e.path().unwrap(), is_link).unwrap();
-            let dest = dir.join(&rel);
-            if e.header().entry_type().is_dir() {
-                fs::create_dir_all(&dest).unwrap();
-            } else if e.header().entry_type().is_file() {
-                fs::create_dir_all(dest.parent().unwrap()).unwrap();
-                let mut data = Vec::new();
-                e.read_to_end(&mut data).unwrap();
-                let _ = fs::remove_file(&dest);
-                fs::write(&dest, data).unwrap();
+        let view = open_base_image(img, dir, &budget).unwrap();
+        read_base_image(img, view, dir, &budget, |e| {
+            let dest = dir.join(&e.path);
+            match e.kind {
+                BaseEntryKind::Dir => fs::create_dir_all(&dest).unwrap(),
+                BaseEntryKind::File { file, offset, len } => {
+                    fs::create_dir_all(dest.parent().unwrap()).unwrap();
+                    let mut data = vec![0; usize::try_from(len).unwrap()];
+                    file.read_exact_at(&mut data, offset).unwrap();
+                    let _ = fs::remove_file(&dest);
+                    fs::write(&dest, data).unwrap();
+                }
+                _ => {}
             }
-        }
+            Ok::<(), HostfilesError>(())
+        })
+        .unwrap();
     }
 }
 

@@ -12,6 +12,8 @@
 //! - `guestfs_verbose=1` (libguestfs), `supermin.debug` / `supermin.verbose`: say what we do.
 //!   Otherwise we only speak when something fails.
 //! - `rootwait=SECONDS` or `supermin.rootwait=SECONDS`: how long to wait for the root device.
+//! - `supermin.verify_modules`: hand the kernel each module with its signature even when it
+//!   does not enforce signing (see `modules.rs`; costs about 0.15 s of TCG boot).
 
 use std::fmt;
 use std::time::Duration;
@@ -58,6 +60,7 @@ pub struct Config {
     pub read_only: bool,
     pub verbose: bool,
     pub root_wait: Duration,
+    pub verify_modules: bool,
 }
 
 /// A `root=` value we cannot use.
@@ -74,6 +77,7 @@ impl Config {
             read_only: false,
             verbose: false,
             root_wait: DEFAULT_ROOT_WAIT,
+            verify_modules: false,
         };
         for (key, value) in words(cmdline) {
             match (key, value) {
@@ -85,6 +89,8 @@ impl Config {
                 ("supermin.debug" | "supermin.verbose", Some(value)) => {
                     config.verbose = is_true(value)
                 }
+                ("supermin.verify_modules", None) => config.verify_modules = true,
+                ("supermin.verify_modules", Some(value)) => config.verify_modules = is_true(value),
                 ("rootwait" | "supermin.rootwait", Some(value)) => {
                     if let Ok(seconds) = value.parse::<u64>() {
                         config.root_wait = Duration::from_secs(seconds);
@@ -226,6 +232,14 @@ mod tests {
         assert!(!config.read_only);
         assert!(!config.verbose);
         assert_eq!(config.root_wait, DEFAULT_ROOT_WAIT);
+        assert!(!config.verify_modules);
+    }
+
+    #[test]
+    fn verify_modules_is_a_flag_or_a_boolean() {
+        assert!(parse("root=/dev/vda supermin.verify_modules").verify_modules);
+        assert!(parse("supermin.verify_modules=1").verify_modules);
+        assert!(!parse("supermin.verify_modules=0").verify_modules);
     }
 
     #[test]

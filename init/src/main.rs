@@ -105,7 +105,8 @@ fn boot() -> Failure {
             .hint("the kernel needs CONFIG_SYSFS to find the root device");
     }
 
-    let loaded = modules::load_all(Path::new(MODULE_LIST), verbose);
+    let signatures = modules::signature_policy(config.verify_modules);
+    let loaded = modules::load_all(Path::new(MODULE_LIST), verbose, signatures);
     verbose!(verbose, "{loaded} modules loaded, uptime {}", uptime());
 
     let Some(root) = config.root.clone() else {

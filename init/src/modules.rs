@@ -6,6 +6,17 @@
 //! hardware that is absent, or a CPU-specific crypto module under TCG, fails harmlessly,
 //! and if something needed is missing, the root device never appears and that failure
 //! says what to look at.
+//!
+//! Signatures: a distribution's modules carry an appended PKCS#7 signature, and a kernel
+//! built with module signing hashes every module it is given and checks that signature,
+//! even when it does not enforce signing. Under TCG that check is about a third of the
+//! init's module time (0.15 s of a 2 s boot for ext4 and its dependencies). It protects
+//! nothing here: these modules come from the initrd, which the kernel trusts as a whole
+//! (this very program is PID 1). So when `/sys/module/module/parameters/sig_enforce` says
+//! `N`, each module is handed over without its signature; the kernel then marks itself
+//! tainted (`E`, an unsigned module), says so once at notice level, and loads it. A kernel
+//! that refuses an unsigned module after all (lockdown) gets the signed one. The kernel
+//! command line's `supermin.verify_modules` keeps the signatures.
 
 use std::fs::File;
 use std::io;
@@ -33,9 +44,54 @@ pub enum Outcome {
     Missing(io::ErrorKind),
 }
 
+/// Whether modules are handed to the kernel with their appended signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signatures {
+    Keep,
+    Strip,
+}
+
+/// The kernel's switch for enforced module signing (present when it was built with
+/// module signing).
+const SIG_ENFORCE: &str = "/sys/module/module/parameters/sig_enforce";
+
+/// Strip signatures only when asked not to verify and the kernel says it does not enforce
+/// them; a kernel without module signing has nothing to skip.
+pub fn signature_policy(verify_requested: bool) -> Signatures {
+    policy_from(
+        verify_requested,
+        std::fs::read_to_string(SIG_ENFORCE).ok().as_deref(),
+    )
+}
+
+fn policy_from(verify_requested: bool, sig_enforce: Option<&str>) -> Signatures {
+    match sig_enforce.map(str::trim) {
+        Some("N") if !verify_requested => Signatures::Strip,
+        _ => Signatures::Keep,
+    }
+}
+
+/// The magic string `scripts/sign-file` appends after the signature.
+const SIG_MAGIC: &[u8] = b"~Module signature appended~\n";
+/// `struct module_signature`, between the signature and the magic: its last four bytes are
+/// the signature's length, big-endian.
+const SIG_INFO_LEN: usize = 12;
+
+/// The module without its appended signature, or `None` when it carries none or the
+/// trailer does not add up (then the module is loaded as it is).
+pub fn strip_signature(image: &[u8]) -> Option<&[u8]> {
+    let rest = image.strip_suffix(SIG_MAGIC)?;
+    let info_start = rest.len().checked_sub(SIG_INFO_LEN)?;
+    let info = rest.get(info_start..)?;
+    let len_bytes: [u8; 4] = info.get(8..12)?.try_into().ok()?;
+    let sig_len = usize::try_from(u32::from_be_bytes(len_bytes)).ok()?;
+    let end = info_start.checked_sub(sig_len)?;
+    image.get(..end)
+}
+
 /// Loads every module in `list_path`; returns how many loaded. A missing list means no
 /// modules (a kernel with every driver built in needs none).
-pub fn load_all(list_path: &Path, verbose: bool) -> usize {
+pub fn load_all(list_path: &Path, verbose: bool, signatures: Signatures) -> usize {
     let text = match std::fs::read_to_string(list_path) {
         Ok(text) => text,
         Err(err) => {
@@ -46,10 +102,16 @@ pub fn load_all(list_path: &Path, verbose: bool) -> usize {
             return 0;
         }
     };
+    if signatures == Signatures::Strip {
+        verbose!(
+            verbose,
+            "loading modules without their signatures (the kernel does not enforce signing; supermin.verify_modules keeps them)"
+        );
+    }
     let mut loaded = 0;
     for path in parse_list(&text) {
         verbose!(verbose, "loading module {path}");
-        match load_one(Path::new(path)) {
+        match load_one(Path::new(path), signatures) {
             Outcome::Loaded => loaded += 1,
             Outcome::AlreadyLoaded => verbose!(verbose, "module {path} is already loaded"),
             Outcome::Missing(kind) => say!(
@@ -68,7 +130,12 @@ pub fn load_all(list_path: &Path, verbose: bool) -> usize {
     loaded
 }
 
-fn load_one(path: &Path) -> Outcome {
+fn load_one(path: &Path, signatures: Signatures) -> Outcome {
+    if signatures == Signatures::Strip {
+        if let Some(outcome) = load_unsigned(path) {
+            return outcome;
+        }
+    }
     let file = match File::open(path) {
         Ok(file) => file,
         Err(err) => return Outcome::Missing(err.kind()),
@@ -78,6 +145,22 @@ fn load_one(path: &Path) -> Outcome {
         Err(Errno::EXIST) => Outcome::AlreadyLoaded,
         Err(Errno::NOSYS) => load_from_buffer(path),
         Err(errno) => Outcome::Failed(errno),
+    }
+}
+
+/// Loads the module without its signature; `None` when it has none, or the kernel wants
+/// it signed after all, so that the caller loads the file as it is.
+fn load_unsigned(path: &Path) -> Option<Outcome> {
+    let image = match std::fs::read(path) {
+        Ok(image) => image,
+        Err(err) => return Some(Outcome::Missing(err.kind())),
+    };
+    let body = strip_signature(&image)?;
+    match rustix::system::init_module(body, c"") {
+        Ok(()) => Some(Outcome::Loaded),
+        Err(Errno::EXIST) => Some(Outcome::AlreadyLoaded),
+        Err(Errno::KEYREJECTED | Errno::NOKEY | Errno::KEYEXPIRED | Errno::PERM) => None,
+        Err(errno) => Some(Outcome::Failed(errno)),
     }
 }
 
@@ -140,14 +223,17 @@ mod tests {
     #[test]
     fn a_missing_module_file_is_reported_not_loaded() {
         assert_eq!(
-            load_one(Path::new("/nonexistent/supermin-test.ko")),
+            load_one(Path::new("/nonexistent/supermin-test.ko"), Signatures::Keep),
             Outcome::Missing(io::ErrorKind::NotFound)
         );
     }
 
     #[test]
     fn a_missing_list_loads_nothing() {
-        assert_eq!(load_all(Path::new("/nonexistent/modules"), false), 0);
+        assert_eq!(
+            load_all(Path::new("/nonexistent/modules"), false, Signatures::Strip),
+            0
+        );
     }
 
     #[test]
@@ -159,5 +245,44 @@ mod tests {
             explain(Errno::NOSPC),
             io::Error::from(Errno::NOSPC).to_string()
         );
+    }
+
+    fn signed(body: &[u8], sig: &[u8]) -> Vec<u8> {
+        let mut out = body.to_vec();
+        out.extend_from_slice(sig);
+        // algo, hash, id_type (2 = PKCS#7), signer_len, key_id_len, 3 pad bytes, sig_len.
+        out.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(&u32::try_from(sig.len()).unwrap().to_be_bytes());
+        out.extend_from_slice(SIG_MAGIC);
+        out
+    }
+
+    #[test]
+    fn a_signed_module_loses_exactly_its_signature() {
+        let body = b"\x7fELF module body";
+        let image = signed(body, &[0x30; 677]);
+        assert_eq!(strip_signature(&image), Some(&body[..]));
+        // An empty signature still leaves the body.
+        assert_eq!(strip_signature(&signed(body, &[])), Some(&body[..]));
+    }
+
+    #[test]
+    fn an_unsigned_or_malformed_trailer_is_left_alone() {
+        assert_eq!(strip_signature(b"\x7fELF no signature"), None);
+        // Only the magic, no room for the info block.
+        assert_eq!(strip_signature(SIG_MAGIC), None);
+        // A signature length larger than the file.
+        let mut image = signed(b"body", b"sig");
+        let len_at = image.len() - SIG_MAGIC.len() - 4;
+        image[len_at..len_at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(strip_signature(&image), None);
+    }
+
+    #[test]
+    fn signatures_are_stripped_only_when_the_kernel_does_not_enforce_them() {
+        assert_eq!(policy_from(false, Some("N\n")), Signatures::Strip);
+        assert_eq!(policy_from(false, Some("Y\n")), Signatures::Keep);
+        assert_eq!(policy_from(false, None), Signatures::Keep);
+        assert_eq!(policy_from(true, Some("N\n")), Signatures::Keep);
     }
 }

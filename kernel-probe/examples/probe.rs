@@ -13,7 +13,7 @@ fn main() -> ExitCode {
             extra.push(a);
         }
     }
-    let env = supermin_kernel_probe::ProbeEnv::from_env(None);
+    let env = supermin_kernel_probe::ProbeEnv::from_vars(|n| std::env::var_os(n), None);
     let result = supermin_kernel_probe::probe(&env).and_then(|k| {
         let set = supermin_kernel_probe::module_set(&k, &extra)?;
         Ok((k, set))

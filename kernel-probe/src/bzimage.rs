@@ -105,6 +105,7 @@ pub(crate) fn io_error(path: &Path, source: io::Error) -> ProbeError {
 pub struct PayloadLocation {
     /// Byte offset of the payload from the start of the file.
     pub offset: u64,
+    /// Its length in bytes.
     pub length: u64,
 }
 

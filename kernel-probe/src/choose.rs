@@ -43,14 +43,11 @@ pub struct ProbeEnv {
 }
 
 impl ProbeEnv {
-    /// Reads the `SUPERMIN_*` variables. An empty variable counts as unset
-    /// (`SUPERMIN_KERNEL= cmd` is the shell's way to unset it for one command).
-    /// The host CPU defaults to the one this program was built for.
-    pub fn from_env(host_cpu: Option<&str>) -> ProbeEnv {
-        ProbeEnv::from_vars(|name| std::env::var_os(name), host_cpu)
-    }
-
-    /// [`ProbeEnv::from_env`] with the variables looked up by `var`.
+    /// The `SUPERMIN_*` variables, looked up by `var` (the binary's snapshot of
+    /// its environment: this crate never reads the environment itself). An empty
+    /// variable counts as unset (`SUPERMIN_KERNEL= cmd` is the shell's way to
+    /// unset it for one command). The host CPU defaults to the one this program
+    /// was built for.
     pub fn from_vars(var: impl Fn(&str) -> Option<OsString>, host_cpu: Option<&str>) -> ProbeEnv {
         let var = |name: &str| var(name).filter(|v| !v.is_empty());
         ProbeEnv {
@@ -84,6 +81,7 @@ pub enum KernelSource {
 }
 
 impl KernelSource {
+    /// The rule's name, for reports.
     pub fn as_str(self) -> &'static str {
         match self {
             KernelSource::Env => "SUPERMIN_KERNEL",
@@ -107,6 +105,7 @@ pub enum VersionSource {
 }
 
 impl VersionSource {
+    /// Where the version came from, for reports.
     pub fn as_str(self) -> &'static str {
         match self {
             VersionSource::Env => "SUPERMIN_KERNEL_VERSION",
@@ -117,6 +116,7 @@ impl VersionSource {
     }
 }
 
+/// What became of a candidate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// This is the kernel.
@@ -128,6 +128,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The verdict, for reports.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Chosen => "chosen",
@@ -140,21 +141,32 @@ impl Verdict {
 /// One file considered as the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
+    /// The kernel file.
     pub path: PathBuf,
+    /// Its version, when it could be told.
     pub version: Option<String>,
+    /// Where the version came from.
     pub version_source: Option<VersionSource>,
+    /// Its modules directory, when there is one.
     pub modules_dir: Option<PathBuf>,
+    /// What became of it.
     pub verdict: Verdict,
+    /// Why.
     pub reason: String,
 }
 
 /// The chosen kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kernel {
+    /// The kernel file (a bzImage).
     pub path: PathBuf,
+    /// Its version.
     pub version: String,
+    /// Where the version came from.
     pub version_source: VersionSource,
+    /// Its modules directory.
     pub modules_dir: PathBuf,
+    /// Which rule chose it.
     pub source: KernelSource,
     /// `/boot/config-VERSION` when it exists: tells built-in from absent
     /// modules when the modules directory has no `modules.builtin`.
@@ -168,11 +180,17 @@ pub struct Kernel {
 /// can tell, and `ctime` catches `touch -r` tricks).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FileIdentity {
+    /// The file.
     pub path: PathBuf,
+    /// Its device.
     pub dev: u64,
+    /// Its inode.
     pub ino: u64,
+    /// Its size.
     pub size: u64,
+    /// Its modification time, in nanoseconds.
     pub mtime_ns: i128,
+    /// Its change time, in nanoseconds.
     pub ctime_ns: i128,
 }
 

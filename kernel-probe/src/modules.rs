@@ -15,6 +15,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use crate::choose::Kernel;
+use crate::compression::{decoder, Compression, Members};
 use crate::ProbeError;
 
 /// What the initrd must load to find and mount the root: the virtio PCI
@@ -58,6 +59,7 @@ pub struct Module {
 /// A module that was wanted but is not loaded from the initrd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotLoaded {
+    /// The module's name.
     pub name: String,
     /// Who wanted it: `boot`, `extra`, or the module whose softdep named it.
     pub wanted_by: String,
@@ -71,6 +73,7 @@ pub struct NotLoaded {
 pub struct ModuleSet {
     /// In load order: each module after everything it depends on.
     pub modules: Vec<Module>,
+    /// Wanted names the set does not hold, and why.
     pub not_loaded: Vec<NotLoaded>,
 }
 
@@ -394,26 +397,20 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, ProbeError> {
         path: path.to_path_buf(),
         source,
     };
-    let out = if name.ends_with(".ko") {
-        raw
-    } else if name.ends_with(".ko.xz") {
-        let mut out = Vec::with_capacity(raw.len() * 3);
-        liblzma::read::XzDecoder::new_multi_decoder(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(decompress_err)?;
-        out
-    } else if name.ends_with(".ko.gz") {
-        let mut out = Vec::with_capacity(raw.len() * 3);
-        flate2::read::MultiGzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(decompress_err)?;
-        out
-    } else if name.ends_with(".ko.zst") {
-        crate::vmlinux::zstd_decode_all(&raw).map_err(decompress_err)?
-    } else {
+    let Some(compression) = Compression::of_module_name(&name) else {
         return Err(ProbeError::ModuleUnknownCompression {
             path: path.to_path_buf(),
         });
+    };
+    let out = match compression {
+        None => raw,
+        Some(c) => {
+            let mut out = Vec::with_capacity(raw.len() * 3);
+            decoder(c, raw.as_slice(), Members::All)
+                .and_then(|mut d| d.read_to_end(&mut out))
+                .map_err(decompress_err)?;
+            out
+        }
     };
     if !out.starts_with(b"\x7fELF") {
         return Err(ProbeError::ModuleNotElf {

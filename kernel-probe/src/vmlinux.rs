@@ -16,64 +16,24 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+use goblin::container::{Container, Ctx, Endian};
+use goblin::elf::program_header::{ProgramHeader, PT_NOTE};
+use goblin::elf::section_header::{SectionHeader, SHT_NOTE};
+
 use crate::bzimage::{payload_location, read_head, SETUP_HEADER_LEN};
+pub use crate::compression::Compression;
+use crate::compression::{decoder, Members};
 use crate::ProbeError;
 
 /// XEN_ELFNOTE_PHYS32_ENTRY: the 32-bit PVH entry point (xen/include/public/elfnote.h).
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
-const PT_NOTE: u32 = 4;
-const SHT_NOTE: u32 = 7;
 /// Note segments of a kernel are a few KiB; refuse to read absurd sizes.
 const MAX_NOTE_BYTES: u64 = 1 << 20;
-
-/// How a bzImage payload is compressed (arch/x86/boot/compressed/Makefile).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    Gzip,
-    Xz,
-    Zstd,
-    Lzma,
-    Bzip2,
-    Lz4,
-    Lzo,
-}
-
-impl Compression {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Compression::Gzip => "gzip",
-            Compression::Xz => "xz",
-            Compression::Zstd => "zstd",
-            Compression::Lzma => "lzma",
-            Compression::Bzip2 => "bzip2",
-            Compression::Lz4 => "lz4",
-            Compression::Lzo => "lzo",
-        }
-    }
-
-    /// Recognises a payload by its first bytes, as the kernel's own
-    /// `decompress_method()` does (lib/decompress.c).
-    pub fn sniff(magic: &[u8]) -> Option<Compression> {
-        const TABLE: &[(&[u8], Compression)] = &[
-            (b"\x1f\x8b", Compression::Gzip),
-            (b"\x1f\x9e", Compression::Gzip),
-            (b"\xfd7zXZ\x00", Compression::Xz),
-            (b"\x28\xb5\x2f\xfd", Compression::Zstd),
-            (b"\x5d\x00\x00", Compression::Lzma),
-            (b"BZh", Compression::Bzip2),
-            (b"\x02\x21\x4c\x18", Compression::Lz4),
-            (b"\x89LZO", Compression::Lzo),
-        ];
-        TABLE
-            .iter()
-            .find(|(m, _)| magic.starts_with(m))
-            .map(|(_, c)| *c)
-    }
-}
 
 /// What [`extract_vmlinux`] produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VmlinuxInfo {
+    /// How the payload was compressed.
     pub compression: Compression,
     /// Bytes written to the output file.
     pub size: u64,
@@ -131,35 +91,6 @@ fn extract_inner(bzimage: &Path, out: &Path) -> Result<VmlinuxInfo, ProbeError> 
     })?;
     let mut writer = BufWriter::with_capacity(1 << 20, out_file);
     let size = match compression {
-        Compression::Gzip => pump(flate2::bufread::GzDecoder::new(payload), &mut writer, out)
-            .map_err(|e| e.into_probe(decompress_err))?,
-        Compression::Xz => {
-            let stream = liblzma::stream::Stream::new_stream_decoder(u64::MAX, 0)
-                .map_err(|e| decompress_err(io::Error::other(e)))?;
-            pump(
-                liblzma::bufread::XzDecoder::new_stream(payload, stream),
-                &mut writer,
-                out,
-            )
-            .map_err(|e| e.into_probe(decompress_err))?
-        }
-        Compression::Lzma => {
-            let stream = liblzma::stream::Stream::new_lzma_decoder(u64::MAX)
-                .map_err(|e| decompress_err(io::Error::other(e)))?;
-            pump(
-                liblzma::bufread::XzDecoder::new_stream(payload, stream),
-                &mut writer,
-                out,
-            )
-            .map_err(|e| e.into_probe(decompress_err))?
-        }
-        Compression::Zstd => {
-            let dec = ruzstd::decoding::StreamingDecoder::new(payload)
-                .map_err(|e| decompress_err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
-            pump(dec, &mut writer, out).map_err(|e| e.into_probe(decompress_err))?
-        }
-        Compression::Bzip2 => pump(bzip2::bufread::BzDecoder::new(payload), &mut writer, out)
-            .map_err(|e| e.into_probe(decompress_err))?,
         Compression::Lz4 => {
             let mut data = Vec::new();
             payload.read_to_end(&mut data).map_err(io_err)?;
@@ -170,6 +101,11 @@ fn extract_inner(bzimage: &Path, out: &Path) -> Result<VmlinuxInfo, ProbeError> 
                 path: bzimage.to_path_buf(),
                 format: "lzo".into(),
             })
+        }
+        // One stream: the kernel build appends the payload's size after it.
+        c => {
+            let stream = decoder(c, payload, Members::One).map_err(decompress_err)?;
+            pump(stream, &mut writer, out).map_err(|e| e.into_probe(decompress_err))?
         }
     };
     writer.flush().map_err(|source| ProbeError::Write {
@@ -258,73 +194,10 @@ fn lz4_legacy_decode(data: &[u8], to: &mut impl Write, out: &Path) -> Result<u64
     Ok(total)
 }
 
-/// Decodes every zstd frame in `data`, skipping skippable frames; used for
-/// `.ko.zst` modules, which may hold more than one frame.
-pub(crate) fn zstd_decode_all(data: &[u8]) -> io::Result<Vec<u8>> {
-    let mut input = data;
-    let mut out = Vec::with_capacity(data.len() * 3);
-    while input.len() >= 4 {
-        let magic = u32::from_le_bytes([input[0], input[1], input[2], input[3]]);
-        if magic & 0xffff_fff0 == 0x184d_2a50 {
-            let len = input
-                .get(4..8)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-                .ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::UnexpectedEof, "truncated skippable frame")
-                })?;
-            input = input.get(8 + len..).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::UnexpectedEof, "truncated skippable frame")
-            })?;
-            continue;
-        }
-        let mut dec = ruzstd::decoding::StreamingDecoder::new(&mut input)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        dec.read_to_end(&mut out)?;
-    }
-    if !input.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "trailing bytes after the last zstd frame",
-        ));
-    }
-    Ok(out)
-}
-
-/// Little-endian ELF fields, for either class.
-struct Elf<'a> {
-    head: &'a [u8],
-    is64: bool,
-}
-
-impl Elf<'_> {
-    fn u16(&self, at: usize) -> Option<u16> {
-        Some(u16::from_le_bytes(
-            self.head.get(at..at + 2)?.try_into().ok()?,
-        ))
-    }
-    fn u32(&self, at: usize) -> Option<u32> {
-        Some(u32::from_le_bytes(
-            self.head.get(at..at + 4)?.try_into().ok()?,
-        ))
-    }
-    fn u64(&self, at: usize) -> Option<u64> {
-        Some(u64::from_le_bytes(
-            self.head.get(at..at + 8)?.try_into().ok()?,
-        ))
-    }
-    /// A word-sized field: 8 bytes at `at64` in ELF64, 4 bytes at `at32` in ELF32.
-    fn word(&self, at32: usize, at64: usize) -> Option<u64> {
-        if self.is64 {
-            self.u64(at64)
-        } else {
-            self.u32(at32).map(u64::from)
-        }
-    }
-}
-
 /// Reads the PVH entry note from the ELF at `path`, looking in PT_NOTE
 /// segments first and SHT_NOTE sections second (a stripped vmlinux keeps
-/// both). `Err(NotElf)` when the file is not a little-endian ELF.
+/// both). `Err(NotElf)` when the file is not a little-endian ELF. goblin parses
+/// the headers; only they and the note areas are read, never the whole file.
 pub fn pvh_entry_of(path: &Path) -> Result<Option<u64>, ProbeError> {
     let not_elf = |reason: &str| ProbeError::NotElf {
         path: path.to_path_buf(),
@@ -349,50 +222,47 @@ pub fn pvh_entry_of(path: &Path) -> Result<Option<u64>, ProbeError> {
     if ehdr[5] != 1 {
         return Err(not_elf("not little-endian"));
     }
-    let is64 = match ehdr[4] {
-        1 => false,
-        2 if got == 64 => true,
-        _ => return Err(not_elf("unknown ELF class")),
-    };
-    let e = Elf { head: &ehdr, is64 };
-    let bad = || not_elf("truncated ELF header");
-    let phoff = e.word(0x1c, 0x20).ok_or_else(bad)?;
-    let shoff = e.word(0x20, 0x28).ok_or_else(bad)?;
-    let (phentsize, phnum) = if is64 {
-        (e.u16(0x36).ok_or_else(bad)?, e.u16(0x38).ok_or_else(bad)?)
-    } else {
-        (e.u16(0x2a).ok_or_else(bad)?, e.u16(0x2c).ok_or_else(bad)?)
-    };
-    let (shentsize, shnum) = if is64 {
-        (e.u16(0x3a).ok_or_else(bad)?, e.u16(0x3c).ok_or_else(bad)?)
-    } else {
-        (e.u16(0x2e).ok_or_else(bad)?, e.u16(0x30).ok_or_else(bad)?)
-    };
+    let hdr = goblin::elf::Elf::parse_header(&ehdr[..got])
+        .map_err(|e| not_elf(&format!("unknown ELF class ({e})")))?;
+    let container = hdr
+        .container()
+        .map_err(|e| not_elf(&format!("unknown ELF class ({e})")))?;
+    let ctx = Ctx::new(container, Endian::Little);
+    let is64 = container == Container::Big;
 
+    // (offset, size, alignment) of every note area, segments first.
     let mut regions = Vec::new();
-    let ph_table =
-        read_at(&mut file, phoff, u64::from(phentsize) * u64::from(phnum)).map_err(io_err)?;
-    note_regions(
-        &ph_table,
-        phentsize,
-        phnum,
-        is64,
-        &PROGRAM_HEADERS,
-        &mut regions,
-    );
-    let sh_table = if shoff != 0 && shnum != 0 {
-        read_at(&mut file, shoff, u64::from(shentsize) * u64::from(shnum)).map_err(io_err)?
-    } else {
-        Vec::new()
+    let (phent, shent) = if is64 { (56, 64) } else { (32, 40) };
+    // A header table's bytes and how many standard-size entries they hold: none when its
+    // entries have another size, fewer when it is cut short (no notes to read there).
+    let mut table = |off: u64, entsize: u16, count: u16, standard: usize| {
+        let bytes =
+            read_at(&mut file, off, u64::from(entsize) * u64::from(count)).map_err(io_err)?;
+        let n = if usize::from(entsize) == standard {
+            usize::from(count).min(bytes.len() / standard)
+        } else {
+            0
+        };
+        Ok::<_, ProbeError>((bytes, n))
     };
-    note_regions(
-        &sh_table,
-        shentsize,
-        shnum,
-        is64,
-        &SECTION_HEADERS,
-        &mut regions,
+    let (ph_table, n) = table(hdr.e_phoff, hdr.e_phentsize, hdr.e_phnum, phent)?;
+    let phdrs = ProgramHeader::parse(&ph_table, 0, n, ctx).unwrap_or_default();
+    regions.extend(
+        phdrs
+            .iter()
+            .filter(|p| p.p_type == PT_NOTE)
+            .map(|p| (p.p_offset, p.p_filesz, p.p_align)),
     );
+    if hdr.e_shoff != 0 && hdr.e_shnum != 0 {
+        let (sh_table, n) = table(hdr.e_shoff, hdr.e_shentsize, hdr.e_shnum, shent)?;
+        let shdrs = SectionHeader::parse(&sh_table, 0, n, ctx).unwrap_or_default();
+        regions.extend(
+            shdrs
+                .iter()
+                .filter(|s| s.sh_type == SHT_NOTE)
+                .map(|s| (s.sh_offset, s.sh_size, s.sh_addralign)),
+        );
+    }
     for (off, size, align) in regions {
         let notes = read_at(&mut file, off, size.min(MAX_NOTE_BYTES)).map_err(io_err)?;
         if let Some(entry) = find_pvh_note(&notes, if align == 8 { 8 } else { 4 }) {
@@ -400,62 +270,6 @@ pub fn pvh_entry_of(path: &Path) -> Result<Option<u64>, ProbeError> {
         }
     }
     Ok(None)
-}
-
-/// Where an ELF header table keeps what a note search needs, as (64-bit, 32-bit) offsets
-/// within one entry: program headers and section headers differ only in these.
-struct TableLayout {
-    type_at: usize,
-    note_type: u32,
-    offset: (usize, usize),
-    size: (usize, usize),
-    align: (usize, usize),
-}
-
-const PROGRAM_HEADERS: TableLayout = TableLayout {
-    type_at: 0,
-    note_type: PT_NOTE,
-    offset: (0x08, 0x04),
-    size: (0x20, 0x10),
-    align: (0x30, 0x1c),
-};
-
-const SECTION_HEADERS: TableLayout = TableLayout {
-    type_at: 4,
-    note_type: SHT_NOTE,
-    offset: (0x18, 0x10),
-    size: (0x20, 0x14),
-    align: (0x30, 0x20),
-};
-
-/// Appends the (offset, size, alignment) of every note entry of `table`.
-fn note_regions(
-    table: &[u8],
-    entsize: u16,
-    count: u16,
-    is64: bool,
-    layout: &TableLayout,
-    out: &mut Vec<(u64, u64, u64)>,
-) {
-    for i in 0..usize::from(count) {
-        let entry = Elf {
-            head: table.get(i * usize::from(entsize)..).unwrap_or(&[]),
-            is64,
-        };
-        if entry.u32(layout.type_at) != Some(layout.note_type) {
-            continue;
-        }
-        let field = |(at64, at32): (usize, usize)| {
-            if is64 {
-                entry.u64(at64)
-            } else {
-                entry.u32(at32).map(u64::from)
-            }
-        };
-        if let (Some(off), Some(size)) = (field(layout.offset), field(layout.size)) {
-            out.push((off, size, field(layout.align).unwrap_or(4)));
-        }
-    }
 }
 
 /// Reads up to `len` bytes at `off` (fewer at end of file).
@@ -598,20 +412,18 @@ mod tests {
         out
     }
 
-    const DECODABLE: [Compression; 6] = [
-        Compression::Gzip,
-        Compression::Xz,
-        Compression::Zstd,
-        Compression::Lzma,
-        Compression::Bzip2,
-        Compression::Lz4,
-    ];
+    /// Every format but lzo, which is recognised and never decoded.
+    fn decodable() -> impl Iterator<Item = Compression> {
+        crate::compression::ALL
+            .into_iter()
+            .filter(|c| *c != Compression::Lzo)
+    }
 
     #[test]
     fn every_supported_payload_decompresses_to_the_original_elf() {
         let elf = fake_elf64(Some(0x100_0000));
         let dir = tempfile::tempdir().unwrap();
-        for c in DECODABLE {
+        for c in decodable() {
             let img = dir.path().join(format!("bzImage-{}", c.as_str()));
             fs::write(&img, fake_bzimage(Some("6.1.0"), 27, &compress(c, &elf))).unwrap();
             let out = dir.path().join(format!("vmlinux-{}", c.as_str()));
@@ -661,6 +473,46 @@ mod tests {
             None,
             "other owner"
         );
+    }
+
+    #[test]
+    fn the_pvh_note_is_read_from_the_elf_headers_and_odd_files_are_not_elves() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmlinux");
+        fs::write(&path, fake_elf64(Some(0x100_0000))).unwrap();
+        assert_eq!(pvh_entry_of(&path).unwrap(), Some(0x100_0000));
+        fs::write(&path, fake_elf64(None)).unwrap();
+        assert_eq!(pvh_entry_of(&path).unwrap(), None);
+        // A program header table cut short: no notes to read, not an error.
+        let mut cut = fake_elf64(Some(0x100_0000));
+        cut.truncate(64 + 20);
+        fs::write(&path, &cut).unwrap();
+        assert_eq!(pvh_entry_of(&path).unwrap(), None);
+        for (bytes, why) in [
+            (
+                {
+                    let mut e = fake_elf64(None);
+                    e[5] = 2;
+                    e
+                },
+                "little-endian",
+            ),
+            (
+                {
+                    let mut e = fake_elf64(None);
+                    e[4] = 3;
+                    e
+                },
+                "ELF class",
+            ),
+            (b"#!/bin/sh\n".to_vec(), "no ELF magic"),
+        ] {
+            fs::write(&path, bytes).unwrap();
+            match pvh_entry_of(&path) {
+                Err(ProbeError::NotElf { reason, .. }) => assert!(reason.contains(why), "{reason}"),
+                other => panic!("{why}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -57,14 +57,6 @@ pub fn verdict_file(runtime_dir: Option<&Path>, tmp_dir: &Path) -> PathBuf {
     dir.join(format!("{VERDICT_PREFIX}{uid}"))
 }
 
-/// This host boot's id; `None` where `/proc` does not say.
-pub fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
 /// What a verdict is valid for: one host boot, one qemu binary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerdictKey {

@@ -13,6 +13,7 @@ use crate::{accel, qemu, virtiofs, LaunchEnv};
 /// The qemu binary a run would use.
 #[derive(Debug, Clone)]
 pub struct QemuFound {
+    /// Where it is.
     pub path: PathBuf,
     /// The first line of `-help` (`QEMU emulator version ...`).
     pub version: String,
@@ -98,9 +99,17 @@ pub enum KvmState {
     /// `/dev/kvm` does not exist (no KVM module, or a container without the device).
     Absent,
     /// `/dev/kvm` exists but this user cannot use it (the reason, e.g. EACCES).
-    NotUsable { reason: String, permission: bool },
+    NotUsable {
+        /// What opening it said.
+        reason: String,
+        /// The failure is a permission denial (the fix is a group).
+        permission: bool,
+    },
     /// KVM failed earlier in this host boot with this qemu: runs use TCG.
-    Failed { reason: String },
+    Failed {
+        /// What was recorded about the failure.
+        reason: String,
+    },
     /// `/dev/kvm` works and no failure is recorded: the next run tries KVM.
     NotTriedOrWorks,
 }
@@ -119,7 +128,7 @@ pub fn kvm_state(env: &LaunchEnv, qemu: &QemuFound) -> KvmState {
         let permission = reason.contains("ermission denied");
         return KvmState::NotUsable { reason, permission };
     }
-    let key = accel::boot_id().map(|boot_id| accel::VerdictKey {
+    let key = supermin_cache::current_boot_id().map(|boot_id| accel::VerdictKey {
         boot_id,
         qemu: qemu.identity.clone(),
     });

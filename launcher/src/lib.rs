@@ -11,6 +11,8 @@
 //! goes through `Vm`'s `Drop`, which kills qemu and removes the scratch
 //! directory.
 
+#![warn(missing_docs)]
+
 mod accel;
 mod copy;
 pub mod diag;
@@ -66,21 +68,49 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Accel {
     /// KVM when `/dev/kvm` works, TCG otherwise (including when KVM guests hang).
     Auto,
+    /// KVM, or fail.
     Kvm,
+    /// TCG (emulation), even where KVM works.
     Tcg,
 }
 
+/// A name that is not an accelerator, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}{value:?} is not an accelerator: use auto, kvm or tcg")]
+pub struct UnknownAccel {
+    /// `--accel `, `SUPERMIN_ACCEL=` or nothing (a plain parse).
+    origin: &'static str,
+    /// The name given (lossily decoded when it was not UTF-8).
+    pub value: String,
+}
+
 impl std::str::FromStr for Accel {
-    type Err = String;
+    type Err = UnknownAccel;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "auto" => Ok(Accel::Auto),
             "kvm" => Ok(Accel::Kvm),
             "tcg" => Ok(Accel::Tcg),
-            other => Err(format!(
-                "unknown accelerator {other:?}: use auto, kvm or tcg"
-            )),
+            other => Err(UnknownAccel {
+                origin: "",
+                value: other.to_string(),
+            }),
         }
+    }
+}
+
+impl Accel {
+    /// The accelerator a run uses: `--accel` (`flag`) when given, else
+    /// `$SUPERMIN_ACCEL` (`env`) when set and not empty, else auto.
+    pub fn resolve(flag: Option<&str>, env: Option<&OsStr>) -> Result<Accel, UnknownAccel> {
+        let (origin, value) = match (flag, env.filter(|v| !v.is_empty())) {
+            (Some(flag), _) => ("--accel ", flag.into()),
+            (None, Some(env)) => ("SUPERMIN_ACCEL=", env.to_string_lossy()),
+            (None, None) => return Ok(Accel::Auto),
+        };
+        value
+            .parse()
+            .map_err(|e: UnknownAccel| UnknownAccel { origin, ..e })
     }
 }
 
@@ -113,12 +143,21 @@ impl std::str::FromStr for ShareTransport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
     /// `--accel auto` found KVM broken and boots with TCG instead.
-    KvmFallback { reason: String },
+    KvmFallback {
+        /// What failed.
+        reason: String,
+    },
     /// A disk attached raw (no format named) starts like a qcow2 image.
-    RawLooksLikeQcow2 { path: PathBuf },
+    RawLooksLikeQcow2 {
+        /// The disk.
+        path: PathBuf,
+    },
     /// `--share-transport virtiofs` where virtiofsd cannot make its
     /// namespace sandbox: it runs without one.
-    VirtiofsWithoutSandbox { reason: String },
+    VirtiofsWithoutSandbox {
+        /// Why virtiofsd could not make it.
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for Notice {
@@ -161,21 +200,25 @@ pub struct LaunchEnv {
 impl LaunchEnv {
     /// Reads the variables above from this process's environment.
     pub fn from_process() -> LaunchEnv {
+        LaunchEnv::from_vars(|name| std::env::var_os(name))
+    }
+
+    /// Reads the variables above through `var` (the binary's one snapshot of
+    /// the environment).
+    pub fn from_vars(var: impl Fn(&str) -> Option<OsString>) -> LaunchEnv {
         LaunchEnv {
-            path: std::env::var_os("PATH"),
-            runtime_dir: std::env::var_os("XDG_RUNTIME_DIR")
+            path: var("PATH"),
+            runtime_dir: var("XDG_RUNTIME_DIR")
                 .map(PathBuf::from)
                 .filter(|p| p.is_absolute()),
-            tmp_dir: std::env::var_os("TMPDIR")
+            tmp_dir: var("TMPDIR")
                 .map(PathBuf::from)
                 .filter(|p| p.is_absolute())
                 .unwrap_or_else(|| PathBuf::from("/var/tmp")),
-            virtiofsd: std::env::var_os("SUPERMIN_VIRTIOFSD")
+            virtiofsd: var("SUPERMIN_VIRTIOFSD")
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
-            home: std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .filter(|p| p.is_absolute()),
+            home: var("HOME").map(PathBuf::from).filter(|p| p.is_absolute()),
         }
     }
 }
@@ -183,6 +226,7 @@ impl LaunchEnv {
 /// Everything one `supermin run` needs, resolved by the CLI.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
+    /// What the run takes from the environment.
     pub env: LaunchEnv,
     /// Forget a recorded KVM failure and try KVM again (`--accel auto`).
     pub recheck_kvm: bool,
@@ -201,8 +245,11 @@ pub struct RunOptions {
     pub share_transport: ShareTransport,
     /// Directory with `kernel`, `initrd`, `root` and maybe `vmlinux`.
     pub appliance: PathBuf,
+    /// The accelerator.
     pub accel: Accel,
+    /// Guest memory in MiB (at least 128 is used).
     pub memory_mib: u32,
+    /// Virtual CPUs (at least 1 is used).
     pub cpus: u32,
     /// Extra disks in order (`/dev/vdb`, `/dev/vdc`, ...).
     pub disks: Vec<Disk>,
@@ -239,14 +286,18 @@ pub struct Interactive {
 /// `--copy-in HOST_PATH:GUEST_DIR`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyIn {
+    /// The host file or directory to copy.
     pub host: PathBuf,
+    /// The appliance directory to copy it into.
     pub guest_dir: PathBuf,
 }
 
 /// `--copy-out GUEST_PATH:HOST_DIR`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyOut {
+    /// The appliance file or directory to copy.
     pub guest: PathBuf,
+    /// The host directory to copy it into.
     pub host_dir: PathBuf,
 }
 
@@ -276,111 +327,237 @@ pub fn login_shell() -> Vec<OsString> {
 /// exit status [`run`] returns).
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
+    /// A file the appliance needs is missing or unreadable.
     #[error("appliance {dir} has no usable {file}")]
     ApplianceIncomplete {
+        /// The appliance directory.
         dir: PathBuf,
+        /// The file missing from it.
         file: &'static str,
+        /// The cause.
         #[source]
         source: io::Error,
     },
+    /// The appliance's root is not an ext2/3/4 image.
     #[error("{path} is not an ext2/3/4 image (no superblock magic), so its UUID cannot be passed as root=: rebuild the appliance")]
-    RootNotExt2 { path: PathBuf },
+    RootNotExt2 {
+        /// The root image.
+        path: PathBuf,
+    },
+    /// A disk given with `--add` cannot be opened or checked.
     #[error("disk {path} cannot be used")]
     Disk {
+        /// The disk.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: io::Error,
     },
+    /// A disk given with `--add` is refused (e.g. a qcow2 backing file not allowed).
     #[error("disk {path} refused: {why}")]
-    DiskRefused { path: PathBuf, why: String },
+    DiskRefused {
+        /// The disk.
+        path: PathBuf,
+        /// Why it is refused.
+        why: String,
+    },
+    /// No command to run, and no `-i`.
     #[error("no command given: usage: supermin run [OPTIONS] -- CMD [ARG...]")]
     NoCommand,
+    /// `--accel kvm` on a host where `/dev/kvm` cannot be used.
     #[error("--accel kvm: /dev/kvm is not usable ({reason}); use --accel tcg or auto")]
-    KvmUnavailable { reason: String },
+    KvmUnavailable {
+        /// Why, as the host says.
+        reason: String,
+    },
+    /// `--accel kvm` and KVM failed.
     #[error("--accel kvm: KVM failed on this host ({reason}); use --accel tcg, or --accel auto to fall back by itself")]
-    KvmFailed { reason: String },
+    KvmFailed {
+        /// What qemu said.
+        reason: String,
+    },
+    /// qemu cannot be found or started.
     #[error("cannot start {program}")]
     QemuSpawn {
+        /// The qemu program.
         program: String,
+        /// The cause.
         #[source]
         source: io::Error,
     },
+    /// The run's scratch directory cannot be created.
     #[error("cannot create a scratch directory in {dir}")]
     Scratch {
+        /// Where it was to be created.
         dir: PathBuf,
+        /// The cause.
         #[source]
         source: io::Error,
     },
+    /// Something the run needs on the host cannot be set up.
     #[error("cannot set up {what}")]
     Setup {
+        /// What could not be set up.
         what: &'static str,
+        /// The cause.
         #[source]
         source: io::Error,
     },
+    /// The appliance did not reach its daemon.
     #[error("the appliance did not start: {reason}\n{console}")]
-    BootFailed { reason: String, console: String },
+    BootFailed {
+        /// What went wrong.
+        reason: String,
+        /// The last lines of the console.
+        console: String,
+    },
+    /// The daemon speaks another protocol version.
     #[error("the appliance's daemon speaks protocol version {daemon}, this launcher speaks {ours}: rebuild the appliance with this supermin")]
-    VersionMismatch { daemon: u32, ours: u32 },
+    VersionMismatch {
+        /// The daemon's version.
+        daemon: u32,
+        /// This launcher's version.
+        ours: u32,
+    },
+    /// The daemon sent bytes that are not a valid message.
     #[error("the appliance sent a malformed message")]
     Protocol {
+        /// The cause.
         #[source]
         source: ProtocolError,
     },
+    /// The daemon sent a valid message that does not belong here.
     #[error("the appliance's daemon sent an unexpected {got}")]
-    Unexpected { got: String },
+    Unexpected {
+        /// A description of the message (never its bytes).
+        got: String,
+    },
+    /// The command could not be started in the appliance.
     #[error("{message}")]
-    CommandNotStarted { message: String },
+    CommandNotStarted {
+        /// The daemon's reason.
+        message: String,
+    },
+    /// The daemon reported an error.
     #[error("the appliance reported an error: {message}")]
-    Daemon { message: String },
+    Daemon {
+        /// The daemon's message.
+        message: String,
+    },
+    /// qemu exited while the command was running.
     #[error("the VM went away while the command was running\n{console}")]
-    VmDied { console: String },
+    VmDied {
+        /// The last lines of the console.
+        console: String,
+    },
+    /// The run took longer than `--timeout`.
     #[error("timed out after {after:?}: the VM was killed (raise --timeout)")]
-    Timeout { after: Duration },
+    Timeout {
+        /// The timeout.
+        after: Duration,
+    },
+    /// A signal (SIGINT, SIGTERM, SIGHUP) ended the run.
     #[error("interrupted by signal {signal}: the VM was killed")]
-    Interrupted { signal: i32 },
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+    },
+    /// A host file of a copy cannot be read or written.
     #[error("local file {path}")]
     LocalFile {
+        /// The host path.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: io::Error,
     },
+    /// A downloaded file exceeded its limit.
     #[error("{remote} in the appliance is larger than the {limit}-byte limit of this download; the VM was stopped")]
-    DownloadTooLarge { remote: PathBuf, limit: u64 },
+    DownloadTooLarge {
+        /// The guest path.
+        remote: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// Reading or writing the channel to the daemon failed.
     #[error("cannot talk to the VM")]
     Channel {
+        /// The cause.
         #[source]
         source: io::Error,
     },
+    /// A `--copy-out` brought more bytes than its limit.
     #[error("copying {remote} out of the appliance brought more than its {limit}-byte limit; the VM was stopped (raise --copy-out-limit)")]
-    CopyOutTooLarge { remote: PathBuf, limit: u64 },
+    CopyOutTooLarge {
+        /// The guest path.
+        remote: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// A `--copy-out` listed more entries than allowed.
     #[error("copying {remote} out of the appliance: more than {max} entries; the VM was stopped")]
-    CopyOutTooMany { remote: PathBuf, max: usize },
+    CopyOutTooMany {
+        /// The guest path.
+        remote: PathBuf,
+        /// The most entries allowed.
+        max: usize,
+    },
+    /// A `--copy-out` nested deeper than allowed.
     #[error(
         "copying {remote} out of the appliance: deeper than {max} directories; the VM was stopped"
     )]
-    CopyOutTooDeep { remote: PathBuf, max: usize },
+    CopyOutTooDeep {
+        /// The guest path.
+        remote: PathBuf,
+        /// The deepest nesting allowed.
+        max: usize,
+    },
+    /// The guest sent a file name that could escape the destination.
     #[error("the appliance listed {name:?} in {remote}, which is not a safe file name ({why}); refused, the VM was stopped, nothing was written outside the destination")]
     UnsafeName {
+        /// The name as sent.
         name: String,
+        /// The guest directory it was listed in.
         remote: PathBuf,
+        /// What makes it unsafe.
         why: &'static str,
     },
+    /// A `--copy-in` or `--copy-out` failed.
     #[error("{what}")]
     Copy {
+        /// Which copy (`--copy-out GUEST:HOST`).
         what: String,
+        /// The error that ended the copy.
         #[source]
         source: Box<LaunchError>,
     },
+    /// `-i` without a terminal on stdin.
     #[error("-i needs a terminal on stdin (it is a pipe or a file); drop -i to run a command with stdin passed through")]
     NotATerminal,
+    /// The user typed the escape sequence `~.`.
     #[error("session ended with the escape sequence (~.); the VM was killed")]
     Escaped,
+    /// `--share-transport virtiofs` without a usable virtiofsd.
     #[error("--share-transport virtiofs: {reason}")]
-    VirtiofsUnavailable { reason: String },
+    VirtiofsUnavailable {
+        /// Where it was looked for, or what the one found lacks.
+        reason: String,
+    },
+    /// A share's virtiofsd did not start.
     #[error("cannot share {host} over virtiofs: {reason}")]
-    Virtiofsd { host: PathBuf, reason: String },
+    Virtiofsd {
+        /// The shared directory.
+        host: PathBuf,
+        /// What went wrong, with virtiofsd's last words.
+        reason: String,
+    },
+    /// virtiofs was asked for where it would be unsafe or cannot run as
+    /// qemu's user.
     #[error("cannot share over virtiofs: {reason}")]
-    VirtiofsRefused { reason: String },
+    VirtiofsRefused {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl LaunchError {
@@ -413,13 +590,16 @@ impl LaunchError {
 pub struct Appliance {
     /// `vmlinux` when present (booted via PVH, much faster under TCG), else `kernel`.
     pub kernel: PathBuf,
+    /// The initrd (cpio with the init and the boot modules).
     pub initrd: PathBuf,
+    /// The root filesystem image (ext2).
     pub root: PathBuf,
     /// The root image's ext2 UUID, formatted for `root=UUID=`.
     pub root_uuid: String,
 }
 
 impl Appliance {
+    /// Checks the appliance directory `dir` and reads its root's UUID.
     pub fn open(dir: &Path) -> Result<Appliance, LaunchError> {
         let need = |file: &'static str| -> Result<PathBuf, LaunchError> {
             let path = dir.join(file);
@@ -474,16 +654,9 @@ fn read_ext2_uuid(path: &Path) -> Result<String, Option<io::Error>> {
     if sb[0x38..0x3a] != [0x53, 0xef] {
         return Err(None);
     }
-    let u = &sb[0x68..0x78];
-    let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    ))
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&sb[0x68..0x78]);
+    Ok(supermin_ext2::format_uuid(&uuid))
 }
 
 /// What booting needs besides the plan.
@@ -602,6 +775,10 @@ fn boot_tcg(
     mut generation: u64,
 ) -> Result<Vm, LaunchError> {
     let Some((store, key)) = saved else {
+        let plan = qemu::Plan {
+            never_saved: true,
+            ..plan
+        };
         b.log(format_args!("booting {} with TCG", plan.kernel.display()));
         let mut vm = b.start_vm(&plan, vm::make_scratch(&b.opts.env.tmp_dir)?, generation)?;
         let boot_deadline = earliest(b.stop.deadline(), Some(Instant::now() + BOOT_TIMEOUT));
@@ -1123,6 +1300,7 @@ fn hotplug(
 /// A host directory shared with the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {
+    /// The host directory.
     pub host: PathBuf,
     /// Where it is mounted in the guest.
     pub guest: PathBuf,
@@ -1470,6 +1648,7 @@ impl Session {
             root_overlay: None,
             qmp: false,
             incoming: false,
+            never_saved: false,
             fdsets: disk_files
                 .iter()
                 .map(|(f, set)| (std::os::fd::AsRawFd::as_raw_fd(f), *set))
@@ -1490,7 +1669,7 @@ impl Session {
         };
 
         let verdict_file = accel::verdict_file(opts.env.runtime_dir.as_deref(), &opts.env.tmp_dir);
-        let verdict_key = accel::boot_id().map(|boot_id| accel::VerdictKey {
+        let verdict_key = supermin_cache::current_boot_id().map(|boot_id| accel::VerdictKey {
             boot_id,
             qemu: qemu.identity.clone(),
         });
@@ -2164,6 +2343,30 @@ mod tests {
         assert_eq!("kvm".parse::<Accel>().unwrap(), Accel::Kvm);
         assert_eq!("tcg".parse::<Accel>().unwrap(), Accel::Tcg);
         assert!("xen".parse::<Accel>().is_err());
+    }
+
+    #[test]
+    fn accel_comes_from_the_flag_then_the_environment_then_auto() {
+        let env = Some(OsStr::new("tcg"));
+        assert_eq!(Accel::resolve(Some("kvm"), env), Ok(Accel::Kvm));
+        assert_eq!(Accel::resolve(None, env), Ok(Accel::Tcg));
+        assert_eq!(Accel::resolve(None, Some(OsStr::new(""))), Ok(Accel::Auto));
+        assert_eq!(Accel::resolve(None, None), Ok(Accel::Auto));
+        // A bad value says which one it was, in one line.
+        let flag = Accel::resolve(Some("xen"), env).unwrap_err().to_string();
+        assert_eq!(
+            flag,
+            "--accel \"xen\" is not an accelerator: use auto, kvm or tcg"
+        );
+        let from_env = Accel::resolve(None, Some(OsStr::new("KVM")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            from_env,
+            "SUPERMIN_ACCEL=\"KVM\" is not an accelerator: use auto, kvm or tcg"
+        );
+        use std::os::unix::ffi::OsStrExt;
+        assert!(Accel::resolve(None, Some(OsStr::from_bytes(b"\xff"))).is_err());
     }
 
     #[test]

@@ -2,41 +2,60 @@
 //! so that Ctrl-C ends in the same cleanup as every other exit path (qemu
 //! killed, scratch directory removed) instead of killing us mid-way.
 //!
-//! The handler only writes the signal number to a pipe (the one thing a
-//! handler may safely do); a thread reads the pipe, records the number in
-//! each run's [`Stop`] (which every wait checks) and wakes a wait on the event
-//! channel with an [`Event::Signal`] when the channel has room: a full
-//! channel means the run is busy with a reply and will look at its `Stop`
-//! next. The previous dispositions come back when the
-//! [`Guard`] is dropped. Guards nest: only the first installs the handlers,
-//! and every live guard gets each signal.
+//! `signal-hook` owns the handler and its self-pipe; a thread reads its
+//! iterator, records the number in each run's [`Stop`] (which every wait
+//! checks) and wakes a wait on the event channel with an [`Event::Signal`]
+//! when the channel has room: a full channel means the run is busy with a
+//! reply and will look at its `Stop` next. Guards nest: the first starts the
+//! forwarder, the last closes it, and every live guard gets each signal.
+//!
+//! signal-hook never hands the kernel back the old disposition (its handler
+//! stays installed once it has been), so "the previous disposition returns"
+//! is done its way: a signal that was at its default action gets it again
+//! (`register_conditional_default`) whenever no run is live, and one that
+//! was ignored when we first looked (`nohup`, a background job) is never
+//! caught at all, so a hang-up still cannot end a `nohup supermin run`.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::{Handle, Signals};
 
 use super::stop::Stop;
 use super::vm::Event;
 
-const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+const SIGNALS: [libc::c_int; 3] = [SIGINT, SIGTERM, SIGHUP];
 
-/// The write end of the pipe, read by the handler.
-static PIPE_WR: AtomicI32 = AtomicI32::new(-1);
+/// What the process's dispositions were before the first run, looked at once.
+struct Setup {
+    /// The signals a run catches: [`SIGNALS`] less the ignored ones.
+    caught: Vec<libc::c_int>,
+    /// True while no run is live; then a signal that had its default action
+    /// gets it again.
+    idle: Arc<AtomicBool>,
+}
+
+struct Forwarder {
+    handle: Handle,
+    thread: JoinHandle<()>,
+}
 
 struct Shared {
     users: Vec<(u64, SyncSender<Event>, Arc<Stop>)>,
     next_id: u64,
-    write_end: Option<OwnedFd>,
-    old: Vec<(libc::c_int, libc::sigaction)>,
+    setup: Option<Setup>,
+    forwarder: Option<Forwarder>,
 }
 
 static SHARED: Mutex<Shared> = Mutex::new(Shared {
     users: Vec::new(),
     next_id: 0,
-    write_end: None,
-    old: Vec::new(),
+    setup: None,
+    forwarder: None,
 });
 
 fn shared() -> MutexGuard<'static, Shared> {
@@ -45,19 +64,79 @@ fn shared() -> MutexGuard<'static, Shared> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-extern "C" fn on_signal(sig: libc::c_int) {
-    let fd = PIPE_WR.load(Ordering::Relaxed);
-    if fd >= 0 {
-        // Signal numbers are 1..=SIGRTMAX (64); anything else is not ours.
-        let Ok(byte) = u8::try_from(sig) else {
-            return;
-        };
-        // SAFETY: write(2) is async-signal-safe; `byte` outlives the call. A
-        // full pipe drops the byte, which only loses a repeated signal.
-        unsafe {
-            libc::write(fd, (&byte as *const u8).cast(), 1);
+/// What a signal did before anything here touched it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    Default,
+    Ignored,
+    Handler,
+}
+
+fn disposition(sig: libc::c_int) -> io::Result<Disposition> {
+    // SAFETY: a zeroed sigaction is a valid value for the kernel to fill in,
+    // and a null new action makes sigaction(2) only read the current one.
+    let (rc, current) = unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        let rc = libc::sigaction(sig, std::ptr::null(), &mut current);
+        (rc, current)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(match current.sa_sigaction {
+        libc::SIG_DFL => Disposition::Default,
+        libc::SIG_IGN => Disposition::Ignored,
+        _ => Disposition::Handler,
+    })
+}
+
+/// The signals a run catches ([`SIGNALS`] less the ignored ones) and those
+/// of them that had their default action.
+fn dispositions() -> io::Result<(Vec<libc::c_int>, Vec<libc::c_int>)> {
+    let mut caught = Vec::new();
+    let mut defaults = Vec::new();
+    for sig in SIGNALS {
+        match disposition(sig)? {
+            Disposition::Ignored => continue,
+            Disposition::Default => defaults.push(sig),
+            // signal-hook calls a previous handler itself, before ours.
+            Disposition::Handler => {}
+        }
+        caught.push(sig);
+    }
+    Ok((caught, defaults))
+}
+
+fn start_forwarder(caught: &[libc::c_int]) -> io::Result<Forwarder> {
+    let mut signals = Signals::new(caught)?;
+    let handle = signals.handle();
+    let thread = std::thread::Builder::new()
+        .name("supermin-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                for (_, tx, stop) in &shared().users {
+                    stop.raise(sig);
+                    let _ = tx.try_send(Event::Signal(sig));
+                }
+            }
+        })?;
+    Ok(Forwarder { handle, thread })
+}
+
+/// The first run of the process: looks at the dispositions before
+/// signal-hook replaces them, then registers the default actions after the
+/// forwarder, so that a signal in between is forwarded, not lost.
+fn first_start() -> io::Result<(Setup, Forwarder)> {
+    let (caught, defaults) = dispositions()?;
+    let forwarder = start_forwarder(&caught)?;
+    let idle = Arc::new(AtomicBool::new(false));
+    for sig in defaults {
+        if let Err(e) = signal_hook::flag::register_conditional_default(sig, Arc::clone(&idle)) {
+            forwarder.handle.close();
+            return Err(e);
         }
     }
+    Ok((Setup { caught, idle }, forwarder))
 }
 
 /// Signal delivery to one run; dropping it stops that.
@@ -66,41 +145,23 @@ pub struct Guard {
 }
 
 impl Guard {
+    /// Delivers SIGINT, SIGTERM and SIGHUP (those not ignored) to `stop`
+    /// and `tx` until the guard is dropped.
     pub fn install(tx: SyncSender<Event>, stop: Arc<Stop>) -> io::Result<Guard> {
         let mut s = shared();
-        if s.write_end.is_none() {
-            let mut fds = [0 as libc::c_int; 2];
-            // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: pipe2 succeeded, so both fds are open and ours alone.
-            let (read_end, write_end) =
-                unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-            // The reader blocks; only the handler's end must never block.
-            // SAFETY: plain fcntl on an fd we own.
-            unsafe {
-                libc::fcntl(read_end.as_raw_fd(), libc::F_SETFL, 0);
-            }
-            PIPE_WR.store(write_end.as_raw_fd(), Ordering::SeqCst);
-            let mut old = Vec::new();
-            for sig in SIGNALS {
-                // SAFETY: a zeroed sigaction is a valid value to fill in; the
-                // handler only calls write(2).
-                unsafe {
-                    let mut action: libc::sigaction = std::mem::zeroed();
-                    action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-                    action.sa_flags = libc::SA_RESTART;
-                    libc::sigemptyset(&mut action.sa_mask);
-                    let mut previous: libc::sigaction = std::mem::zeroed();
-                    if libc::sigaction(sig, &action, &mut previous) == 0 {
-                        old.push((sig, previous));
-                    }
+        let s = &mut *s;
+        if s.forwarder.is_none() {
+            match &s.setup {
+                Some(setup) => s.forwarder = Some(start_forwarder(&setup.caught)?),
+                None => {
+                    let (setup, forwarder) = first_start()?;
+                    s.setup = Some(setup);
+                    s.forwarder = Some(forwarder);
                 }
             }
-            s.old = old;
-            s.write_end = Some(write_end);
-            std::thread::spawn(move || forward(read_end));
+            if let Some(setup) = &s.setup {
+                setup.idle.store(false, Ordering::SeqCst);
+            }
         }
         let id = s.next_id;
         s.next_id += 1;
@@ -111,38 +172,21 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let mut s = shared();
-        s.users.retain(|(id, _, _)| *id != self.id);
-        if !s.users.is_empty() {
-            return;
-        }
-        for (sig, previous) in s.old.drain(..) {
-            // SAFETY: restores a disposition sigaction gave us earlier.
-            unsafe {
-                libc::sigaction(sig, &previous, std::ptr::null_mut());
+        let forwarder = {
+            let mut s = shared();
+            s.users.retain(|(id, _, _)| *id != self.id);
+            if !s.users.is_empty() {
+                return;
             }
-        }
-        PIPE_WR.store(-1, Ordering::SeqCst);
-        // Closing the write end ends the forwarding thread.
-        s.write_end = None;
-    }
-}
-
-fn forward(read_end: OwnedFd) {
-    let mut byte = 0u8;
-    loop {
-        // SAFETY: reads one byte into `byte`, which lives across the call.
-        let n = unsafe { libc::read(read_end.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
-        match n {
-            1 => {
-                for (_, tx, stop) in &shared().users {
-                    stop.raise(i32::from(byte));
-                    let _ = tx.try_send(Event::Signal(i32::from(byte)));
-                }
+            if let Some(setup) = &s.setup {
+                setup.idle.store(true, Ordering::SeqCst);
             }
-            0 => return,
-            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-            _ => return,
+            s.forwarder.take()
+        };
+        // Joined outside the lock: the forwarder takes it for each signal.
+        if let Some(forwarder) = forwarder {
+            forwarder.handle.close();
+            let _ = forwarder.thread.join();
         }
     }
 }
@@ -150,30 +194,122 @@ fn forward(read_end: OwnedFd) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use signal_hook::low_level::raise;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, ExitStatus, Stdio};
     use std::sync::mpsc;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
-    #[test]
-    fn a_signal_becomes_an_event_and_the_old_disposition_returns() {
+    /// Set in a child this test binary starts for a test that must end the
+    /// process (or run with SIGHUP ignored).
+    const CHILD: &str = "SUPERMIN_SIGNALS_TEST_CHILD";
+
+    fn guard() -> (Guard, mpsc::Receiver<Event>, Arc<Stop>) {
         let (tx, rx) = mpsc::sync_channel(4);
-        let stop = Arc::new(Stop::new(std::time::Instant::now(), None));
+        let stop = Arc::new(Stop::new(Instant::now(), None));
         let guard = Guard::install(tx, Arc::clone(&stop)).unwrap();
-        // SAFETY: raising a signal whose handler we just installed.
-        unsafe {
-            libc::raise(libc::SIGHUP);
-        }
+        (guard, rx, stop)
+    }
+
+    fn expect_signal(rx: &mpsc::Receiver<Event>, want: libc::c_int) {
         match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Event::Signal(s)) => assert_eq!(s, libc::SIGHUP),
+            Ok(Event::Signal(s)) => assert_eq!(s, want),
             other => panic!("{other:?}"),
         }
-        assert_eq!(stop.signal(), Some(libc::SIGHUP));
-        drop(guard);
-        // SAFETY: reading the current disposition only.
-        let current = unsafe {
-            let mut cur: libc::sigaction = std::mem::zeroed();
-            libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut cur);
-            cur.sa_sigaction
+    }
+
+    /// Runs the test `name` of this binary in a child with [`CHILD`] set,
+    /// under `nohup` when asked; returns its status and its stdout.
+    fn rerun(name: &str, nohup: bool) -> (ExitStatus, String) {
+        let exe = std::env::current_exe().unwrap();
+        let mut cmd = if nohup {
+            let mut c = Command::new("nohup");
+            c.arg(exe);
+            c
+        } else {
+            Command::new(exe)
         };
-        assert_ne!(current, on_signal as *const () as libc::sighandler_t);
+        let out = cmd
+            .args([name, "--exact", "--test-threads=1", "--nocapture"])
+            .env(CHILD, "1")
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    #[test]
+    fn a_signal_becomes_an_event_and_guards_nest() {
+        let (outer, outer_rx, outer_stop) = guard();
+        let (inner, inner_rx, inner_stop) = guard();
+        raise(SIGHUP).unwrap();
+        expect_signal(&outer_rx, SIGHUP);
+        expect_signal(&inner_rx, SIGHUP);
+        assert_eq!(inner_stop.signal(), Some(SIGHUP));
+        drop(inner);
+        raise(SIGINT).unwrap();
+        expect_signal(&outer_rx, SIGINT);
+        assert_eq!(outer_stop.signal(), Some(SIGINT));
+        assert_eq!(inner_stop.signal(), Some(SIGHUP));
+        drop(outer);
+        // A later run catches again.
+        let (_again, rx, _) = guard();
+        raise(SIGTERM).unwrap();
+        expect_signal(&rx, SIGTERM);
+    }
+
+    #[test]
+    fn the_default_action_returns_when_the_last_guard_is_dropped() {
+        let (status, stdout) = rerun(
+            "signals::tests::child_is_killed_by_sigterm_after_its_run",
+            false,
+        );
+        assert_eq!(status.signal(), Some(SIGTERM), "{status}\n{stdout}");
+    }
+
+    #[test]
+    fn child_is_killed_by_sigterm_after_its_run() {
+        if std::env::var_os(CHILD).is_none() {
+            return;
+        }
+        let (guard, rx, _) = guard();
+        raise(SIGTERM).unwrap();
+        expect_signal(&rx, SIGTERM);
+        drop(guard);
+        raise(SIGTERM).unwrap();
+        std::thread::sleep(Duration::from_secs(5));
+        // Still alive: the parent sees a clean exit and fails.
+    }
+
+    #[test]
+    fn an_ignored_sighup_stays_ignored_under_nohup() {
+        let (status, stdout) = rerun("signals::tests::child_under_nohup_ignores_sighup", true);
+        // The child ran the test (a wrong name would pass with none run).
+        assert!(
+            status.success() && stdout.contains(" 1 passed"),
+            "{status}\n{stdout}"
+        );
+    }
+
+    #[test]
+    fn child_under_nohup_ignores_sighup() {
+        if std::env::var_os(CHILD).is_none() {
+            return;
+        }
+        let (guard, rx, stop) = guard();
+        raise(SIGHUP).unwrap();
+        raise(SIGINT).unwrap();
+        // SIGINT still ends the run, and it is the only thing that came.
+        expect_signal(&rx, SIGINT);
+        assert_eq!(stop.signal(), Some(SIGINT));
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        drop(guard);
+        // With no run live a hang-up is still ignored.
+        raise(SIGHUP).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -27,6 +27,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use supermin_cache::current_boot_id as boot_id;
 
 use super::qemu::{self, Plan};
 
@@ -60,6 +61,7 @@ pub fn key(plan: &Plan) -> io::Result<Key> {
         root_overlay: Some(PathBuf::from("OVERLAY")),
         qmp: true,
         incoming: false,
+        never_saved: false,
         fdsets: Vec::new(),
         ..plan.clone()
     };
@@ -86,6 +88,7 @@ pub fn key(plan: &Plan) -> io::Result<Key> {
 /// One saved machine, as `supermin cache` shows it.
 #[derive(Debug, Clone)]
 pub struct SavedInfo {
+    /// Its directory.
     pub dir: PathBuf,
     /// Blocks on disk (the state file is sparse).
     pub bytes: u64,
@@ -390,12 +393,6 @@ pub fn create_overlay(
         )));
     }
     Ok(())
-}
-
-fn boot_id() -> Option<String> {
-    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    let id = id.trim();
-    (!id.is_empty()).then(|| id.to_string())
 }
 
 /// Host entropy for a restored guest.

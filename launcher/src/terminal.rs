@@ -17,7 +17,7 @@
 use std::io;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -66,42 +66,27 @@ impl Drop for RawMode {
     }
 }
 
-/// Set by the SIGWINCH handler, cleared by the input thread.
-static WINCH: AtomicBool = AtomicBool::new(false);
+/// Set by the SIGWINCH handler (signal-hook's, which only stores to it),
+/// cleared by the input thread.
+static WINCH: LazyLock<Arc<AtomicBool>> = LazyLock::new(|| Arc::new(AtomicBool::new(false)));
 
-extern "C" fn on_winch(_: libc::c_int) {
-    WINCH.store(true, Ordering::SeqCst);
-}
-
-/// The SIGWINCH handler while a session lives; the old one comes back on drop.
+/// The SIGWINCH handler while a session lives. Its action is removed on
+/// drop; signal-hook keeps its own handler installed, which then does what
+/// SIGWINCH's default does (nothing) or calls the handler found before.
 struct Winch {
-    old: libc::sigaction,
+    id: signal_hook::SigId,
 }
 
 impl Winch {
     fn install() -> io::Result<Winch> {
-        // SAFETY: a zeroed sigaction is a valid value to fill in; the handler
-        // only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_winch as *const () as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(libc::SIGWINCH, &action, &mut old) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(Winch { old })
-        }
+        let id = signal_hook::flag::register(signal_hook::consts::SIGWINCH, Arc::clone(&WINCH))?;
+        Ok(Winch { id })
     }
 }
 
 impl Drop for Winch {
     fn drop(&mut self) {
-        // SAFETY: restores the disposition sigaction gave us in `install`.
-        unsafe {
-            libc::sigaction(libc::SIGWINCH, &self.old, std::ptr::null_mut());
-        }
+        signal_hook::low_level::unregister(self.id);
     }
 }
 

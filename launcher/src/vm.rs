@@ -37,6 +37,11 @@ use super::{accel, LaunchError};
 const CONSOLE_LINES: usize = 40;
 /// Longest console line kept; the rest of a longer one is dropped.
 const MAX_LINE: usize = 1024;
+/// How long teardown waits, once qemu is reaped, for the console readers to
+/// see the end of qemu's stdout and stderr. A process qemu left behind (a
+/// helper it started) may hold those pipes open for ever: then the readers
+/// are left to it, and the run ends anyway.
+const CONSOLE_DRAIN: Duration = Duration::from_secs(2);
 
 /// Something happened that a wait in the launcher may care about.
 #[derive(Debug)]
@@ -170,14 +175,57 @@ impl Console {
 
     fn spawn_reader(
         self: &Arc<Self>,
+        readers: &mut Readers,
         stream: impl Read + Send + 'static,
         qemu: bool,
-    ) -> JoinHandle<()> {
+    ) {
         let console = Arc::clone(self);
-        std::thread::spawn(move || {
+        let done = readers.done_tx.clone();
+        readers.threads.push(std::thread::spawn(move || {
             let counter = (!qemu).then_some(&console.guest_bytes);
             read_lines(stream, counter, |line| console.take_line(line, qemu));
-        })
+            let _ = done.send(());
+        }));
+    }
+}
+
+/// The threads that read qemu's stdout and stderr into the [`Console`].
+struct Readers {
+    threads: Vec<JoinHandle<()>>,
+    done_tx: std::sync::mpsc::Sender<()>,
+    /// One message from each reader that saw its stream end.
+    done: Receiver<()>,
+}
+
+impl Readers {
+    fn new() -> Readers {
+        let (done_tx, done) = std::sync::mpsc::channel();
+        Readers {
+            threads: Vec::new(),
+            done_tx,
+            done,
+        }
+    }
+
+    /// Joins the readers whose streams end within `limit`; the others are
+    /// left running (they hold only the console). True when all ended.
+    fn join_within(&mut self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        let mut ended = 0;
+        while ended < self.threads.len() {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.done.recv_timeout(left) {
+                Ok(()) => ended += 1,
+                Err(_) => break,
+            }
+        }
+        let all = ended == self.threads.len();
+        for t in self.threads.drain(..) {
+            if all || t.is_finished() {
+                let _ = t.join();
+            }
+        }
+        all
     }
 }
 
@@ -265,7 +313,7 @@ pub struct Vm {
     writer: Writer,
     stop: Arc<Stop>,
     console: Arc<Console>,
-    console_threads: Vec<JoinHandle<()>>,
+    console_readers: Readers,
     scratch: PathBuf,
     daemon_info: String,
 }
@@ -380,12 +428,12 @@ impl Vm {
         let qmp = qmp_pair.map(|(ours, _theirs)| ours);
 
         let console = Arc::new(Console::new(verbose));
-        let mut console_threads = Vec::new();
+        let mut console_readers = Readers::new();
         if let Some(out) = child.stdout.take() {
-            console_threads.push(console.spawn_reader(out, false));
+            console.spawn_reader(&mut console_readers, out, false);
         }
         if let Some(err) = child.stderr.take() {
-            console_threads.push(console.spawn_reader(err, true));
+            console.spawn_reader(&mut console_readers, err, true);
         }
 
         let mut reader = match ours.try_clone() {
@@ -434,7 +482,7 @@ impl Vm {
             },
             stop,
             console,
-            console_threads,
+            console_readers,
             scratch: scratch.to_path_buf(),
             daemon_info: String::new(),
             qmp,
@@ -568,9 +616,7 @@ impl Vm {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
-        for t in self.console_threads.drain(..) {
-            let _ = t.join();
-        }
+        self.console_readers.join_within(CONSOLE_DRAIN);
     }
 
     /// Bytes the guest has printed on its console so far.
@@ -695,6 +741,39 @@ fn sweep_stale_scratch(base: &std::path::Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn teardown_waits_for_the_console_readers_only_so_long() {
+        use std::os::unix::net::UnixStream;
+        let console = Arc::new(Console::new(false));
+        let mut readers = Readers::new();
+        let (ended, mut writer) = UnixStream::pair().unwrap();
+        let (held, _held_open) = UnixStream::pair().unwrap();
+        console.spawn_reader(&mut readers, ended, false);
+        console.spawn_reader(&mut readers, held, true);
+        std::io::Write::write_all(&mut writer, b"last line\n").unwrap();
+        drop(writer);
+        // `_held_open` is the pipe end a process qemu left behind would keep.
+        let start = Instant::now();
+        assert!(!readers.join_within(Duration::from_millis(300)));
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert!(readers.threads.is_empty());
+        // What the reader that ended had read is kept.
+        assert!(console
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("last line")));
+
+        let mut readers = Readers::new();
+        let (ended, writer) = UnixStream::pair().unwrap();
+        console.spawn_reader(&mut readers, ended, false);
+        drop(writer);
+        assert!(readers.join_within(Duration::from_secs(5)));
+    }
 
     #[test]
     fn console_lines_lose_terminal_escapes_and_carriage_returns() {

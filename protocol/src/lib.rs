@@ -17,6 +17,8 @@
 //! that ends it (see [`Reply::ends_request`]). Host and daemon kinds use
 //! disjoint numbers, so a frame sent the wrong way is rejected, not misread.
 
+#![warn(missing_docs)]
+
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -47,35 +49,79 @@ const LEN_BYTES: usize = 4;
 /// What can be wrong with bytes received from the other side.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
+    /// A frame's length prefix exceeds what this side accepts.
     #[error("frame of {len} bytes is larger than the {max}-byte limit: the peer is not a supermin-rs daemon/launcher of this version, or the channel is corrupt")]
-    Oversized { len: usize, max: usize },
+    Oversized {
+        /// The length the prefix announced.
+        len: usize,
+        /// The largest frame accepted.
+        max: usize,
+    },
+    /// A frame with no bytes at all, not even the kind.
     #[error("empty frame (no message kind)")]
     Empty,
+    /// A kind byte this version does not know.
     #[error("unknown message kind {kind:#04x}: the peer speaks another protocol version")]
-    UnknownKind { kind: u8 },
+    UnknownKind {
+        /// The kind byte received.
+        kind: u8,
+    },
+    /// A body that ends before one of its fields.
     #[error("message {kind:#04x} is truncated: {what} needs {need} bytes, {have} left")]
     Truncated {
+        /// The message's kind byte.
         kind: u8,
+        /// The field being read.
         what: &'static str,
+        /// The bytes the field needs.
         need: usize,
+        /// The bytes left in the body.
         have: usize,
     },
+    /// A body with bytes left over after its last field.
     #[error("message {kind:#04x} has {extra} unexpected trailing bytes")]
-    Trailing { kind: u8, extra: usize },
+    Trailing {
+        /// The message's kind byte.
+        kind: u8,
+        /// How many bytes were left over.
+        extra: usize,
+    },
+    /// A text field that is not UTF-8.
     #[error("message {kind:#04x}: {what} is not valid UTF-8")]
-    NotUtf8 { kind: u8, what: &'static str },
+    NotUtf8 {
+        /// The message's kind byte.
+        kind: u8,
+        /// The field concerned.
+        what: &'static str,
+    },
+    /// A field whose value is out of its range (an unknown tag, a bad bool).
     #[error("message {kind:#04x}: invalid value {value} for {what}")]
     BadValue {
+        /// The message's kind byte.
         kind: u8,
+        /// The field concerned.
         what: &'static str,
+        /// The value received.
         value: u64,
     },
+    /// The handshake did not start with [`MAGIC`].
     #[error("handshake does not start with the supermin magic bytes (got {got:02x?}): something else is talking on the channel")]
-    BadMagic { got: Vec<u8> },
+    BadMagic {
+        /// The bytes received instead.
+        got: Vec<u8>,
+    },
+    /// The channel ended inside a frame.
     #[error("channel closed in the middle of a frame ({have} of {need} bytes received)")]
-    UnexpectedEof { have: usize, need: usize },
+    UnexpectedEof {
+        /// The bytes of the frame received.
+        have: usize,
+        /// The bytes the frame needed.
+        need: usize,
+    },
+    /// Reading or writing the channel failed.
     #[error("channel I/O failed")]
     Io {
+        /// The I/O error.
         #[source]
         source: io::Error,
     },
@@ -92,6 +138,7 @@ pub trait Message: Sized {
 /// The first message each side sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender.
     pub version: u32,
     /// Free text for logs: the daemon sends its kernel release, the host its
     /// program name and version.
@@ -101,7 +148,9 @@ pub struct Hello {
 /// How a command ended, as the daemon saw it in `waitpid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
+    /// Exited with this code.
     Code(i32),
+    /// Killed by this signal.
     Signal(i32),
 }
 
@@ -118,14 +167,18 @@ impl ExitStatus {
 /// A terminal's size in character cells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WinSize {
+    /// Height in rows.
     pub rows: u16,
+    /// Width in columns.
     pub cols: u16,
 }
 
 /// A point in time as `stat(2)` gives it: seconds since the epoch and nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Time {
+    /// Seconds since the epoch.
     pub sec: i64,
+    /// Nanoseconds within the second.
     pub nsec: u32,
 }
 
@@ -133,9 +186,13 @@ pub struct Time {
 /// directory or a symlink (devices, fifos, sockets) is `Other`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link.
     Symlink,
+    /// Anything else (device, fifo, socket).
     Other,
 }
 
@@ -147,11 +204,15 @@ pub struct Entry {
     /// The entry's name in its directory (for [`Request::Lstat`], the last
     /// component of the path).
     pub name: OsString,
+    /// What the entry is.
     pub kind: EntryKind,
     /// Permission bits (`st_mode & 0o7777`).
     pub mode: u32,
+    /// Size in bytes (`st_size`).
     pub size: u64,
+    /// Last access time.
     pub atime: Time,
+    /// Last modification time.
     pub mtime: Time,
     /// A symlink's target; empty otherwise.
     pub target: OsString,
@@ -205,20 +266,28 @@ impl ShareFs {
 /// Host to daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
+    /// The host's answer to the daemon's [`Hello`].
     Hello(Hello),
     /// Answered by `Stdout`/`Stderr` chunks and then `Exit` or `ExecFailed`.
     Exec(ExecRequest),
+    /// A chunk of the command's stdin (at most [`CHUNK`] bytes).
     Stdin(Vec<u8>),
+    /// The command's stdin ends.
     StdinEof,
     /// Followed by `FileData` chunks and `FileEnd`; answered by `Done` or `Error`.
     Upload {
+        /// Where to write the file in the guest.
         path: OsString,
+        /// Permission bits of the new file.
         mode: u32,
     },
+    /// A chunk of the uploaded file (at most [`CHUNK`] bytes).
     FileData(Vec<u8>),
+    /// The uploaded file ends.
     FileEnd,
     /// Answered by `FileData` chunks and `FileEnd`, or by `Error`.
     Download {
+        /// The guest file to send back.
         path: OsString,
     },
     /// Answered by `Done`; then the appliance powers off.
@@ -231,22 +300,29 @@ pub enum Request {
     Resume {
         /// Seconds and nanoseconds since the Unix epoch.
         secs: i64,
+        /// Nanoseconds within the second.
         nanos: u32,
+        /// Host entropy for the guest's RNG.
         entropy: Vec<u8>,
     },
     /// Wait (a few seconds at most) until `count` virtio disks (`/dev/vd*`)
     /// exist: the host hot-plugs disks one at a time after a restore, so
     /// that they get their names in order; answered by `Done` or `Error`.
     AwaitDisks {
+        /// How many disks to wait for.
         count: u32,
     },
     /// Mount the host directory shared under `tag` (a 9p mount tag or a
     /// virtiofs tag, as `fs` says) on `target` (created if missing);
     /// answered by `Done` or `Error`.
     Mount {
+        /// The tag the share's device carries (9p mount tag or virtiofs tag).
         tag: String,
+        /// Where to mount it in the guest.
         target: OsString,
+        /// Mount it read-only.
         readonly: bool,
+        /// Which file system the device serves.
         fs: ShareFs,
     },
     /// The terminal of the running command (see [`ExecRequest::pty`]) changed
@@ -255,30 +331,39 @@ pub enum Request {
     /// Answered by one `Entries` holding the path's own entry (not followed
     /// if it is a symlink) and `Done`, or by `Error`.
     Lstat {
+        /// The guest path to look at.
         path: OsString,
     },
     /// Answered by `Entries` chunks (any number, each within a frame) and
     /// `Done`, or by `Error`. `.` and `..` are not listed.
     ListDir {
+        /// The guest directory to list.
         path: OsString,
     },
     /// Creates a directory (an existing directory is kept) with exactly
     /// these permission bits; answered by `Done` or `Error`.
     Mkdir {
+        /// The directory to create.
         path: OsString,
+        /// Its permission bits.
         mode: u32,
     },
     /// Creates `path` as a symlink to `target`, replacing a non-directory
     /// already there; answered by `Done` or `Error`.
     Symlink {
+        /// What the symlink points to.
         target: OsString,
+        /// Where to create it.
         path: OsString,
     },
     /// Sets the access and modification times of `path`, not following a
     /// symlink; answered by `Done` or `Error`.
     SetTimes {
+        /// The guest path to change.
         path: OsString,
+        /// New access time.
         atime: Time,
+        /// New modification time.
         mtime: Time,
     },
 }
@@ -286,18 +371,28 @@ pub enum Request {
 /// Daemon to host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
+    /// The daemon's greeting, sent first.
     Hello(Hello),
+    /// A chunk of the command's stdout.
     Stdout(Vec<u8>),
+    /// A chunk of the command's stderr.
     Stderr(Vec<u8>),
+    /// The command ended; the last reply to an `Exec`.
     Exit(ExitStatus),
     /// The command could not be started (not found, not executable, bad cwd).
     ExecFailed {
+        /// Why, for the user.
         message: String,
     },
+    /// A chunk of a downloaded file.
     FileData(Vec<u8>),
+    /// The downloaded file ends.
     FileEnd,
+    /// The request succeeded.
     Done,
+    /// The request failed.
     Error {
+        /// Why, for the user.
         message: String,
     },
     /// Part of the answer to `Lstat` or `ListDir`.
@@ -939,6 +1034,7 @@ pub struct FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// An empty decoder.
     pub fn new() -> Self {
         Self::default()
     }

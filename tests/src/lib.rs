@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use supermin::initrd::{write_initrd, Compression, InitrdModule};
+use supermin::initrd::{write_initrd, InitrdModule};
 use supermin_ext2::{FileData, Meta, NodeKind, Tree};
 use supermin_kernel_probe::{initrd_modules, probe, read_module, Kernel, ProbeEnv};
 
@@ -102,7 +102,7 @@ pub fn kernel_by_version_prefix(prefix: &str) -> Kernel {
 
 /// Writes our initrd for `kernel` (its boot module set, decompressed, and the embedded
 /// static init) to `out`.
-pub fn build_initrd(kernel: &Kernel, out: &Path, compression: Compression) {
+pub fn build_initrd(kernel: &Kernel, out: &Path) {
     let modules: Vec<InitrdModule> = initrd_modules(kernel, &[])
         .unwrap_or_else(|err| panic!("initrd module set for {}: {err}", kernel.version))
         .into_iter()
@@ -117,14 +117,8 @@ pub fn build_initrd(kernel: &Kernel, out: &Path, compression: Compression) {
         "no modules chosen for {}",
         kernel.version
     );
-    write_initrd(
-        out,
-        supermin::embedded::init_binary(),
-        &modules,
-        compression,
-        0,
-    )
-    .unwrap_or_else(|err| panic!("writing {}: {err}", out.display()));
+    write_initrd(out, supermin::embedded::init_binary(), &modules, 0)
+        .unwrap_or_else(|err| panic!("writing {}: {err}", out.display()));
 }
 
 /// The `supermin` binary under test: `$SUPERMIN_BIN`, or the one cargo built beside this
@@ -160,7 +154,7 @@ pub fn marker_root(dir: &Path, uuid: &str) -> PathBuf {
         "#!/bin/busybox sh\n\
          /bin/busybox mount -t proc proc /proc\n\
          mounts=$(/bin/busybox awk '{{printf \"%s:%s:%s:%s,\", $1, $2, $3, substr($4, 1, 2)}}' /proc/mounts)\n\
-         echo \"{MARKER} pid=$$ term=$TERM mounts=$mounts\"\n\
+         echo \"{MARKER} pid=$$ term=$TERM tainted=$(/bin/busybox cat /proc/sys/kernel/tainted) mounts=$mounts\"\n\
          /bin/busybox poweroff -f\n"
     );
     root_image(dir, uuid, Some(&script))

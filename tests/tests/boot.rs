@@ -6,7 +6,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use supermin::initrd::Compression;
 use supermin_tests::{
     boot, build_initrd, host_kernel, kernel_by_version_prefix, marker_root, root_without_init,
     zstd_modules_copy, Boot, BootLog, Disk, TempDir, MARKER,
@@ -77,7 +76,7 @@ fn host_kernel_boots_root_by_uuid_on_virtio_scsi_quietly() {
     let dir = TempDir::new("boot-uuid-scsi");
     let kernel = host_kernel();
     let initrd = dir.join("initrd");
-    build_initrd(&kernel, &initrd, Compression::None);
+    build_initrd(&kernel, &initrd);
     let log = run(
         &dir,
         &kernel.path,
@@ -94,12 +93,63 @@ fn host_kernel_boots_root_by_uuid_on_virtio_scsi_quietly() {
     );
 }
 
+/// The kernel's taint flag for an unsigned module (`TAINT_UNSIGNED_MODULE`, `E`).
+const TAINT_UNSIGNED_MODULE: u64 = 1 << 13;
+
+fn taint(log: &BootLog) -> u64 {
+    let line = log.line_with(MARKER);
+    let value = line
+        .split(" tainted=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no tainted= in {line}"));
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("bad tainted= in {line}"))
+}
+
+#[test]
+fn signed_modules_load_without_signatures_unless_verify_modules_is_given() {
+    let kernel = host_kernel();
+    // Meaningful only with signed modules, as Debian ships them.
+    let modules = supermin_kernel_probe::initrd_modules(&kernel, &[]).unwrap();
+    let ext4 = modules
+        .iter()
+        .find(|m| m.name == "ext4")
+        .expect("ext4 among the initrd modules");
+    let image = supermin_kernel_probe::read_module(&ext4.path).unwrap();
+    assert!(
+        image.ends_with(b"~Module signature appended~\n"),
+        "{} carries no signature: this test needs a kernel with signed modules",
+        ext4.path.display()
+    );
+    for (append, unsigned) in [("", true), (" supermin.verify_modules", false)] {
+        let dir = TempDir::new("boot-modsig");
+        let initrd = dir.join("initrd");
+        build_initrd(&kernel, &initrd);
+        let log = run(
+            &dir,
+            &kernel.path,
+            &initrd,
+            Disk::VirtioBlk,
+            &format!("console=ttyS0 panic=1 quiet root=UUID={UUID}{append}"),
+        );
+        assert_handover(&log, "rw");
+        assert_eq!(
+            taint(&log) & TAINT_UNSIGNED_MODULE != 0,
+            unsigned,
+            "append {append:?}: {}",
+            log.line_with(MARKER)
+        );
+    }
+}
+
 #[test]
 fn plain_ko_kernel_boots_root_dev_sda_on_virtio_scsi_verbosely() {
     let dir = TempDir::new("boot-sda");
     let kernel = kernel_by_version_prefix("6.1.");
     let initrd = dir.join("initrd");
-    build_initrd(&kernel, &initrd, Compression::None);
+    build_initrd(&kernel, &initrd);
     let log = run(
         &dir,
         &kernel.path,
@@ -113,11 +163,11 @@ fn plain_ko_kernel_boots_root_dev_sda_on_virtio_scsi_verbosely() {
 }
 
 #[test]
-fn plain_ko_kernel_boots_root_dev_vda_read_only_on_virtio_blk_from_gzip_initrd() {
+fn plain_ko_kernel_boots_root_dev_vda_read_only_on_virtio_blk() {
     let dir = TempDir::new("boot-vda");
     let kernel = kernel_by_version_prefix("6.1.");
     let initrd = dir.join("initrd");
-    build_initrd(&kernel, &initrd, Compression::Gzip);
+    build_initrd(&kernel, &initrd);
     let log = run(
         &dir,
         &kernel.path,
@@ -141,7 +191,7 @@ fn xz_module_kernel_selected_by_env_boots_root_by_uuid() {
         kernel.modules_dir.display()
     );
     let initrd = dir.join("initrd");
-    build_initrd(&kernel, &initrd, Compression::Zstd);
+    build_initrd(&kernel, &initrd);
     let log = run(
         &dir,
         &kernel.path,
@@ -169,7 +219,7 @@ fn zstd_compressed_modules_boot_root_dev_sda() {
         "expected the .ko.zst copies, got {chosen:?}"
     );
     let initrd = dir.join("initrd");
-    build_initrd(&kernel, &initrd, Compression::None);
+    build_initrd(&kernel, &initrd);
     let log = run(
         &dir,
         &kernel.path,
@@ -185,7 +235,7 @@ fn missing_root_device_is_reported_and_the_guest_powers_off() {
     let dir = TempDir::new("boot-noroot");
     let kernel = kernel_by_version_prefix("6.1.");
     let initrd = dir.join("initrd");
-    build_initrd(&kernel, &initrd, Compression::None);
+    build_initrd(&kernel, &initrd);
     let log = run(
         &dir,
         &kernel.path,
@@ -209,7 +259,7 @@ fn root_without_init_is_reported_with_its_listing_and_the_guest_powers_off() {
     let dir = TempDir::new("boot-noinit");
     let kernel = kernel_by_version_prefix("6.1.");
     let initrd = dir.join("initrd");
-    build_initrd(&kernel, &initrd, Compression::None);
+    build_initrd(&kernel, &initrd);
     let root = root_without_init(dir.path(), UUID);
     let log = run_root(
         &root,

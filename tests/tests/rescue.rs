@@ -57,7 +57,20 @@ impl Scratch {
     }
 
     fn run(&self, app: &Path, args: &[&str]) -> Output {
-        let mut cmd = Command::new(supermin_bin());
+        self.run_with_umask(app, None, args)
+    }
+
+    /// [`Scratch::run`], with `umask` set first when given (through `sh`).
+    fn run_with_umask(&self, app: &Path, umask: Option<&str>, args: &[&str]) -> Output {
+        let mut cmd = match umask {
+            Some(mask) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("umask {mask} && exec \"$0\" \"$@\"")])
+                    .arg(supermin_bin());
+                sh
+            }
+            None => Command::new(supermin_bin()),
+        };
         cmd.arg("run")
             .arg("--appliance")
             .arg(app)
@@ -188,6 +201,37 @@ fn a_tree_copied_in_and_out_again_comes_back_identical_and_env_and_cwd_reach_the
     assert_eq!(describe_tree(&tree), describe_tree(&dest.join("tree")));
     assert!(std::fs::read(dest.join("tree/big")).unwrap() == big);
     assert_eq!(std::fs::read(dest.join("tree/sub/f")).unwrap(), b"small\n");
+    s.assert_tmp_clean();
+}
+
+// Regression: --copy-out once gave host files the guest's modes as they were
+// (a world-writable file in the guest came out world-writable) instead of
+// applying our umask as `cp` does.
+#[test]
+fn copy_out_applies_the_host_umask_to_the_guests_modes() {
+    let s = Scratch::new("umask");
+    let app = s.appliance();
+    let dest = s.dir.join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let spec = format!("/root/out:{}", dest.display());
+    let out = s.run_with_umask(
+        &app,
+        Some("027"),
+        &[
+            "--copy-out",
+            &spec,
+            "--",
+            "sh",
+            "-c",
+            "mkdir /root/out && echo x >/root/out/rw && echo y >/root/out/exe && \
+             chmod 0666 /root/out/rw && chmod 0777 /root/out/exe /root/out",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mode = |p: &str| std::fs::symlink_metadata(dest.join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("out"), 0o750);
+    assert_eq!(mode("out/rw"), 0o640);
+    assert_eq!(mode("out/exe"), 0o750);
     s.assert_tmp_clean();
 }
 

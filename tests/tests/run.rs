@@ -679,6 +679,33 @@ fn a_boot_failure_ends_with_the_console_lines() {
 }
 
 #[test]
+fn a_bad_accel_from_the_flag_or_the_environment_is_one_line_and_exit_1() {
+    let scratch = Scratch::new("bad-accel");
+    // Refused before anything is built or booted, so no appliance is needed.
+    let flag = supermin_run(&scratch, &os(&["--accel", "xen", "--", "true"]), None);
+    let mut cmd = run_command(&scratch, &os(&["--", "true"]));
+    let env = cmd
+        .env("SUPERMIN_ACCEL", "KVM")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let env = RunOutput {
+        status: env.status,
+        stdout: env.stdout,
+        stderr: String::from_utf8_lossy(&env.stderr).into_owned(),
+    };
+    for (out, named) in [(&flag, "--accel \"xen\""), (&env, "SUPERMIN_ACCEL=\"KVM\"")] {
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {out:?}");
+        assert!(lines[0].contains(named), "{out:?}");
+        assert!(lines[0].contains("use auto, kvm or tcg"), "{out:?}");
+    }
+    scratch.assert_tmp_clean();
+}
+
+#[test]
 fn accel_auto_runs_the_command_whether_or_not_kvm_works() {
     let scratch = Scratch::new("auto");
     let app = scratch.appliance("app", None);
@@ -896,17 +923,28 @@ fn real_qemu() -> PathBuf {
 /// (shell) when asked for KVM, appending a line to `kvm.log` each time, and
 /// the real qemu otherwise. Returns the `PATH` to run with.
 fn fake_kvm_qemu(scratch: &Scratch, on_kvm: &str) -> OsString {
-    use std::os::unix::fs::PermissionsExt;
     assert!(
         Path::new("/dev/kvm").exists(),
         "this test needs /dev/kvm (present on the project's machines) to reach the KVM attempt"
     );
+    let log = scratch.dir.join("kvm.log");
+    qemu_wrapper(
+        scratch,
+        &format!(
+            "for a in \"$@\"; do case \"$a\" in *accel=kvm*) echo kvm >>'{}'; {on_kvm};; esac; done",
+            log.display()
+        ),
+    )
+}
+
+/// A directory holding a `qemu-system-x86_64` wrapper that runs `before`
+/// (shell) and then the real qemu. Returns the `PATH` to run with.
+fn qemu_wrapper(scratch: &Scratch, before: &str) -> OsString {
+    use std::os::unix::fs::PermissionsExt;
     let bin = scratch.dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    let log = scratch.dir.join("kvm.log");
     let script = format!(
-        "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in *accel=kvm*) echo kvm >>'{}'; {on_kvm};; esac; done\nexec '{}' \"$@\"\n",
-        log.display(),
+        "#!/bin/sh\n{before}\nexec '{}' \"$@\"\n",
         real_qemu().display()
     );
     let wrapper = bin.join("qemu-system-x86_64");
@@ -916,6 +954,41 @@ fn fake_kvm_qemu(scratch: &Scratch, on_kvm: &str) -> OsString {
     path.push(":");
     path.push(std::env::var_os("PATH").unwrap_or_default());
     path
+}
+
+// Regression: teardown joined the console readers without a bound, so a
+// process that qemu left behind holding its stdout and stderr (a helper it
+// started) kept `supermin run` waiting after the VM had ended.
+#[test]
+fn a_process_left_holding_the_console_cannot_hold_up_the_end_of_the_run() {
+    let scratch = Scratch::new("console-held");
+    let app = scratch.appliance("app", None);
+    let pid_file = scratch.dir.join("lingering.pid");
+    // Only the boot (`-kernel`), not the `-help` probe, leaves the process.
+    let path = qemu_wrapper(
+        &scratch,
+        &format!(
+            "case \" $* \" in *\" -kernel \"*) sleep 60 & echo $! >'{}';; esac",
+            pid_file.display()
+        ),
+    );
+
+    let started = Instant::now();
+    let out = run_with_path(
+        &scratch,
+        &path,
+        &with_appliance(&app, "tcg", &["--cold", "--", "echo", "done"]),
+    );
+    let took = started.elapsed();
+    let lingering = std::fs::read_to_string(&pid_file).unwrap_or_default();
+    if !lingering.trim().is_empty() {
+        let _ = Command::new("kill").arg(lingering.trim()).status();
+    }
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout_text(), "done\n");
+    assert!(!lingering.trim().is_empty(), "the wrapper left no process");
+    assert!(took < Duration::from_secs(45), "the run took {took:?}");
+    scratch.assert_tmp_clean();
 }
 
 fn kvm_attempts(scratch: &Scratch) -> usize {

@@ -15,8 +15,10 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use serde_json::json;
-use supermin::appliance::{self, BuildRequest, Source};
+use supermin::appliance::{BuildOptions, BuildPlan, Source};
 use supermin::cli::{CacheAction, CacheArgs, Format};
+
+use super::Env;
 use supermin_cache::{self as cache, Durability, Entry, Freshness, Removal, StaleReason};
 use supermin_kernel_probe as kprobe;
 
@@ -35,9 +37,9 @@ pub(super) struct Judged {
     pub why: String,
 }
 
-pub fn cache(args: &CacheArgs) -> anyhow::Result<ExitCode> {
+pub fn cache(args: &CacheArgs, env: &Env) -> anyhow::Result<ExitCode> {
     match &args.action {
-        CacheAction::List { json } => list(*json),
+        CacheAction::List { json } => list(*json, env),
         CacheAction::Gc {
             older_than,
             dry_run,
@@ -50,15 +52,17 @@ pub fn cache(args: &CacheArgs) -> anyhow::Result<ExitCode> {
             remove_saved(
                 |s| age.is_some_and(|a| ago_duration(s.last_used) >= a),
                 *dry_run,
+                env,
             )?;
             remove(
                 |j| !j.fresh || age.is_some_and(|a| unused_for(&j.entry) >= a),
                 *dry_run,
+                env,
             )
         }
         CacheAction::Clean { dry_run } => {
-            remove_saved(|_| true, *dry_run)?;
-            remove(|_| true, *dry_run)
+            remove_saved(|_| true, *dry_run, env)?;
+            remove(|_| true, *dry_run, env)
         }
     }
 }
@@ -71,15 +75,15 @@ fn saved_in(dir: &Path) -> Vec<supermin_launcher::SavedInfo> {
 }
 
 /// Every entry of this user's cache directories, judged.
-pub(super) fn judge_all() -> anyhow::Result<Vec<(PathBuf, &'static str, Vec<Judged>)>> {
-    let kernel = kprobe::probe(&kprobe::ProbeEnv::from_env(None));
+pub(super) fn judge_all(env: &Env) -> anyhow::Result<Vec<(PathBuf, &'static str, Vec<Judged>)>> {
+    let kernel = kprobe::probe(&env.build().probe_env(None));
     let mut out = Vec::new();
-    for (dir, origin) in cache::user_cache_dirs(|n| std::env::var_os(n)) {
+    for (dir, origin) in env.user_cache_dirs() {
         let origin = origin_name(origin);
         let entries = cache::list_entries(&dir)?;
         let mut judged = Vec::new();
         for entry in entries {
-            let (fresh, why) = judge(&entry, &dir, &kernel)?;
+            let (fresh, why) = judge(&entry, &dir, &kernel, env)?;
             judged.push(Judged { entry, fresh, why });
         }
         out.push((dir, origin, judged));
@@ -100,13 +104,14 @@ fn judge(
     entry: &Entry,
     user_dir: &Path,
     kernel: &Result<kprobe::Kernel, kprobe::ProbeError>,
+    env: &Env,
 ) -> anyhow::Result<(bool, String)> {
     let kernel = match kernel {
         Ok(k) => k,
         Err(e) => return Ok((false, format!("no usable kernel on this host ({e})"))),
     };
-    let req = if entry.kind == cache::DEFAULT_ENTRY {
-        super::run::default_request(user_dir, 0, false)?
+    let plan = if entry.kind == cache::DEFAULT_ENTRY {
+        super::run::default_plan(user_dir, 0, false, env)?
     } else {
         let Some(supermin_d) = super::SUPERMIN_D_PLACES
             .iter()
@@ -121,10 +126,9 @@ fn judge(
         if entry.stamp.is_none() {
             return Ok(judge_by_times(entry, kernel));
         }
-        libguestfs_request(user_dir, supermin_d)?
+        libguestfs_plan(user_dir, supermin_d, env)?
     };
-    // Both were built with the default options (libguestfs passes none of ours).
-    let fp = appliance::fingerprint(&req, &appliance::BuildOptions::default(), Some(kernel))?;
+    let fp = plan.fingerprint(Some(kernel))?;
     Ok(
         match cache::is_fresh(&entry.dir, &fp, &cache::APPLIANCE_FILES)? {
             Freshness::Fresh => (true, "fresh".into()),
@@ -137,8 +141,8 @@ fn judge(
 }
 
 /// What libguestfs asks of `/usr/bin/supermin` (`lib/appliance.c`).
-fn libguestfs_request(user_dir: &Path, supermin_d: PathBuf) -> anyhow::Result<BuildRequest> {
-    Ok(BuildRequest {
+fn libguestfs_plan(user_dir: &Path, supermin_d: PathBuf, env: &Env) -> anyhow::Result<BuildPlan> {
+    Ok(BuildPlan {
         format: Format::Ext2,
         // The limit decides whether a build succeeds, not what it writes: not in the fingerprint.
         source: Source::Inputs {
@@ -157,8 +161,11 @@ fn libguestfs_request(user_dir: &Path, supermin_d: PathBuf) -> anyhow::Result<Bu
         vmlinux_cache: None,
         durability: Durability::Unsynced,
         verbose: 0,
-        time: super::now_or_epoch()?,
-        clamp_times: super::source_date_epoch()?,
+        time: env.now_or_epoch()?,
+        clamp_times: env.source_date_epoch()?,
+        // libguestfs passes none of our options.
+        options: BuildOptions::default(),
+        env: env.build(),
     })
 }
 
@@ -292,8 +299,8 @@ fn unix(t: Option<SystemTime>) -> Option<u64> {
         .map(|d| d.as_secs())
 }
 
-fn list(as_json: bool) -> anyhow::Result<ExitCode> {
-    let all = judge_all()?;
+fn list(as_json: bool, env: &Env) -> anyhow::Result<ExitCode> {
+    let all = judge_all(env)?;
     if as_json {
         let dirs: Vec<_> = all
             .iter()
@@ -381,8 +388,9 @@ fn ago_duration(t: Option<SystemTime>) -> Duration {
 fn remove_saved(
     select: impl Fn(&supermin_launcher::SavedInfo) -> bool,
     dry_run: bool,
+    env: &Env,
 ) -> anyhow::Result<()> {
-    for (dir, _) in cache::user_cache_dirs(|n| std::env::var_os(n)) {
+    for (dir, _) in env.user_cache_dirs() {
         for s in saved_in(&dir).iter().filter(|s| select(s)) {
             let name = s.dir.display();
             if dry_run {
@@ -402,10 +410,10 @@ pub(super) fn free_bytes(dir: &Path) -> Option<u64> {
     Some(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
-fn remove(select: impl Fn(&Judged) -> bool, dry_run: bool) -> anyhow::Result<ExitCode> {
+fn remove(select: impl Fn(&Judged) -> bool, dry_run: bool, env: &Env) -> anyhow::Result<ExitCode> {
     let mut freed = 0u64;
     let mut removed = 0usize;
-    for (dir, _, entries) in judge_all()? {
+    for (dir, _, entries) in judge_all(env)? {
         for j in entries.iter().filter(|j| select(j)) {
             let name = j.entry.dir.display();
             if dry_run {

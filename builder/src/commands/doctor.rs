@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use supermin::appliance::{self, Outcome};
 use supermin::cli::DoctorArgs;
+
+use super::Env;
 use supermin_kernel_probe as kprobe;
 use supermin_launcher::diag::{self, KvmState};
 use supermin_launcher::{self as launcher, Accel, LaunchEnv, LaunchError, Notice, RunOptions};
@@ -164,14 +166,14 @@ fn capture_notice(n: &Notice) {
     }
 }
 
-pub fn doctor(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
+pub fn doctor(args: &DoctorArgs, snapshot: &Env) -> anyhow::Result<ExitCode> {
     let mut d = Doctor {
         json: args.json,
         checks: Vec::new(),
         phases: Vec::new(),
         console_tail: Vec::new(),
     };
-    let env = LaunchEnv::from_process();
+    let env = LaunchEnv::from_vars(|name| snapshot.var(name));
     if !d.json {
         println!(
             "supermin doctor (supermin-rs {}, uid {}, host kernel {})",
@@ -184,9 +186,9 @@ pub fn doctor(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     }
     let kvm = check_qemu(&mut d, &env);
     check_shares(&mut d, &env);
-    let kernel = check_kernel(&mut d);
-    check_cache(&mut d);
-    let accel = check_env(&mut d, kvm.as_ref());
+    let kernel = check_kernel(&mut d, snapshot);
+    check_cache(&mut d, snapshot);
+    let accel = check_env(&mut d, kvm.as_ref(), snapshot);
     if args.no_boot {
         d.add("boot", Status::Note, "skipped (--no-boot)");
     } else if d.failed("qemu") || d.failed("kernel") || d.failed("cache") || accel.is_none() {
@@ -196,7 +198,7 @@ pub fn doctor(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
             "the default appliance was not built or booted: fix the problems above first",
         );
     } else if let (Some(accel), Some(_)) = (accel, kernel) {
-        build_and_boot(&mut d, &env, accel, args.verbose, kvm.as_ref());
+        build_and_boot(&mut d, &env, accel, args.verbose, kvm.as_ref(), snapshot);
     }
     summary(&d)
 }
@@ -292,8 +294,8 @@ fn check_shares(d: &mut Doctor, env: &LaunchEnv) {
 }
 
 /// The kernel as `supermin kernel` chooses it; its modules; their decompression.
-fn check_kernel(d: &mut Doctor) -> Option<kprobe::Kernel> {
-    let k = match kprobe::probe(&kprobe::ProbeEnv::from_env(None)) {
+fn check_kernel(d: &mut Doctor, snapshot: &Env) -> Option<kprobe::Kernel> {
+    let k = match kprobe::probe(&snapshot.build().probe_env(None)) {
         Ok(k) => k,
         Err(e) => {
             let detail = super::one_line(&e);
@@ -376,8 +378,8 @@ fn check_kernel(d: &mut Doctor) -> Option<kprobe::Kernel> {
     Some(k)
 }
 
-fn check_cache(d: &mut Doctor) {
-    let dir = match supermin_cache::runtime_cache_dir() {
+fn check_cache(d: &mut Doctor, snapshot: &Env) {
+    let dir = match snapshot.runtime_cache_dir() {
         Ok(dir) => dir,
         Err(e) => {
             // A cache error's way out is its hint, or follows a semicolon in its message.
@@ -421,7 +423,7 @@ fn check_cache(d: &mut Doctor) {
         Some(free) => d.add("cache", Status::Ok, format!("{} free", super::cache::human(free))),
         None => d.add("cache", Status::Note, "free space unknown (statvfs failed)"),
     }
-    match super::cache::judge_all() {
+    match super::cache::judge_all(snapshot) {
         Ok(all) => {
             let entries: Vec<_> = all.iter().flat_map(|(_, _, e)| e.iter()).collect();
             let total: u64 = entries.iter().map(|j| j.entry.bytes).sum();
@@ -466,7 +468,7 @@ const LIBGUESTFS_LIBS: &[&str] = &[
 
 /// libguestfs and the variables. Returns the accelerator `supermin run` would use, or
 /// `None` when `SUPERMIN_ACCEL` makes runs fail.
-fn check_env(d: &mut Doctor, kvm: Option<&KvmState>) -> Option<Accel> {
+fn check_env(d: &mut Doctor, kvm: Option<&KvmState>, snapshot: &Env) -> Option<Accel> {
     match LIBGUESTFS_LIBS.iter().find(|p| Path::new(p).exists()) {
         Some(lib) => d.add("libguestfs", Status::Ok, format!("installed ({lib})")),
         None => d.add(
@@ -487,7 +489,7 @@ fn check_env(d: &mut Doctor, kvm: Option<&KvmState>) -> Option<Accel> {
             "install libguestfs's appliance package (Debian: libguestfs0), or set LIBGUESTFS_PATH to a fixed appliance",
         ),
     }
-    let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty());
+    let var = |n: &str| snapshot.var(n).filter(|v| !v.is_empty());
     if let Some(v) = var("LIBGUESTFS_PATH") {
         for elem in std::env::split_paths(&v) {
             let has = |f: &str| elem.join(f).exists();
@@ -556,11 +558,11 @@ fn check_env(d: &mut Doctor, kvm: Option<&KvmState>) -> Option<Accel> {
             );
         }
     }
-    let mut supermin_vars: Vec<(String, OsString)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v)))
-        .filter(|(k, v)| k.starts_with("SUPERMIN_") && !v.is_empty())
+    let supermin_vars: Vec<(String, OsString)> = snapshot
+        .with_prefix("SUPERMIN_")
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
         .collect();
-    supermin_vars.sort();
     let mut accel = Some(Accel::Auto);
     for (k, v) in supermin_vars {
         let shown = format!("{k}={}", v.to_string_lossy());
@@ -650,12 +652,13 @@ fn build_and_boot(
     accel: Accel,
     verbose: u8,
     kvm_before: Option<&KvmState>,
+    snapshot: &Env,
 ) {
-    let cache = match supermin_cache::runtime_cache_dir() {
+    let cache = match snapshot.runtime_cache_dir() {
         Ok(c) => c,
         Err(_) => return, // reported by check_cache
     };
-    let req = match super::run::default_request(&cache, verbose.saturating_sub(1), false) {
+    let req = match super::run::default_plan(&cache, verbose.saturating_sub(1), false, snapshot) {
         Ok(r) => r,
         Err(e) => {
             d.add("build", Status::Problem, format!("{e:#}"));
@@ -663,7 +666,7 @@ fn build_and_boot(
         }
     };
     let start = Instant::now();
-    match appliance::build(&req) {
+    match appliance::build(&req, &super::print_event) {
         Ok(outcome) => {
             let what = match outcome {
                 Outcome::UpToDate => "reused (fresh)".to_string(),
@@ -692,8 +695,9 @@ fn build_and_boot(
         env: env.clone(),
         recheck_kvm: false,
         qemu_user: if rustix::process::geteuid().is_root() {
-            std::env::var("SUPERMIN_QEMU_USER")
-                .ok()
+            snapshot
+                .var("SUPERMIN_QEMU_USER")
+                .and_then(|v| v.into_string().ok())
                 .filter(|u| !u.is_empty() && u != "root")
                 .or_else(|| Some("nobody".into()))
         } else {
@@ -701,7 +705,8 @@ fn build_and_boot(
         },
         on_notice: capture_notice,
         // The boot the user's runs would do: the saved machine when there is one.
-        saved_machines: supermin_cache::runtime_cache_dir()
+        saved_machines: snapshot
+            .runtime_cache_dir()
             .ok()
             .map(|d| d.join(super::run::SAVED_DIR)),
         cold: false,

@@ -8,23 +8,26 @@ use anyhow::Context;
 
 mod cache;
 mod doctor;
+mod env;
 mod run;
 
-use supermin::appliance::{self, BuildOptions, BuildRequest, Source};
+pub use env::Env;
+use supermin::appliance::{self, BuildOptions, BuildPlan, Event, Source};
 use supermin::cli::{BuildArgs, Command, Format, KernelArgs, MkfsArgs, PrepareArgs, UpdateArgs};
 use supermin_cache::Durability;
 
 /// The first line of `--version`: libguestfs and packagers parse `supermin 5.x`.
 pub const SUPERMIN_COMPAT_VERSION: &str = "5.2.2";
 
-pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+/// Runs `command`, with the environment `main` captured once.
+pub fn run(command: Command, env: &Env) -> anyhow::Result<ExitCode> {
     match command {
         Command::Version => {
             println!("supermin {SUPERMIN_COMPAT_VERSION}");
             println!("supermin-rs {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Mkfs(args) => mkfs(&args),
+        Command::Mkfs(args) => mkfs(&args, env),
         Command::ListDrivers => {
             // supermin 5's format: the handler, a tab, `detected` or `not-detected`.
             for (name, detected) in supermin_hostfiles::list_drivers() {
@@ -33,13 +36,13 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Prepare(args) => prepare(&args),
-        Command::Build(args) => build(&args),
-        Command::Kernel(args) => kernel(&args),
-        Command::UpdateAppliance(args) => update_appliance(&args),
-        Command::Run(args) => run::run(&args),
-        Command::Doctor(args) => doctor::doctor(&args),
-        Command::Cache(args) => cache::cache(&args),
+        Command::Prepare(args) => prepare(&args, env),
+        Command::Build(args) => build(&args, env),
+        Command::Kernel(args) => kernel(&args, env),
+        Command::UpdateAppliance(args) => update_appliance(&args, env),
+        Command::Run(args) => run::run(&args, env),
+        Command::Doctor(args) => doctor::doctor(&args, env),
+        Command::Cache(args) => cache::cache(&args, env),
     }
 }
 
@@ -126,7 +129,7 @@ fn launch_exit_code(err: &supermin_launcher::LaunchError) -> Option<u8> {
     }
 }
 
-fn prepare(args: &PrepareArgs) -> anyhow::Result<ExitCode> {
+fn prepare(args: &PrepareArgs, env: &Env) -> anyhow::Result<ExitCode> {
     // Like supermin, -o DIR is replaced as a whole (a stale list or base image left in it
     // would go into the next build), and atomically.
     let context = || format!("cannot prepare {}", args.output.display());
@@ -143,7 +146,7 @@ fn prepare(args: &PrepareArgs) -> anyhow::Result<ExitCode> {
         use_installed: args.use_installed,
         packager_config: args.packager_config.clone(),
         out_dir: staging.path().to_path_buf(),
-        source_date_epoch: source_date_epoch()?,
+        source_date_epoch: env.source_date_epoch()?,
         root: std::path::PathBuf::from("/"),
     };
     supermin_hostfiles::prepare(&opts).with_context(context)?;
@@ -156,28 +159,19 @@ fn prepare(args: &PrepareArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
-    // The init and daemon embedded in this binary run on its own architecture only.
+fn build(args: &BuildArgs, env: &Env) -> anyhow::Result<ExitCode> {
     if let Some(cpu) = args.host_cpu.as_deref() {
-        let same =
-            cpu == std::env::consts::ARCH || (cpu == "amd64" && std::env::consts::ARCH == "x86_64");
-        if !same {
-            anyhow::bail!(
-                "--host-cpu {cpu}: this supermin builds appliances for {} only (its embedded init and daemon are {} programs); build on a {cpu} host",
-                std::env::consts::ARCH,
-                std::env::consts::ARCH
-            );
-        }
+        check_host_cpu(cpu, std::env::consts::ARCH)?;
     }
     let source = if args.inputs.is_empty() {
         Source::Default
     } else {
         Source::Inputs {
             paths: args.inputs.clone(),
-            max_input_size: max_input_size()?,
+            max_input_size: env.max_input_size()?,
         }
     };
-    let req = BuildRequest {
+    let plan = BuildPlan {
         format: args.format,
         source,
         output: args.output.clone(),
@@ -191,7 +185,7 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
         vmlinux: false,
         // Only an ext2 appliance has a kernel to turn into a vmlinux.
         vmlinux_cache: if args.format == Format::Ext2 {
-            vmlinux_cache()
+            env.vmlinux_cache()
         } else {
             None
         },
@@ -201,18 +195,12 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
             Durability::Unsynced
         },
         verbose: args.verbose,
-        time: now_or_epoch()?,
-        clamp_times: source_date_epoch()?,
+        time: env.now_or_epoch()?,
+        clamp_times: env.source_date_epoch()?,
+        options: build_options(args.kernel_format, args.complete_deps),
+        env: env.build(),
     };
-    run_build(&req, &build_options(args.kernel_format, args.complete_deps))
-}
-
-/// Where extracted `vmlinux` files are kept between builds: the user's runtime cache, when
-/// it is usable (a build never fails for want of it).
-pub(crate) fn vmlinux_cache() -> Option<std::path::PathBuf> {
-    supermin_cache::runtime_cache_dir()
-        .ok()
-        .map(|d| d.join("supermin-rs-vmlinux"))
+    run_build(&plan)
 }
 
 fn build_options(kernel_format: supermin::cli::KernelFormat, complete_deps: bool) -> BuildOptions {
@@ -226,16 +214,25 @@ fn build_options(kernel_format: supermin::cli::KernelFormat, complete_deps: bool
     }
 }
 
-fn run_build(req: &BuildRequest, opts: &BuildOptions) -> anyhow::Result<ExitCode> {
-    appliance::build_with(req, opts)
-        .with_context(|| format!("cannot build {}", req.output.display()))?;
+fn run_build(plan: &BuildPlan) -> anyhow::Result<ExitCode> {
+    appliance::build(plan, &print_event)
+        .with_context(|| format!("cannot build {}", plan.output.display()))?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn kernel(args: &KernelArgs) -> anyhow::Result<ExitCode> {
+/// How a build's [`Event`]s look on the terminal: progress and packages on stdout,
+/// warnings on stderr.
+pub(crate) fn print_event(event: Event<'_>) {
+    match event {
+        Event::Progress(line) => println!("supermin: {line}"),
+        Event::Package(name) => println!("  - {name}"),
+        Event::Warning(w) => eprintln!("supermin: warning: {w}"),
+    }
+}
+
+fn kernel(args: &KernelArgs, env: &Env) -> anyhow::Result<ExitCode> {
     use supermin_kernel_probe as kp;
-    let env = kp::ProbeEnv::from_env(args.host_cpu.as_deref());
-    let k = kp::probe(&env)?;
+    let k = kp::probe(&env.build().probe_env(args.host_cpu.as_deref()))?;
     let set = kp::module_set(&k, &[])?;
     // What `kernel` becomes in an appliance built from inputs (libguestfs's) with the
     // default options: finding out means decompressing the payload once, into a scratch file.
@@ -249,7 +246,7 @@ fn kernel(args: &KernelArgs) -> anyhow::Result<ExitCode> {
         },
         &BuildOptions::default(),
         args.host_cpu.as_deref(),
-        vmlinux_cache().as_deref(),
+        env.vmlinux_cache().as_deref(),
     );
     let _ = std::fs::remove_file(&scratch);
     let choice = choice.context("cannot tell what the appliance's kernel would be")?;
@@ -275,6 +272,19 @@ fn kernel(args: &KernelArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--host-cpu`: the init and daemon embedded in this binary run on its own architecture
+/// (`ours`) only, so any other is refused, in one line, until another architecture is really
+/// supported (it used to get an init that could not run there). `amd64` is Debian's name
+/// for x86_64.
+fn check_host_cpu(cpu: &str, ours: &str) -> anyhow::Result<()> {
+    if cpu == ours || (cpu == "amd64" && ours == "x86_64") {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "--host-cpu {cpu}: this supermin builds appliances for {ours} only (its embedded init and daemon are {ours} programs); build on a {cpu} host"
+    )
+}
+
 /// Where distributions install libguestfs's prepared appliance.
 const SUPERMIN_D_PLACES: &[&str] = &[
     "/usr/lib/x86_64-linux-gnu/guestfs/supermin.d",
@@ -285,7 +295,7 @@ const SUPERMIN_D_PLACES: &[&str] = &[
     "/usr/local/lib64/guestfs/supermin.d",
 ];
 
-fn update_appliance(args: &UpdateArgs) -> anyhow::Result<ExitCode> {
+fn update_appliance(args: &UpdateArgs, env: &Env) -> anyhow::Result<ExitCode> {
     let supermin_d = match &args.supermin_d {
         Some(d) => d.clone(),
         None => SUPERMIN_D_PLACES
@@ -300,11 +310,11 @@ fn update_appliance(args: &UpdateArgs) -> anyhow::Result<ExitCode> {
                 )
             })?,
     };
-    let req = BuildRequest {
+    let plan = BuildPlan {
         format: Format::Ext2,
         source: Source::Inputs {
             paths: vec![supermin_d],
-            max_input_size: max_input_size()?,
+            max_input_size: env.max_input_size()?,
         },
         output: args.dir.clone(),
         size: None,
@@ -315,11 +325,13 @@ fn update_appliance(args: &UpdateArgs) -> anyhow::Result<ExitCode> {
         if_newer: false,
         lock: None,
         vmlinux: false,
-        vmlinux_cache: vmlinux_cache(),
+        vmlinux_cache: env.vmlinux_cache(),
         durability: Durability::Synced,
         verbose: args.verbose,
-        time: now_or_epoch()?,
-        clamp_times: source_date_epoch()?,
+        time: env.now_or_epoch()?,
+        clamp_times: env.source_date_epoch()?,
+        options: build_options(args.kernel_format, args.complete_deps),
+        env: env.build(),
     };
     if let Some(parent) = args.dir.parent() {
         if !parent.as_os_str().is_empty() {
@@ -327,53 +339,13 @@ fn update_appliance(args: &UpdateArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
     }
-    run_build(&req, &build_options(args.kernel_format, args.complete_deps))?;
+    run_build(&plan)?;
     let dir = std::path::absolute(&args.dir).unwrap_or_else(|_| args.dir.clone());
     println!("export LIBGUESTFS_PATH={}", dir.display());
     Ok(ExitCode::SUCCESS)
 }
 
-/// `SUPERMIN_MAX_INPUT_SIZE`: how far supermin.d inputs may expand (unset or empty: the
-/// default). Read here once and passed down; the library never looks at the environment.
-fn max_input_size() -> anyhow::Result<u64> {
-    const VAR: &str = "SUPERMIN_MAX_INPUT_SIZE";
-    let Some(value) = std::env::var_os(VAR).filter(|v| !v.is_empty()) else {
-        return Ok(supermin_hostfiles::DEFAULT_MAX_INPUT_SIZE);
-    };
-    value
-        .to_str()
-        .and_then(supermin::cli::parse_byte_count)
-        .with_context(|| {
-            format!(
-                "{VAR}={value:?} is not a size: give bytes, or a number with K, M, G or T \
-                 (e.g. {VAR}=16G), or unset it for the default of {}G",
-                supermin_hostfiles::DEFAULT_MAX_INPUT_SIZE >> 30
-            )
-        })
-}
-
-pub(crate) fn source_date_epoch() -> anyhow::Result<Option<i64>> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v
-            .trim()
-            .parse::<i64>()
-            .map(Some)
-            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
-        Err(_) => Ok(None),
-    }
-}
-
-pub(crate) fn now_or_epoch() -> anyhow::Result<i64> {
-    Ok(match source_date_epoch()? {
-        Some(t) => t,
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-    })
-}
-
-fn mkfs(args: &MkfsArgs) -> anyhow::Result<ExitCode> {
+fn mkfs(args: &MkfsArgs, env: &Env) -> anyhow::Result<ExitCode> {
     use supermin_ext2 as ext2;
     let size = args
         .size
@@ -392,14 +364,14 @@ fn mkfs(args: &MkfsArgs) -> anyhow::Result<ExitCode> {
     }
     let mut tree = ext2::Tree::from_dir(&args.source)
         .with_context(|| format!("cannot read the tree {}", args.source.display()))?;
-    if let Some(epoch) = source_date_epoch()? {
+    if let Some(epoch) = env.source_date_epoch()? {
         tree.clamp_times(epoch);
     }
     let opts = ext2::Options {
         size,
         uuid,
         label: args.label.clone(),
-        creation_time: now_or_epoch()?,
+        creation_time: env.now_or_epoch()?,
         ..ext2::Options::default()
     };
     let summary = ext2::write_image(&tree, &args.output, &opts)
@@ -428,6 +400,24 @@ mod tests {
 
     fn launch(e: LaunchError) -> anyhow::Error {
         anyhow::Error::new(e)
+    }
+
+    #[test]
+    fn host_cpu_is_ours_or_a_one_line_error() {
+        use super::check_host_cpu;
+        check_host_cpu("x86_64", "x86_64").unwrap();
+        check_host_cpu("amd64", "x86_64").unwrap();
+        check_host_cpu("aarch64", "aarch64").unwrap();
+        for (cpu, ours) in [("aarch64", "x86_64"), ("amd64", "aarch64"), ("", "x86_64")] {
+            let line = format!("{:#}", check_host_cpu(cpu, ours).unwrap_err());
+            assert!(!line.contains('\n'), "{line}");
+            assert!(
+                line.starts_with(&format!(
+                    "--host-cpu {cpu}: this supermin builds appliances for {ours} only"
+                )),
+                "{line}"
+            );
+        }
     }
 
     #[test]

@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::Env;
 use anyhow::Context;
-use supermin::appliance::{self, BuildRequest, Source};
+use supermin::appliance::{self, BuildPlan, Source};
 use supermin::cli::{Format, RunArgs};
 use supermin_cache::Durability;
 use supermin_launcher::{
@@ -21,17 +22,8 @@ const DEFAULT_LOCK: &str = supermin_cache::DEFAULT_ENTRY.lock;
 /// Saved machines (booted appliances, restored instead of booting), beside it.
 pub(super) const SAVED_DIR: &str = "supermin-rs-saved";
 
-pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let accel = match args.accel.clone().or_else(|| {
-        std::env::var("SUPERMIN_ACCEL")
-            .ok()
-            .filter(|s| !s.is_empty())
-    }) {
-        None => Accel::Auto,
-        Some(name) => name
-            .parse::<Accel>()
-            .map_err(|e| anyhow::anyhow!("{e} (from --accel or SUPERMIN_ACCEL)"))?,
-    };
+pub fn run(args: &RunArgs, env: &Env) -> anyhow::Result<ExitCode> {
+    let accel = Accel::resolve(args.accel.as_deref(), env.var("SUPERMIN_ACCEL").as_deref())?;
     let mut disks = Vec::new();
     for spec in &args.add {
         let disk = launcher::parse_disk_spec(spec).map_err(|e| anyhow::anyhow!("--add {e}"))?;
@@ -57,7 +49,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         Some(t) => anyhow::bail!("--timeout {t} is not a positive number of seconds"),
         None => None,
     };
-    let qemu_user = qemu_user(args.qemu_user.as_deref())?;
+    let qemu_user = qemu_user(args.qemu_user.as_deref(), env)?;
     let mut shares = Vec::new();
     for spec in &args.share {
         shares.push(launcher::parse_share_spec(spec).map_err(|e| anyhow::anyhow!("--share {e}"))?);
@@ -126,21 +118,21 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!(LaunchError::NotATerminal);
         }
         Some(Interactive {
-            term: std::env::var_os("TERM").filter(|t| !t.is_empty()),
+            term: env.var("TERM").filter(|t| !t.is_empty()),
         })
     } else {
         None
     };
     let appliance = match &args.appliance {
         Some(dir) => dir.clone(),
-        None => default_appliance(args.verbose, false)?,
+        None => default_appliance(args.verbose, false, env)?,
     };
     let mut opts = RunOptions {
-        env: LaunchEnv::from_process(),
+        env: LaunchEnv::from_vars(|name| env.var(name)),
         recheck_kvm: args.recheck_kvm,
         qemu_user,
         on_notice: print_notice,
-        saved_machines: match supermin_cache::runtime_cache_dir() {
+        saved_machines: match env.runtime_cache_dir() {
             Ok(dir) => Some(dir.join(SAVED_DIR)),
             Err(_) => None,
         },
@@ -174,7 +166,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             // The cached default appliance is damaged in a way its stamp cannot see (say,
             // a truncated root): nothing has run yet, so rebuild it once and try again.
             eprintln!("supermin: warning: {e}; rebuilding the default appliance");
-            opts.appliance = default_appliance(args.verbose, true)?;
+            opts.appliance = default_appliance(args.verbose, true, env)?;
             result = launcher::run(&opts);
         }
     }
@@ -192,9 +184,10 @@ fn print_notice(notice: &Notice) {
 /// The user qemu switches to: only when we are root (qemu can drop privileges, not gain
 /// them), `nobody` unless `--qemu-user` or `$SUPERMIN_QEMU_USER` says otherwise, and none
 /// for `root`.
-fn qemu_user(flag: Option<&str>) -> anyhow::Result<Option<String>> {
-    let env = std::env::var("SUPERMIN_QEMU_USER")
-        .ok()
+fn qemu_user(flag: Option<&str>, env: &Env) -> anyhow::Result<Option<String>> {
+    let env = env
+        .var("SUPERMIN_QEMU_USER")
+        .and_then(|v| v.into_string().ok())
         .filter(|s| !s.is_empty());
     let named = flag.map(str::to_string).or(env);
     if !rustix::process::geteuid().is_root() {
@@ -219,24 +212,25 @@ fn qemu_user(flag: Option<&str>) -> anyhow::Result<Option<String>> {
 
 /// Builds (or finds fresh, unless `force`) the embedded default appliance in the runtime
 /// cache.
-pub(super) fn default_appliance(verbose: u8, force: bool) -> anyhow::Result<PathBuf> {
-    let cache = supermin_cache::runtime_cache_dir()?;
-    let req = default_request(&cache, verbose, force)?;
-    let out = req.output.clone();
-    appliance::build(&req)
+pub(super) fn default_appliance(verbose: u8, force: bool, env: &Env) -> anyhow::Result<PathBuf> {
+    let cache = env.runtime_cache_dir()?;
+    let plan = default_plan(&cache, verbose, force, env)?;
+    let out = plan.output.clone();
+    appliance::build(&plan, &super::print_event)
         .with_context(|| format!("cannot build the default appliance in {}", out.display()))?;
     Ok(out)
 }
 
 /// The build of the default appliance in the per-user cache directory `cache` (also what
 /// `supermin cache` compares a cached one against).
-pub(super) fn default_request(
+pub(super) fn default_plan(
     cache: &std::path::Path,
     verbose: u8,
     force: bool,
-) -> anyhow::Result<BuildRequest> {
+    env: &Env,
+) -> anyhow::Result<BuildPlan> {
     let out = cache.join(DEFAULT_DIR);
-    Ok(BuildRequest {
+    Ok(BuildPlan {
         format: Format::Ext2,
         source: Source::Default,
         output: out.clone(),
@@ -248,10 +242,12 @@ pub(super) fn default_request(
         if_newer: !force,
         lock: Some(cache.join(DEFAULT_LOCK)),
         vmlinux: true,
-        vmlinux_cache: super::vmlinux_cache(),
+        vmlinux_cache: env.vmlinux_cache(),
         durability: Durability::Unsynced,
         verbose: verbose.saturating_sub(1),
-        time: super::now_or_epoch()?,
-        clamp_times: super::source_date_epoch()?,
+        time: env.now_or_epoch()?,
+        clamp_times: env.source_date_epoch()?,
+        options: appliance::BuildOptions::default(),
+        env: env.build(),
     })
 }

@@ -23,8 +23,11 @@ use crate::pattern::join_root;
 /// The package managers we know, in supermin's `--list-drivers` naming.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handler {
+    /// Debian's dpkg.
     Dpkg,
+    /// rpm.
     Rpm,
+    /// Arch's pacman.
     Pacman,
 }
 
@@ -45,6 +48,7 @@ pub enum DepRule {
 }
 
 impl Handler {
+    /// Its name, as `--list-drivers` prints it.
     pub fn name(self) -> &'static str {
         match self {
             Handler::Dpkg => "debian/dpkg",

@@ -9,8 +9,8 @@ use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use crate::base_image::safe_tar_path;
 use crate::error::{write_err, HostfilesError, Result};
-use crate::inputs::safe_tar_path;
 
 /// Longer names are not paths rpm writes; refusing them bounds what a bad archive costs.
 const MAX_NAME: u64 = 4096;

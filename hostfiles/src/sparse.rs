@@ -22,7 +22,7 @@ static ZEROS: [u8; ZERO_BLOCK] = [0; ZERO_BLOCK];
 const BUF: usize = 256 << 10;
 
 /// Writes into a file that reads as zeros wherever nothing was written yet (a new file):
-/// all-zero [`ZERO_BLOCK`]s are skipped, and [`SparseWriter::finish`] sets the length, so
+/// all-zero 4 KiB blocks are skipped, and [`SparseWriter::finish`] sets the length, so
 /// zeros cost no disk. Writes go forward only.
 pub struct SparseWriter<'f> {
     file: &'f File,
@@ -30,6 +30,7 @@ pub struct SparseWriter<'f> {
 }
 
 impl<'f> SparseWriter<'f> {
+    /// A writer at the start of `file`, which must read as zeros (new).
     pub fn new(file: &'f File) -> SparseWriter<'f> {
         SparseWriter { file, pos: 0 }
     }
@@ -101,7 +102,9 @@ impl<'f> SparseWriter<'f> {
 /// Which side of a copy failed.
 #[derive(Debug)]
 pub enum CopyError {
+    /// Reading failed.
     Read(io::Error),
+    /// Writing failed.
     Write(io::Error),
 }
 
