@@ -293,8 +293,11 @@ fn virtiofs_shares_are_read_only_unless_rw_and_keep_odd_names() {
     let mut rw_spec = rw.clone().into_os_string();
     rw_spec.push(":rw");
     for (round, how) in ["saves the machine", "restores it"].iter().enumerate() {
+        // The guest is root: it remounts the read-only share read-write
+        // first, so that only virtiofsd's --readonly stands in the way.
         let script = format!(
             "cat /mnt/ro/hello.txt; ls /mnt/ro | od -An -c | tr -s ' '; \
+             mount -o remount,rw /mnt/ro && echo remounted; \
              echo nope >/mnt/ro/new 2>/dev/null || echo ro-refused; \
              touch /mnt/ro/hello.txt 2>/dev/null || echo ro-touch-refused; \
              echo from-the-guest-{round} >\"$1/out{round}\" && echo rw-written"
@@ -341,6 +344,7 @@ fn virtiofs_shares_are_read_only_unless_rw_and_keep_odd_names() {
             text(&out)
         );
         assert!(stdout.contains("c a f 351"), "{how}: {}", text(&out));
+        assert!(stdout.contains("remounted"), "{how}: {}", text(&out));
         assert!(stdout.contains("ro-refused"), "{how}: {}", text(&out));
         assert!(stdout.contains("ro-touch-refused"), "{how}: {}", text(&out));
         assert!(stdout.contains("rw-written"), "{how}: {}", text(&out));
