@@ -924,9 +924,17 @@ fn share_transport(
     let as_root = opts.qemu_user.is_none() && rustix::process::geteuid().is_root();
     let root_rw = as_root && opts.shares.iter().any(|s| s.writable);
     const ROOT_RW: &str = "a writable share served by virtiofsd running as root would let the guest make set-uid-root files on the host (9p stores the guest's modes in xattrs instead)";
+    // virtiofsd takes its directory as a UTF-8 string.
+    let not_utf8 = opts.shares.iter().find(|s| s.host.to_str().is_none());
     let chosen = match opts.share_transport {
         ShareTransport::NineP => Err("--share-transport 9p".to_string()),
         ShareTransport::Auto | ShareTransport::Virtiofs if root_rw => Err(ROOT_RW.to_string()),
+        ShareTransport::Auto | ShareTransport::Virtiofs if not_utf8.is_some() => Err(format!(
+            "virtiofsd cannot be given {}, whose name is not UTF-8",
+            not_utf8
+                .map(|s| s.host.display().to_string())
+                .unwrap_or_default()
+        )),
         ShareTransport::Auto | ShareTransport::Virtiofs => found(),
     };
     match chosen {

@@ -664,3 +664,40 @@ fn virtiofsd_without_a_namespace_sandbox_means_9p_unless_virtiofs_is_asked_for()
     );
     assert!(stderr.contains(" over virtiofs\n"), "{all}");
 }
+
+/// virtiofsd takes its directory as UTF-8 text: a directory whose name is
+/// not is shared over 9p by `auto` (which the 9p test covers) and refused,
+/// in one line, by `--share-transport virtiofs`.
+#[test]
+fn virtiofs_refuses_a_directory_whose_name_is_not_utf8() {
+    need_virtiofsd();
+    let dir = scratch("vfs-utf8");
+    let odd = dir.path().join(OsStr::from_bytes(b"caf\xe9"));
+    std::fs::create_dir(&odd).unwrap();
+    let out = supermin(
+        &dir,
+        dir.path(),
+        &[
+            "run".as_ref(),
+            "--share-transport=virtiofs".as_ref(),
+            "--share".as_ref(),
+            odd.as_os_str(),
+            "--".as_ref(),
+            "true".as_ref(),
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr.contains("not UTF-8"), "{}", text(&out));
+    assert!(
+        stderr
+            .lines()
+            .next()
+            .unwrap_or("")
+            .starts_with("supermin: error: "),
+        "{}",
+        text(&out)
+    );
+}
