@@ -917,13 +917,16 @@ fn share_transport(
             opts.env.home.as_deref(),
         )
     };
-    // virtiofsd runs as the user qemu runs as; as root (`--qemu-user root`)
-    // it would let the guest make set-uid-root programs in a writable share
-    // (chmod u+s on a file root owns needs no capability), where 9p keeps
-    // modes in xattrs.
-    let as_root = opts.qemu_user.is_none() && rustix::process::geteuid().is_root();
+    // virtiofsd runs as the user qemu runs as. Invoked as root, that is root
+    // itself (`--qemu-user root`, or any other name or number for uid 0 or
+    // gid 0), or a system user every run shares (`nobody`): a writable share
+    // would then let the guest make set-uid programs on the host (chmod u+s
+    // on a file that user owns needs no capability) that any local user can
+    // run, where 9p keeps the guest's modes in xattrs. So a writable share
+    // goes over 9p whenever supermin runs as root.
+    let as_root = rustix::process::geteuid().is_root();
     let root_rw = as_root && opts.shares.iter().any(|s| s.writable);
-    const ROOT_RW: &str = "a writable share served by virtiofsd running as root would let the guest make set-uid-root files on the host (9p stores the guest's modes in xattrs instead)";
+    const ROOT_RW: &str = "invoked as root, a writable share served by virtiofsd (as root, or as a user every run shares) would let the guest make set-uid files on the host that local users can run (9p stores the guest's modes in xattrs instead)";
     // virtiofsd takes its directory as a UTF-8 string.
     let not_utf8 = opts.shares.iter().find(|s| s.host.to_str().is_none());
     let chosen = match opts.share_transport {
@@ -949,7 +952,7 @@ fn share_transport(
         Err(reason) if opts.share_transport == ShareTransport::Virtiofs => Err(if root_rw {
             LaunchError::VirtiofsRefused {
                 reason: format!(
-                    "{reason}; run qemu as another user (--qemu-user) or use --share-transport 9p"
+                    "{reason}; use --share-transport 9p, or run supermin as a regular user"
                 ),
             }
         } else {

@@ -78,11 +78,13 @@ fn executable(p: &Path) -> bool {
 }
 
 /// The candidates, in order: `$SUPERMIN_VIRTIOFSD` (alone when set), the
-/// known paths, `PATH`, then `$HOME/.cargo/bin` (`cargo install virtiofsd`).
+/// known paths, `PATH`, then `$HOME/.cargo/bin` (`cargo install virtiofsd`)
+/// unless `as_root`.
 pub fn candidates(
     env_override: Option<&Path>,
     path_var: Option<&OsStr>,
     home: Option<&Path>,
+    as_root: bool,
 ) -> Vec<PathBuf> {
     if let Some(p) = env_override {
         return vec![p.to_path_buf()];
@@ -95,8 +97,12 @@ pub fn candidates(
                 .map(|dir| dir.join(VIRTIOFSD)),
         );
     }
-    if let Some(home) = home.filter(|h| h.is_absolute()) {
-        out.push(home.join(".cargo/bin").join(VIRTIOFSD));
+    // Not as root: `$HOME` may be another user's (`sudo -E`), and what we find
+    // here is run (`--help`) before any privilege is dropped.
+    if !as_root {
+        if let Some(home) = home.filter(|h| h.is_absolute()) {
+            out.push(home.join(".cargo/bin").join(VIRTIOFSD));
+        }
     }
     out
 }
@@ -107,7 +113,12 @@ pub fn find(
     path_var: Option<&OsStr>,
     home: Option<&Path>,
 ) -> Result<Virtiofsd, String> {
-    let all = candidates(env_override, path_var, home);
+    let all = candidates(
+        env_override,
+        path_var,
+        home,
+        rustix::process::geteuid().is_root(),
+    );
     let Some(path) = all.iter().find(|p| executable(p)) else {
         return Err(match env_override {
             Some(p) => format!(
@@ -311,7 +322,11 @@ impl Daemon {
             .map_err(|e| spawn_err(format!("socket {}: {e}", sock.display())))?;
         let _ = std::fs::remove_file(sock);
         let fd = listener.as_raw_fd();
-        let as_root = run_as.is_none() && rustix::process::geteuid().is_root();
+        // Root by any name: uid 0 after the switch, or no switch while we are root.
+        let as_root = match run_as {
+            Some(ids) => ids.uid == 0,
+            None => rustix::process::geteuid().is_root(),
+        };
         let mut cmd = Command::new(&bin.path);
         cmd.args(args(dir, writable, fd, sandbox, as_root))
             .stdin(Stdio::null())
@@ -324,10 +339,20 @@ impl Daemon {
             cmd.uid(ids.uid).gid(ids.gid);
         }
         // SAFETY: runs in the child between fork and exec, after the uid
-        // change, making only async-signal-safe calls (fcntl, prctl) on plain
+        // change, making only async-signal-safe calls (close_range, fcntl, prctl) on plain
         // integers.
         unsafe {
             cmd.pre_exec(move || {
+                // Nothing our caller left open reaches virtiofsd: every
+                // descriptor above stderr is closed at exec but its socket.
+                // (Errors ignored: kernels before 5.11 lack the flag, and
+                // ours are close-on-exec anyway.)
+                let _ = libc::syscall(
+                    libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
                 if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -363,7 +388,9 @@ impl Daemon {
                         Ok(0) | Err(_) => break,
                         Ok(_) => {}
                     }
-                    let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                    // Its log can quote what the guest sent (names): tamed
+                    // like every other guest text before it reaches a terminal.
+                    let text = crate::vm::printable(&line).trim_end().to_string();
                     if verbose {
                         eprintln!("virtiofsd: {text}");
                     }
@@ -406,7 +433,9 @@ impl Daemon {
                     )))
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let _ = daemon.child.wait();
+                    // Its stderr closed; whether or not it still runs, dropping
+                    // the daemon kills its process group and reaps it (no
+                    // unbounded wait here).
                     return Err(StartError::Exited(format!(
                         "virtiofsd exited: {}",
                         daemon.log_tail()
@@ -503,12 +532,14 @@ mod tests {
             Some(Path::new("/opt/v")),
             Some(OsStr::new("/usr/bin")),
             None,
+            false,
         );
         assert_eq!(only, vec![PathBuf::from("/opt/v")]);
         let all = candidates(
             None,
             Some(OsStr::new("/usr/bin:relative:/bin")),
             Some(Path::new("/home/u")),
+            false,
         );
         let names: Vec<_> = all.iter().map(|p| p.display().to_string()).collect();
         assert_eq!(
@@ -522,6 +553,14 @@ mod tests {
                 "/home/u/.cargo/bin/virtiofsd",
             ]
         );
+        // As root, $HOME may be another user's: not searched.
+        let root = candidates(
+            None,
+            Some(OsStr::new("/usr/bin")),
+            Some(Path::new("/home/u")),
+            true,
+        );
+        assert!(!root.iter().any(|p| p.starts_with("/home")), "{root:?}");
     }
 
     #[test]

@@ -292,6 +292,9 @@ fn virtiofs_shares_are_read_only_unless_rw_and_keep_odd_names() {
     ro_spec.push(":/mnt/ro");
     let mut rw_spec = rw.clone().into_os_string();
     rw_spec.push(":rw");
+    // Invoked as root, a writable share never goes over virtiofs (see
+    // virtiofs_will_not_serve_a_writable_share_as_root): run as a user.
+    give_to_nobody(&[dir.join("tmp"), dir.join("cache")]);
     for (round, how) in ["saves the machine", "restores it"].iter().enumerate() {
         // The guest is root: it remounts the read-only share read-write
         // first, so that only virtiofsd's --readonly stands in the way.
@@ -302,7 +305,7 @@ fn virtiofs_shares_are_read_only_unless_rw_and_keep_odd_names() {
              touch /mnt/ro/hello.txt 2>/dev/null || echo ro-touch-refused; \
              echo from-the-guest-{round} >\"$1/out{round}\" && echo rw-written"
         );
-        let out = supermin(
+        let inner = supermin(
             &dir,
             dir.path(),
             &[
@@ -321,9 +324,10 @@ fn virtiofs_shares_are_read_only_unless_rw_and_keep_odd_names() {
                 "sh".as_ref(),
                 rw.as_os_str(),
             ],
-        )
-        .output()
-        .unwrap();
+        );
+        let out = as_nobody(&dir, &inner)
+            .output()
+            .expect("setpriv (util-linux)");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{how}: {}", text(&out));
@@ -359,10 +363,11 @@ fn virtiofs_shares_are_read_only_unless_rw_and_keep_odd_names() {
 }
 
 /// A hostile guest with a writable share tries to leave a device node and a
-/// set-uid-root program on the host. virtiofsd runs as the user qemu runs
-/// as (`nobody`, as the tests run as root), in its namespace sandbox: the
-/// kernel refuses device nodes and everything the guest makes belongs to
-/// that user. Booted cold: the devices are on qemu's command line.
+/// set-uid-root program on the host. virtiofsd runs as the invoking user
+/// (`nobody` here: as root, a writable share never goes over virtiofs), in
+/// its namespace sandbox: the kernel refuses device nodes and everything the
+/// guest makes belongs to that user. Booted cold: the devices are on qemu's
+/// command line.
 #[test]
 fn a_hostile_guest_cannot_plant_devices_or_set_uid_root_files_through_virtiofs() {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -373,13 +378,14 @@ fn a_hostile_guest_cannot_plant_devices_or_set_uid_root_files_through_virtiofs()
     std::fs::set_permissions(&rw, std::fs::Permissions::from_mode(0o777)).unwrap();
     let mut rw_spec = rw.clone().into_os_string();
     rw_spec.push(":/mnt/rw:rw");
+    give_to_nobody(&[dir.join("tmp"), dir.join("cache")]);
     let script = "cd /mnt/rw || exit 9; \
         mknod blk b 8 0 && echo BLOCK-DEVICE-MADE; \
         mknod chr c 1 3 && echo CHAR-DEVICE-MADE; \
         cp /bin/sh suid-sh; chmod 6755 suid-sh; chown 0:0 suid-sh; \
         echo x >plain; chown 0:0 plain; chmod u+s plain; \
         mkdir d; chmod 2777 d; ls -ln; true";
-    let out = supermin(
+    let inner = supermin(
         &dir,
         dir.path(),
         &[
@@ -394,9 +400,10 @@ fn a_hostile_guest_cannot_plant_devices_or_set_uid_root_files_through_virtiofs()
             "-c".as_ref(),
             script.as_ref(),
         ],
-    )
-    .output()
-    .unwrap();
+    );
+    let out = as_nobody(&dir, &inner)
+        .output()
+        .expect("setpriv (util-linux)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -429,36 +436,72 @@ fn a_hostile_guest_cannot_plant_devices_or_set_uid_root_files_through_virtiofs()
     assert_no_virtiofsd_for(&rw, "after the run");
 }
 
-/// Served by virtiofsd as root, a writable share would let the guest make
-/// set-uid-root files (chmod u+s on a file root owns needs no capability):
-/// asking for that is refused before anything boots.
+/// Invoked as root, a writable share is never served by virtiofsd: as root
+/// (`--qemu-user root`, or `0:0`, any spelling of uid 0) the guest could make
+/// set-uid-root files, and as `nobody` (the default) set-uid files that every
+/// local user can run. Asking for virtiofs is refused before anything boots;
+/// `auto` takes 9p and says why.
 #[test]
-fn virtiofs_will_not_serve_a_writable_share_as_root() {
+fn virtiofs_will_not_serve_a_writable_share_when_invoked_as_root() {
     need_virtiofsd();
     let dir = scratch("vfs-root");
     let rw = dir.join("rw");
     std::fs::create_dir(&rw).unwrap();
+    std::fs::set_permissions(&rw, std::fs::Permissions::from_mode(0o777)).unwrap();
     let mut rw_spec = rw.clone().into_os_string();
     rw_spec.push(":rw");
+    for user in ["--qemu-user=root", "--qemu-user=0:0", "--qemu-user=nobody"] {
+        let out = supermin(
+            &dir,
+            dir.path(),
+            &[
+                "run".as_ref(),
+                user.as_ref(),
+                "--share-transport=virtiofs".as_ref(),
+                "--share".as_ref(),
+                &rw_spec,
+                "--".as_ref(),
+                "true".as_ref(),
+            ],
+        )
+        .output()
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{user}: {}", text(&out));
+        assert!(stderr.contains("set-uid files"), "{user}: {}", text(&out));
+        assert!(
+            stderr.contains("--share-transport 9p"),
+            "{user}: {}",
+            text(&out)
+        );
+        assert_eq!(stderr.lines().count(), 1, "{user}: {}", text(&out));
+    }
     let out = supermin(
         &dir,
         dir.path(),
         &[
             "run".as_ref(),
-            "--qemu-user=root".as_ref(),
-            "--share-transport=virtiofs".as_ref(),
+            "-v".as_ref(),
             "--share".as_ref(),
             &rw_spec,
             "--".as_ref(),
-            "true".as_ref(),
+            "sh".as_ref(),
+            "-c".as_ref(),
+            "echo w >\"$1/w\"".as_ref(),
+            "sh".as_ref(),
+            rw.as_os_str(),
         ],
     )
     .output()
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(stderr.contains("set-uid-root"), "{}", text(&out));
-    assert!(stderr.contains("--share-transport 9p"), "{}", text(&out));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stderr.contains("shares over 9p: invoked as root"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(std::fs::read_to_string(rw.join("w")).unwrap(), "w\n");
 }
 
 /// However a run ends (its --timeout, SIGTERM, SIGKILL of supermin itself)
@@ -510,49 +553,27 @@ fn no_virtiofsd_is_left_after_a_timeout_a_signal_or_a_killed_run() {
     }
 }
 
-/// Without root: supermin runs as `nobody` (through setpriv), so do qemu and
-/// virtiofsd, whose namespace sandbox is a user namespace; the guest's
-/// writes belong to that user and it cannot make device nodes.
-#[test]
-fn an_unprivileged_user_shares_over_virtiofs() {
-    use std::os::unix::fs::MetadataExt;
-    need_virtiofsd();
-    let dir = scratch("vfs-user");
-    let share = dir.join("share");
-    std::fs::create_dir(&share).unwrap();
-    std::fs::write(share.join("in.txt"), b"read by nobody\n").unwrap();
+/// The uid of `nobody`, after giving it `paths` (chown), so that a run as
+/// `nobody` can use the test's scratch directories.
+fn give_to_nobody(paths: &[PathBuf]) -> u32 {
     let nobody = Command::new("id").args(["-u", "nobody"]).output().unwrap();
     let uid: u32 = String::from_utf8_lossy(&nobody.stdout)
         .trim()
         .parse()
         .unwrap();
-    for d in ["tmp", "cache", "share"] {
+    for p in paths {
         let ok = Command::new("chown")
-            .args([format!("{uid}"), dir.join(d).display().to_string()])
+            .args([format!("{uid}"), p.display().to_string()])
             .status()
             .unwrap();
         assert!(ok.success());
     }
-    let mut spec = share.clone().into_os_string();
-    spec.push(":/mnt/s:rw");
-    let script = "cat /mnt/s/in.txt; echo out >/mnt/s/out.txt && echo written; \
-        mknod /mnt/s/blk b 8 0 && echo BLOCK-DEVICE-MADE; true";
-    let inner = supermin(
-        &dir,
-        dir.path(),
-        &[
-            "run".as_ref(),
-            "-v".as_ref(),
-            "--share-transport=virtiofs".as_ref(),
-            "--share".as_ref(),
-            &spec,
-            "--".as_ref(),
-            "sh".as_ref(),
-            "-c".as_ref(),
-            script.as_ref(),
-        ],
-    );
-    // The same command, through setpriv, with the environment set above.
+    uid
+}
+
+/// `inner` (a `supermin(..)` command) run as `nobody` through setpriv, with
+/// the same environment and `HOME` in the scratch directory.
+fn as_nobody(dir: &TempDir, inner: &Command) -> Command {
     let mut cmd = Command::new("setpriv");
     cmd.args([
         "--reuid=nobody",
@@ -574,6 +595,41 @@ fn an_unprivileged_user_shares_over_virtiofs() {
         .args(inner.get_args())
         .current_dir(dir.path())
         .stdin(Stdio::null());
+    cmd
+}
+
+/// Without root: supermin runs as `nobody` (through setpriv), so do qemu and
+/// virtiofsd, whose namespace sandbox is a user namespace; the guest's
+/// writes belong to that user and it cannot make device nodes.
+#[test]
+fn an_unprivileged_user_shares_over_virtiofs() {
+    use std::os::unix::fs::MetadataExt;
+    need_virtiofsd();
+    let dir = scratch("vfs-user");
+    let share = dir.join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("in.txt"), b"read by nobody\n").unwrap();
+    let uid = give_to_nobody(&[dir.join("tmp"), dir.join("cache"), share.clone()]);
+    let mut spec = share.clone().into_os_string();
+    spec.push(":/mnt/s:rw");
+    let script = "cat /mnt/s/in.txt; echo out >/mnt/s/out.txt && echo written; \
+        mknod /mnt/s/blk b 8 0 && echo BLOCK-DEVICE-MADE; true";
+    let inner = supermin(
+        &dir,
+        dir.path(),
+        &[
+            "run".as_ref(),
+            "-v".as_ref(),
+            "--share-transport=virtiofs".as_ref(),
+            "--share".as_ref(),
+            &spec,
+            "--".as_ref(),
+            "sh".as_ref(),
+            "-c".as_ref(),
+            script.as_ref(),
+        ],
+    );
+    let mut cmd = as_nobody(&dir, &inner);
     let out = cmd.output().expect("setpriv (util-linux)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
