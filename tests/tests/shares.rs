@@ -13,7 +13,7 @@
 //! live under the system temporary directory, which qemu (running as
 //! `nobody` when the tests run as root) can reach.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -53,10 +53,10 @@ fn text(out: &Output) -> String {
     )
 }
 
-#[test]
-fn shares_are_read_only_unless_rw_and_keep_odd_names() {
-    let dir = scratch("modes");
-    // A path with a space, holding a name that is not UTF-8.
+/// The read-only share (a path with a space, holding a name that is not
+/// UTF-8, mounted at /mnt/ro) and the writable one (mode 0777, at its own
+/// path) of the read-only/read-write tests, with their `--share` specs.
+fn modes_fixture(dir: &TempDir) -> (PathBuf, PathBuf, OsString, OsString) {
     let ro = dir.join("read only");
     std::fs::create_dir(&ro).unwrap();
     std::fs::write(ro.join("hello.txt"), b"from the host\n").unwrap();
@@ -68,6 +68,13 @@ fn shares_are_read_only_unless_rw_and_keep_odd_names() {
     ro_spec.push(":/mnt/ro");
     let mut rw_spec = rw.clone().into_os_string();
     rw_spec.push(":rw");
+    (ro, rw, ro_spec, rw_spec)
+}
+
+#[test]
+fn shares_are_read_only_unless_rw_and_keep_odd_names() {
+    let dir = scratch("modes");
+    let (ro, rw, ro_spec, rw_spec) = modes_fixture(&dir);
     let script = "cat /mnt/ro/hello.txt; ls /mnt/ro | od -An -c | tr -s ' '; \
         echo nope >/mnt/ro/new 2>/dev/null || echo ro-refused; \
         echo from-the-guest >\"$1/out\" && echo rw-written";
@@ -281,17 +288,7 @@ fn assert_no_virtiofsd_for(dir: &Path, what: &str) {
 fn virtiofs_shares_are_read_only_unless_rw_and_keep_odd_names() {
     need_virtiofsd();
     let dir = scratch("vfs-modes");
-    let ro = dir.join("read only");
-    std::fs::create_dir(&ro).unwrap();
-    std::fs::write(ro.join("hello.txt"), b"from the host\n").unwrap();
-    std::fs::write(ro.join(OsStr::from_bytes(b"caf\xe9")), b"latin-1 name\n").unwrap();
-    let rw = dir.join("rw");
-    std::fs::create_dir(&rw).unwrap();
-    std::fs::set_permissions(&rw, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let mut ro_spec = ro.clone().into_os_string();
-    ro_spec.push(":/mnt/ro");
-    let mut rw_spec = rw.clone().into_os_string();
-    rw_spec.push(":rw");
+    let (ro, rw, ro_spec, rw_spec) = modes_fixture(&dir);
     // Invoked as root, a writable share never goes over virtiofs (see
     // virtiofs_will_not_serve_a_writable_share_as_root): run as a user.
     give_to_nobody(&[dir.join("tmp"), dir.join("cache")]);
