@@ -984,6 +984,7 @@ fn start_virtiofs(
     opts: &RunOptions,
     bin: &virtiofs::Virtiofsd,
     sandbox: virtiofs::Sandbox,
+    stop: &stop::Stop,
     log: &dyn Fn(std::fmt::Arguments<'_>),
 ) -> Result<virtiofs::Set, VirtiofsStart> {
     let run_as = match &opts.qemu_user {
@@ -999,24 +1000,20 @@ fn start_virtiofs(
     let mut set = virtiofs::Set::new(vm::make_scratch(&opts.env.tmp_dir)?);
     for (i, share) in opts.shares.iter().enumerate() {
         let sock = set.socket(i);
-        let daemon = virtiofs::Daemon::start(
-            bin,
-            &share.host,
-            share.writable,
-            &sock,
-            run_as,
-            opts.verbose,
-            sandbox,
-        )
-        .map_err(|e| match e {
-            virtiofs::StartError::Exited(why) if sandbox == virtiofs::Sandbox::Namespace => {
-                VirtiofsStart::NoSandbox(why)
-            }
-            e => VirtiofsStart::Failed(LaunchError::Virtiofsd {
-                host: share.host.clone(),
-                reason: e.into_message(),
-            }),
-        })?;
+        let daemon =
+            virtiofs::Daemon::start(bin, share, &sock, run_as, opts.verbose, sandbox, stop)
+                .map_err(|e| match e {
+                    virtiofs::StartError::Halted(halt) => VirtiofsStart::Failed(halted(stop, halt)),
+                    virtiofs::StartError::Exited(why)
+                        if sandbox == virtiofs::Sandbox::Namespace =>
+                    {
+                        VirtiofsStart::NoSandbox(why)
+                    }
+                    e => VirtiofsStart::Failed(LaunchError::Virtiofsd {
+                        host: share.host.clone(),
+                        reason: e.into_message(),
+                    }),
+                })?;
         log(format_args!(
             "virtiofsd for {} started ({}, --sandbox={})",
             share.host.display(),
@@ -1597,7 +1594,7 @@ impl Session {
         let mut sandbox = virtiofs::Sandbox::Namespace;
         let mut virtiofs_set = None;
         if let Some(v) = &virtiofsd {
-            match start_virtiofs(opts, v, sandbox, &log) {
+            match start_virtiofs(opts, v, sandbox, &stop, &log) {
                 Ok(set) => virtiofs_set = Some(set),
                 Err(VirtiofsStart::Failed(e)) => return Err(e),
                 Err(VirtiofsStart::NoSandbox(why))
@@ -1611,13 +1608,14 @@ impl Session {
                 Err(VirtiofsStart::NoSandbox(why)) => {
                     (opts.on_notice)(&Notice::VirtiofsWithoutSandbox { reason: why });
                     sandbox = virtiofs::Sandbox::None;
-                    virtiofs_set =
-                        Some(start_virtiofs(opts, v, sandbox, &log).map_err(|e| match e {
+                    virtiofs_set = Some(start_virtiofs(opts, v, sandbox, &stop, &log).map_err(
+                        |e| match e {
                             VirtiofsStart::Failed(e) => e,
                             VirtiofsStart::NoSandbox(why) => {
                                 LaunchError::VirtiofsRefused { reason: why }
                             }
-                        })?);
+                        },
+                    )?);
                 }
             }
         }
@@ -1628,7 +1626,7 @@ impl Session {
         // A new set after a failed KVM attempt, in the sandbox the first one got.
         let spawn_virtiofs = || -> Result<Option<virtiofs::Set>, LaunchError> {
             match &virtiofsd {
-                Some(v) => start_virtiofs(opts, v, sandbox, &log)
+                Some(v) => start_virtiofs(opts, v, sandbox, &stop, &log)
                     .map(Some)
                     .map_err(|e| match e {
                         VirtiofsStart::Failed(e) => e,

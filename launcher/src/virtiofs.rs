@@ -45,6 +45,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::stop::{Halt, Stop};
+
 /// The program name looked up in `PATH`.
 pub const VIRTIOFSD: &str = "virtiofsd";
 
@@ -107,6 +109,47 @@ pub fn candidates(
     out
 }
 
+/// How long one `--help` / `--version` of a candidate may take, and how much
+/// of its output is read: a wrapper that hangs or floods cannot hold the run.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+const PROBE_OUTPUT: u64 = 256 << 10;
+
+/// `path arg`'s standard output, bounded in time and size.
+fn probe(path: &Path, arg: &str) -> Result<String, String> {
+    let mut child = Command::new(path)
+        .arg(arg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+    let (tx, rx) = mpsc::channel();
+    if let Some(out) = child.stdout.take() {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = out.take(PROBE_OUTPUT).read_to_end(&mut text);
+            let _ = tx.send(text);
+        });
+    }
+    let text = rx.recv_timeout(PROBE_TIMEOUT);
+    // Done or not, it has said all we read: end it (and anything it started).
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: plain system call on our own child's process group.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+    let _ = child.wait();
+    text.map(|t| String::from_utf8_lossy(&t).into_owned())
+        .map_err(|_| {
+            format!(
+                "{} {arg} did not answer within {PROBE_TIMEOUT:?}",
+                path.display()
+            )
+        })
+}
+
 /// Finds a usable virtiofsd, or says why there is none.
 pub fn find(
     env_override: Option<&Path>,
@@ -131,15 +174,7 @@ pub fn find(
             ),
         });
     };
-    let output = |arg: &str| -> Result<String, String> {
-        let out = Command::new(path)
-            .arg(arg)
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let output = |arg: &str| probe(path, arg);
     let help = output("--help")?;
     let version = output("--version")?
         .lines()
@@ -270,6 +305,8 @@ pub enum StartError {
     Spawn(String),
     /// It ran and ended, or never said it was ready; with its last words.
     Exited(String),
+    /// The run's deadline passed or a signal came while it started.
+    Halted(Halt),
 }
 
 impl StartError {
@@ -277,6 +314,8 @@ impl StartError {
     pub fn into_message(self) -> String {
         match self {
             StartError::Spawn(why) | StartError::Exited(why) => why,
+            StartError::Halted(Halt::Deadline) => "the run's --timeout passed".to_string(),
+            StartError::Halted(Halt::Signal(sig)) => format!("signal {sig}"),
         }
     }
 }
@@ -301,17 +340,17 @@ impl Daemon {
         log.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
-    /// Starts virtiofsd for `dir` with its socket at `sock` (in a private
+    /// Starts virtiofsd for `share` with its socket at `sock` (in a private
     /// directory), as `run_as` when given, in `sandbox`; returns once it
-    /// waits for qemu.
+    /// waits for qemu, or when `stop` ends the run.
     pub fn start(
         bin: &Virtiofsd,
-        dir: &Path,
-        writable: bool,
+        share: &crate::Share,
         sock: &Path,
         run_as: Option<Ids>,
         verbose: bool,
         sandbox: Sandbox,
+        stop: &Stop,
     ) -> Result<Daemon, StartError> {
         let spawn_err = StartError::Spawn;
         let _ = std::fs::remove_file(sock);
@@ -328,7 +367,7 @@ impl Daemon {
             None => rustix::process::geteuid().is_root(),
         };
         let mut cmd = Command::new(&bin.path);
-        cmd.args(args(dir, writable, fd, sandbox, as_root))
+        cmd.args(args(&share.host, share.writable, fd, sandbox, as_root))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -417,6 +456,7 @@ impl Daemon {
             match ready_rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(()) => return Ok(daemon),
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < until => {
+                    stop.check().map_err(StartError::Halted)?;
                     if let Ok(Some(status)) = daemon.child.try_wait() {
                         // Give the reader a moment to collect its last words.
                         std::thread::sleep(Duration::from_millis(20));
@@ -525,6 +565,32 @@ impl Drop for Set {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("fake-virtiofsd");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_probe_that_hangs_or_floods_is_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let hangs = script(dir.path(), "sleep 60 & sleep 60");
+        let t = Instant::now();
+        let err = probe(&hangs, "--help").unwrap_err();
+        assert!(err.contains("did not answer"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+        let floods = script(dir.path(), "yes");
+        let text = probe(&floods, "--help").unwrap();
+        assert!(text.len() as u64 <= PROBE_OUTPUT, "{}", text.len());
+        let fine = script(dir.path(), "echo \"virtiofsd 1.14.0 $1\"");
+        assert_eq!(
+            probe(&fine, "--version").unwrap(),
+            "virtiofsd 1.14.0 --version\n"
+        );
+    }
 
     #[test]
     fn the_override_alone_then_known_paths_then_path_then_cargo() {
