@@ -1649,6 +1649,8 @@ impl Session {
             cmdline: qemu::kernel_cmdline(
                 &appliance.root_uuid,
                 opts.verbose && (opts.cold || opts.saved_machines.is_none()),
+                accel,
+                opts.cpus.max(1),
             ),
             disks: disks.clone(),
             accel,
