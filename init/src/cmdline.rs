@@ -14,6 +14,8 @@
 //! - `rootwait=SECONDS` or `supermin.rootwait=SECONDS`: how long to wait for the root device.
 //! - `supermin.verify_modules`: hand the kernel each module with its signature even when it
 //!   does not enforce signing (see `modules.rs`; costs about 0.15 s of TCG boot).
+//! - `supermin.all_modules`: load every listed module, even those this boot can do without
+//!   (see `need.rs`: a disk driver whose device is absent, a generic crypto fallback).
 
 use std::fmt;
 use std::time::Duration;
@@ -61,6 +63,7 @@ pub struct Config {
     pub verbose: bool,
     pub root_wait: Duration,
     pub verify_modules: bool,
+    pub all_modules: bool,
 }
 
 /// A `root=` value we cannot use.
@@ -78,6 +81,7 @@ impl Config {
             verbose: false,
             root_wait: DEFAULT_ROOT_WAIT,
             verify_modules: false,
+            all_modules: false,
         };
         for (key, value) in words(cmdline) {
             match (key, value) {
@@ -91,6 +95,8 @@ impl Config {
                 }
                 ("supermin.verify_modules", None) => config.verify_modules = true,
                 ("supermin.verify_modules", Some(value)) => config.verify_modules = is_true(value),
+                ("supermin.all_modules", None) => config.all_modules = true,
+                ("supermin.all_modules", Some(value)) => config.all_modules = is_true(value),
                 ("rootwait" | "supermin.rootwait", Some(value)) => {
                     if let Ok(seconds) = value.parse::<u64>() {
                         config.root_wait = Duration::from_secs(seconds);
@@ -233,6 +239,14 @@ mod tests {
         assert!(!config.verbose);
         assert_eq!(config.root_wait, DEFAULT_ROOT_WAIT);
         assert!(!config.verify_modules);
+    }
+
+    #[test]
+    fn all_modules_is_a_flag_or_a_boolean() {
+        assert!(!parse("root=/dev/vda").all_modules);
+        assert!(parse("root=/dev/vda supermin.all_modules").all_modules);
+        assert!(parse("supermin.all_modules=1").all_modules);
+        assert!(!parse("supermin.all_modules=0").all_modules);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 mod cmdline;
 mod console;
 mod modules;
+mod need;
 mod rootdev;
 mod switch;
 
@@ -106,7 +107,12 @@ fn boot() -> Failure {
     }
 
     let signatures = modules::signature_policy(config.verify_modules);
-    let loaded = modules::load_all(Path::new(MODULE_LIST), verbose, signatures);
+    let loaded = modules::load_all(
+        Path::new(MODULE_LIST),
+        verbose,
+        signatures,
+        config.all_modules,
+    );
     verbose!(verbose, "{loaded} modules loaded, uptime {}", uptime());
 
     let Some(root) = config.root.clone() else {

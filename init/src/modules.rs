@@ -17,14 +17,19 @@
 //! tainted (`E`, an unsigned module), says so once at notice level, and loads it. A kernel
 //! that refuses an unsigned module after all (lockdown) gets the signed one. The kernel
 //! command line's `supermin.verify_modules` keeps the signatures.
+//!
+//! Before its turn each module is judged by `need.rs`: one this boot can do without (a disk
+//! driver whose device is absent, a generic crypto fallback) is skipped, and said so when
+//! verbose.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::path::Path;
 
 use rustix::io::Errno;
 
-use crate::{say, verbose};
+use crate::{need, say, verbose};
 
 /// The list of module paths in load order: one per line, blank lines and `#` comments
 /// ignored.
@@ -89,9 +94,15 @@ pub fn strip_signature(image: &[u8]) -> Option<&[u8]> {
     image.get(..end)
 }
 
-/// Loads every module in `list_path`; returns how many loaded. A missing list means no
-/// modules (a kernel with every driver built in needs none).
-pub fn load_all(list_path: &Path, verbose: bool, signatures: Signatures) -> usize {
+/// Loads every module in `list_path` that this boot needs (all of them with
+/// `all_modules`); returns how many loaded. A missing list means no modules (a kernel with
+/// every driver built in needs none).
+pub fn load_all(
+    list_path: &Path,
+    verbose: bool,
+    signatures: Signatures,
+    all_modules: bool,
+) -> usize {
     let text = match std::fs::read_to_string(list_path) {
         Ok(text) => text,
         Err(err) => {
@@ -108,8 +119,36 @@ pub fn load_all(list_path: &Path, verbose: bool, signatures: Signatures) -> usiz
             "loading modules without their signatures (the kernel does not enforce signing; supermin.verify_modules keeps them)"
         );
     }
+    let paths = parse_list(&text);
+    // Every module's .modinfo first: a module another one depends on is never skipped.
+    let infos: Vec<Option<need::ModInfo>> = paths
+        .iter()
+        .map(|path| {
+            if all_modules {
+                return None;
+            }
+            std::fs::read(path)
+                .ok()
+                .and_then(|image| need::modinfo(&image))
+        })
+        .collect();
+    let depended: HashSet<String> = infos
+        .iter()
+        .flatten()
+        .flat_map(|info| info.depends.iter().cloned())
+        .collect();
     let mut loaded = 0;
-    for path in parse_list(&text) {
+    for (path, info) in paths.into_iter().zip(&infos) {
+        if let Some(why) = info
+            .as_ref()
+            .and_then(|info| need::skip_reason(info, &depended, &need::Live))
+        {
+            verbose!(
+                verbose,
+                "module {path} not needed: {why}; skipped (supermin.all_modules loads it)"
+            );
+            continue;
+        }
         verbose!(verbose, "loading module {path}");
         match load_one(Path::new(path), signatures) {
             Outcome::Loaded => loaded += 1,
@@ -231,7 +270,12 @@ mod tests {
     #[test]
     fn a_missing_list_loads_nothing() {
         assert_eq!(
-            load_all(Path::new("/nonexistent/modules"), false, Signatures::Strip),
+            load_all(
+                Path::new("/nonexistent/modules"),
+                false,
+                Signatures::Strip,
+                false
+            ),
             0
         );
     }

@@ -236,6 +236,8 @@ pub struct Boot<'a> {
     pub disk: Disk,
     pub append: &'a str,
     pub timeout: Duration,
+    /// qemu's `-cpu` model; qemu's default (`qemu64`, no SSE4.2) when `None`.
+    pub cpu: Option<&'a str>,
 }
 
 /// What a boot printed and how it ended.
@@ -300,6 +302,9 @@ pub fn boot(spec: &Boot<'_>, log_path: &Path) -> BootLog {
         .args(["-append", spec.append])
         .arg("-serial")
         .arg(format!("file:{}", log_path.display()));
+    if let Some(cpu) = spec.cpu {
+        cmd.args(["-cpu", cpu]);
+    }
     match spec.disk {
         Disk::VirtioScsi => {
             cmd.args(["-device", "virtio-scsi-pci,id=scsi0", "-drive"])
