@@ -11,6 +11,7 @@
 
 mod cmdline;
 mod console;
+mod elf;
 mod modules;
 mod need;
 mod rootdev;

@@ -18,12 +18,12 @@
 //! Never skipped: a module another listed module depends on (its `depends=`), whatever
 //! its aliases. The kernel command line's `supermin.all_modules` loads every module.
 //!
-//! The module facts come from each module's own `.modinfo` section, read here with a
-//! few lines of ELF rather than a parser crate: this program is PID 1 of every appliance
-//! and kept to one dependency (see `main.rs`), and it needs one section by name.
+//! The module facts come from each module's own `.modinfo` section (see `elf.rs`).
 
 use std::collections::HashSet;
 use std::path::Path;
+
+use crate::elf;
 
 /// What a module's `.modinfo` says about when it is needed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -36,11 +36,41 @@ pub struct ModInfo {
     pub depends: Vec<String>,
 }
 
-/// The `.modinfo` facts of a module image (ELF64, little-endian: what x86_64 modules
-/// are); `None` when the image is not one or has no such section, and then the module
-/// is simply loaded.
+/// The `.modinfo` facts of the module file at `path`, reading only its ELF headers and
+/// that section (a module is megabytes, its `.modinfo` a few hundred bytes); `None` when
+/// it is not an ELF64 little-endian file (what x86_64 modules are) or has no such
+/// section, and then the module is simply loaded.
+pub fn read_modinfo(path: &Path) -> Option<ModInfo> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).ok()?;
+    let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+    let read = |offset: usize, size: usize| -> Option<Vec<u8>> {
+        if offset.checked_add(size)? > len {
+            return None;
+        }
+        let mut buf = vec![0; size];
+        file.read_exact_at(&mut buf, u64::try_from(offset).ok()?)
+            .ok()?;
+        Some(buf)
+    };
+    let section = elf::sections(&read)?
+        .into_iter()
+        .find(|s| s.name == b".modinfo")?;
+    Some(parse_modinfo(&read(section.offset, section.size)?))
+}
+
+/// The `.modinfo` facts of a module image in memory.
+#[cfg(test)]
 pub fn modinfo(image: &[u8]) -> Option<ModInfo> {
-    let section = find_section(image, b".modinfo")?;
+    let section = elf::sections_of(image)?
+        .into_iter()
+        .find(|s| s.name == b".modinfo")?;
+    Some(parse_modinfo(image.get(
+        section.offset..section.offset.checked_add(section.size)?,
+    )?))
+}
+
+fn parse_modinfo(section: &[u8]) -> ModInfo {
     let mut info = ModInfo::default();
     for entry in section.split(|&b| b == 0) {
         let Ok(entry) = std::str::from_utf8(entry) else {
@@ -55,61 +85,11 @@ pub fn modinfo(image: &[u8]) -> Option<ModInfo> {
             info.name = normalize(name);
         }
     }
-    Some(info)
+    info
 }
 
 fn normalize(name: &str) -> String {
     name.replace('-', "_")
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
-    ))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
-    ))
-}
-
-fn u64_at(b: &[u8], at: usize) -> Option<usize> {
-    let v = u64::from_le_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?);
-    usize::try_from(v).ok()
-}
-
-/// The bytes of the section called `name`, every offset checked against the image.
-fn find_section<'a>(image: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    // e_ident: magic, ELFCLASS64, ELFDATA2LSB.
-    if image.get(..6)? != b"\x7fELF\x02\x01" {
-        return None;
-    }
-    let shoff = u64_at(image, 0x28)?;
-    let shentsize = usize::from(u16_at(image, 0x3a)?);
-    let shnum = usize::from(u16_at(image, 0x3c)?);
-    let shstrndx = usize::from(u16_at(image, 0x3e)?);
-    if shentsize < 0x40 {
-        return None;
-    }
-    let header = |i: usize| -> Option<(usize, usize, usize)> {
-        let at = shoff.checked_add(i.checked_mul(shentsize)?)?;
-        let sh_name = usize::try_from(u32_at(image, at)?).ok()?;
-        let offset = u64_at(image, at.checked_add(0x18)?)?;
-        let size = u64_at(image, at.checked_add(0x20)?)?;
-        Some((sh_name, offset, size))
-    };
-    let bytes = |offset: usize, size: usize| image.get(offset..offset.checked_add(size)?);
-    let (_, str_off, str_size) = header(shstrndx)?;
-    let names = bytes(str_off, str_size)?;
-    (0..shnum).find_map(|i| {
-        let (sh_name, offset, size) = header(i)?;
-        let rest = names.get(sh_name..)?;
-        let end = rest.iter().position(|&b| b == 0)?;
-        (&rest[..end] == name)
-            .then(|| bytes(offset, size))
-            .flatten()
-    })
 }
 
 /// `fnmatch`-style matching of a modalias against an alias pattern: `*` and `?`. A
@@ -255,52 +235,11 @@ mod tests {
         }
     }
 
-    /// A minimal ELF64 relocatable with the given sections (name, bytes).
-    fn elf(sections: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut names = vec![0u8];
-        let mut name_at = Vec::new();
-        for (n, _) in sections {
-            name_at.push(names.len());
-            names.extend_from_slice(n.as_bytes());
-            names.push(0);
-        }
-        let shstr_name = names.len();
-        names.extend_from_slice(b".shstrtab\0");
-        let mut image = vec![0u8; 0x40];
-        image[..6].copy_from_slice(b"\x7fELF\x02\x01");
-        let mut placed = Vec::new();
-        for (_, data) in sections {
-            placed.push((image.len(), data.len()));
-            image.extend_from_slice(data);
-        }
-        let names_at = image.len();
-        image.extend_from_slice(&names);
-        let shoff = image.len();
-        let mut header = |name: usize, off: usize, size: usize| {
-            let mut h = vec![0u8; 0x40];
-            h[..4].copy_from_slice(&u32::try_from(name).unwrap().to_le_bytes());
-            h[0x18..0x20].copy_from_slice(&(off as u64).to_le_bytes());
-            h[0x20..0x28].copy_from_slice(&(size as u64).to_le_bytes());
-            image.extend_from_slice(&h);
-        };
-        header(0, 0, 0);
-        for (i, (off, size)) in placed.iter().enumerate() {
-            header(name_at[i], *off, *size);
-        }
-        header(shstr_name, names_at, names.len());
-        let shnum = sections.len() + 2;
-        image[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
-        image[0x3a..0x3c].copy_from_slice(&0x40u16.to_le_bytes());
-        image[0x3c..0x3e].copy_from_slice(&u16::try_from(shnum).unwrap().to_le_bytes());
-        image[0x3e..0x40].copy_from_slice(&u16::try_from(shnum - 1).unwrap().to_le_bytes());
-        image
-    }
-
     #[test]
     fn modinfo_reads_name_aliases_and_depends_from_the_section() {
         let info =
             b"alias=virtio:d00000002v*\0depends=virtio-ring,\0name=virtio_blk\0license=GPL\0";
-        let image = elf(&[(".text", b"\x90\x90"), (".modinfo", info)]);
+        let image = elf::build(&[(".text", b"\x90\x90"), (".modinfo", info)]);
         assert_eq!(
             modinfo(&image),
             Some(module(
@@ -315,7 +254,7 @@ mod tests {
     fn modinfo_of_a_damaged_or_foreign_image_is_none_not_a_panic() {
         assert_eq!(modinfo(b""), None);
         assert_eq!(modinfo(b"\x7fELF\x01\x01 32-bit"), None);
-        let good = elf(&[(".modinfo", b"name=x\0")]);
+        let good = elf::build(&[(".modinfo", b"name=x\0")]);
         // Every truncation, and every byte of the header area mangled, stays in bounds.
         for cut in 0..good.len() {
             let _ = modinfo(&good[..cut]);
@@ -330,7 +269,7 @@ mod tests {
         bad[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes());
         assert_eq!(modinfo(&bad), None);
         // No .modinfo section.
-        assert_eq!(modinfo(&elf(&[(".text", b"x")])), None);
+        assert_eq!(modinfo(&elf::build(&[(".text", b"x")])), None);
     }
 
     #[test]
