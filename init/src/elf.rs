@@ -152,6 +152,27 @@ mod tests {
     }
 
     #[test]
+    fn damaged_section_headers_give_none_or_bounded_sections_never_a_panic() {
+        let good = build(&[(".text", b"\x90"), (".modinfo", b"name=x\0")]);
+        let headers = sections_of(&good).unwrap();
+        // Every byte of every section header (name, type, offsets, sizes) set to extremes.
+        for h in &headers {
+            for at in h.header_at..h.header_at + 0x40 {
+                for value in [0x00, 0x7f, 0xff] {
+                    let mut bad = good.clone();
+                    bad[at] = value;
+                    if let Some(sections) = sections_of(&bad) {
+                        for s in sections {
+                            // What is returned lies inside the section-name table's bounds.
+                            assert!(s.name.len() < bad.len());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn damaged_images_give_none_never_a_panic() {
         let good = build(&[(".modinfo", b"name=x\0")]);
         for cut in 0..good.len() {

@@ -120,26 +120,39 @@ pub fn load_all(
         );
     }
     let paths = parse_list(&text);
-    // Every module's .modinfo first: a module another one depends on is never skipped.
-    let infos: Vec<Option<need::ModInfo>> = paths
-        .iter()
-        .map(|path| {
-            if all_modules {
-                return None;
-            }
-            need::read_modinfo(Path::new(path))
-        })
-        .collect();
+    // Every module's .modinfo first: a module another one depends on is never skipped, and
+    // if any module's facts cannot be read (so neither can its dependencies), none is.
+    let infos: Vec<Option<need::ModInfo>> = if all_modules {
+        vec![None; paths.len()]
+    } else {
+        paths
+            .iter()
+            .map(|path| need::read_modinfo(Path::new(path)))
+            .collect()
+    };
+    let judge = !all_modules && infos.iter().all(Option::is_some);
+    if !all_modules && !judge {
+        verbose!(
+            verbose,
+            "a module's .modinfo is unreadable: loading every listed module"
+        );
+    }
     let depended: HashSet<String> = infos
         .iter()
         .flatten()
         .flat_map(|info| info.depends.iter().cloned())
         .collect();
     let mut loaded = 0;
-    for (path, info) in paths.into_iter().zip(&infos) {
+    for (i, (path, info)) in paths.iter().zip(&infos).enumerate() {
+        // A virtio transport still to come means the virtio bus may not show its devices yet.
+        let transport_pending = infos[i + 1..]
+            .iter()
+            .flatten()
+            .any(|later| need::is_virtio_transport(&later.name));
         if let Some(why) = info
             .as_ref()
-            .and_then(|info| need::skip_reason(info, &depended, &need::Live))
+            .filter(|_| judge)
+            .and_then(|info| need::skip_reason(info, &depended, transport_pending, &need::Live))
         {
             verbose!(
                 verbose,

@@ -8,15 +8,18 @@
 //!
 //! - a device driver none of whose devices is present. Only drivers whose every alias
 //!   names a PCI or virtio device are judged, because those buses are enumerated before
-//!   PID 1 runs (or by an earlier module in the list, such as `virtio_pci`, since each
-//!   module is judged just before its turn); SCSI, ACPI or platform aliases are never
-//!   judged, and a module without aliases always loads.
-//! - a generic crypto fallback (`*_generic`, crypto aliases only) whose algorithm an
-//!   accelerated driver already registered (`crc32c_generic` after `crc32c_intel`); on a
-//!   CPU where the accelerated one failed to load, the fallback loads.
+//!   PID 1 runs, or by a virtio transport module (`virtio_pci` on 6.1): each module is
+//!   judged just before its turn, and no virtio driver is judged while a transport is
+//!   still to load. SCSI, ACPI or platform aliases are never judged, and a module
+//!   without aliases always loads.
+//! - a generic crypto fallback (`*_generic`, crypto aliases only) every one of whose
+//!   algorithms another driver has already registered, and passed its self-test
+//!   (`crc32c_generic` after `crc32c_intel`); on a CPU where the accelerated one failed
+//!   to load, the fallback loads.
 //!
 //! Never skipped: a module another listed module depends on (its `depends=`), whatever
-//! its aliases. The kernel command line's `supermin.all_modules` loads every module.
+//! its aliases; and nothing is skipped when any listed module's facts cannot be read. The
+//! kernel command line's `supermin.all_modules` loads every module.
 //!
 //! The module facts come from each module's own `.modinfo` section (see `elf.rs`).
 
@@ -157,28 +160,54 @@ impl System for Live {
     }
 }
 
-/// The `name` fields of /proc/crypto.
+/// The algorithm names of /proc/crypto that a lookup would get: an entry counts unless it
+/// is a larval one (still being set up) or its self-test has not passed (a failed
+/// algorithm stays listed, `selftest : unknown`, but lookups refuse it).
 pub fn crypto_names(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            (key.trim() == "name").then(|| value.trim().to_owned())
-        })
-        .collect()
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let field = |wanted: &str| {
+            block.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                (key.trim() == wanted).then(|| value.trim())
+            })
+        };
+        let usable = field("type") != Some("larval")
+            && field("selftest").is_none_or(|result| result == "passed");
+        if let (Some(name), true) = (field("name"), usable) {
+            out.push(name.to_owned());
+        }
+    }
+    out
+}
+
+/// Whether a module is a virtio transport: until it has loaded, the virtio devices it
+/// carries are not on the virtio bus yet.
+pub fn is_virtio_transport(name: &str) -> bool {
+    ["virtio_pci", "virtio_mmio", "virtio_vdpa"]
+        .iter()
+        .any(|t| name.starts_with(t))
 }
 
 /// Why `module` can be left out of this boot, or `None` when it must load. `depended`
-/// holds every name some listed module depends on.
+/// holds every name some listed module depends on; `transport_pending` says a virtio
+/// transport module comes later in the list (then no virtio driver is judged: its device
+/// may not be on the bus yet).
 pub fn skip_reason(
     module: &ModInfo,
     depended: &HashSet<String>,
+    transport_pending: bool,
     system: &dyn System,
 ) -> Option<String> {
     if module.name.is_empty() || module.aliases.is_empty() || depended.contains(&module.name) {
         return None;
     }
     let on_enumerated_bus = |a: &String| a.starts_with("pci:") || a.starts_with("virtio:");
+    let virtio = module.aliases.iter().any(|a| a.starts_with("virtio:"));
     if module.aliases.iter().all(on_enumerated_bus) {
+        if virtio && transport_pending {
+            return None;
+        }
         let present = system.device_modaliases();
         let wanted = module
             .aliases
@@ -186,8 +215,9 @@ pub fn skip_reason(
             .any(|pattern| present.iter().any(|dev| alias_matches(pattern, dev)));
         return (!wanted).then(|| "none of the devices it drives is present".to_owned());
     }
-    // MODULE_ALIAS_CRYPTO gives each algorithm twice: `crypto-crc32c` and `crc32c`.
-    let algorithms: Vec<&str> = module
+    // MODULE_ALIAS_CRYPTO gives each name twice: `crypto-crc32c` and `crc32c`. Names
+    // ending in `-generic` are this module's driver names, not algorithms others provide.
+    let names: Vec<&str> = module
         .aliases
         .iter()
         .filter_map(|a| a.strip_prefix("crypto-"))
@@ -195,13 +225,19 @@ pub fn skip_reason(
     let crypto_only = module
         .aliases
         .iter()
-        .all(|a| a.starts_with("crypto-") || algorithms.contains(&a.as_str()));
+        .all(|a| a.starts_with("crypto-") || names.contains(&a.as_str()));
+    let algorithms: Vec<&str> = names
+        .into_iter()
+        .filter(|n| !n.ends_with("-generic"))
+        .collect();
     if module.name.ends_with("_generic") && !algorithms.is_empty() && crypto_only {
+        // Every algorithm it provides must already be there: one missing means it loads.
         let registered = system.crypto_algorithms();
-        return algorithms
-            .into_iter()
-            .find(|algo| registered.iter().any(|r| r == algo))
-            .map(|algo| format!("another driver already provides {algo}"));
+        let all_there = algorithms
+            .iter()
+            .all(|algo| registered.iter().any(|r| r == algo));
+        return all_there
+            .then(|| format!("other drivers already provide {}", algorithms.join(", ")));
     }
     None
 }
@@ -294,15 +330,18 @@ mod tests {
         let blk = module("virtio_blk", &["virtio:d00000002v*"], &[]);
         let none = HashSet::new();
         let libguestfs = Fake {
-            devices: vec![VIRTIO_SCSI_DEV, "pci:v00001AF4d00001004sv*"],
+            devices: vec![
+                VIRTIO_SCSI_DEV,
+                "pci:v00001AF4d00001004sv00001AF4sd00000008bc01sc00i00",
+            ],
             crypto: vec![],
         };
-        assert!(skip_reason(&blk, &none, &libguestfs).is_some());
+        assert!(skip_reason(&blk, &none, false, &libguestfs).is_some());
         let run = Fake {
             devices: vec![VIRTIO_BLK_DEV],
             crypto: vec![],
         };
-        assert_eq!(skip_reason(&blk, &none, &run), None);
+        assert_eq!(skip_reason(&blk, &none, false, &run), None);
     }
 
     #[test]
@@ -314,17 +353,20 @@ mod tests {
         let none = HashSet::new();
         let blk = module("virtio_blk", &["virtio:d00000002v*"], &[]);
         let depended: HashSet<String> = ["virtio_blk".to_string()].into();
-        assert_eq!(skip_reason(&blk, &depended, &empty), None);
-        assert_eq!(skip_reason(&module("ext4", &[], &[]), &none, &empty), None);
+        assert_eq!(skip_reason(&blk, &depended, false, &empty), None);
+        assert_eq!(
+            skip_reason(&module("ext4", &[], &[]), &none, false, &empty),
+            None
+        );
         // SCSI devices appear only once a host adapter has scanned: never judged.
         let sd = module("sd_mod", &["scsi:t-0x00*", "scsi:t-0x0e*"], &[]);
-        assert_eq!(skip_reason(&sd, &none, &empty), None);
+        assert_eq!(skip_reason(&sd, &none, false, &empty), None);
         // One alias outside PCI/virtio is enough to load.
         let mixed = module("x", &["virtio:d00000002v*", "acpi*:PNP0A03:*"], &[]);
-        assert_eq!(skip_reason(&mixed, &none, &empty), None);
+        assert_eq!(skip_reason(&mixed, &none, false, &empty), None);
         // A module whose .modinfo gave no name is loaded.
         assert_eq!(
-            skip_reason(&module("", &["virtio:d1v*"], &[]), &none, &empty),
+            skip_reason(&module("", &["virtio:d1v*"], &[]), &none, false, &empty),
             None
         );
     }
@@ -341,21 +383,122 @@ mod tests {
             devices: vec![],
             crypto: vec!["crc32c", "sha256"],
         };
-        assert!(skip_reason(&generic, &none, &accelerated)
+        assert!(skip_reason(&generic, &none, false, &accelerated)
             .unwrap()
             .contains("crc32c"));
         let plain_cpu = Fake {
             devices: vec![],
             crypto: vec!["sha256"],
         };
-        assert_eq!(skip_reason(&generic, &none, &plain_cpu), None);
+        assert_eq!(skip_reason(&generic, &none, false, &plain_cpu), None);
         // The accelerated driver itself is never skipped for a generic one loaded first.
         let intel = module(
             "crc32c_intel",
             &["crypto-crc32c", "crypto-crc32c-intel"],
             &[],
         );
-        assert_eq!(skip_reason(&intel, &none, &accelerated), None);
+        assert_eq!(skip_reason(&intel, &none, false, &accelerated), None);
+    }
+
+    #[test]
+    fn a_virtio_driver_is_not_judged_while_a_transport_is_still_to_load() {
+        let blk = module("virtio_blk", &["virtio:d00000002v*"], &[]);
+        let none = HashSet::new();
+        // 6.1: virtio_pci is a module; before it loads the virtio bus is empty.
+        let early = Fake {
+            devices: vec!["pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00"],
+            crypto: vec![],
+        };
+        assert_eq!(skip_reason(&blk, &none, true, &early), None);
+        assert!(skip_reason(&blk, &none, false, &early).is_some());
+        // A PCI-only driver is judged whatever the transports.
+        let nic = module("e1000", &["pci:v00008086d0000100Esv*sd*bc*sc*i*"], &[]);
+        assert!(skip_reason(&nic, &none, true, &early).is_some());
+        for name in [
+            "virtio_pci",
+            "virtio_pci_modern_dev",
+            "virtio_mmio",
+            "virtio_vdpa",
+        ] {
+            assert!(is_virtio_transport(name), "{name}");
+        }
+        for name in ["virtio_blk", "virtio_ring", "virtio", "scsi_mod"] {
+            assert!(!is_virtio_transport(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_generic_module_loads_unless_every_algorithm_it_provides_is_there() {
+        // des_generic provides des and des3_ede; an accelerated driver may offer only one.
+        let des = module(
+            "des_generic",
+            &[
+                "crypto-des3_ede-generic",
+                "des3_ede-generic",
+                "crypto-des3_ede",
+                "des3_ede",
+                "crypto-des-generic",
+                "des-generic",
+                "crypto-des",
+                "des",
+            ],
+            &[],
+        );
+        let none = HashSet::new();
+        let only_3des = Fake {
+            devices: vec![],
+            crypto: vec!["des3_ede"],
+        };
+        assert_eq!(skip_reason(&des, &none, false, &only_3des), None);
+        let both = Fake {
+            devices: vec![],
+            crypto: vec!["des3_ede", "des"],
+        };
+        assert!(skip_reason(&des, &none, false, &both).is_some());
+        // Its own driver names ("des-generic") never count as provided by someone else.
+        let only_driver_names = Fake {
+            devices: vec![],
+            crypto: vec!["des-generic", "des3_ede-generic"],
+        };
+        assert_eq!(skip_reason(&des, &none, false, &only_driver_names), None);
+    }
+
+    #[test]
+    fn proc_crypto_entries_that_a_lookup_would_refuse_do_not_count() {
+        let text = "name         : crc32c\ndriver       : crc32c-intel\nselftest     : unknown\n\n\
+                    name         : sha256\ndriver       : sha256-avx2\ntype         : larval\nselftest     : passed\n\n\
+                    name         : crc16\ndriver       : crc16-generic\nselftest     : passed\ntype         : shash\n\n\
+                    name         : old\ntype         : cipher\n";
+        assert_eq!(crypto_names(text), ["crc16", "old"]);
+    }
+
+    #[test]
+    fn read_modinfo_reads_only_what_the_file_holds() {
+        let dir = std::env::temp_dir().join(format!("supermin-init-need-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.ko");
+        let good = elf::build(&[(".modinfo", b"name=virtio_blk\0alias=virtio:d00000002v*\0")]);
+        std::fs::write(&path, &good).unwrap();
+        assert_eq!(
+            read_modinfo(&path),
+            Some(module("virtio_blk", &["virtio:d00000002v*"], &[]))
+        );
+        // A .modinfo whose size field claims a terabyte: no allocation, no panic.
+        let modinfo_size_at = {
+            let s = elf::sections_of(&good).unwrap();
+            s.iter().find(|s| s.name == b".modinfo").unwrap().header_at + 0x20
+        };
+        let mut huge = good.clone();
+        huge[modinfo_size_at..modinfo_size_at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        std::fs::write(&path, &huge).unwrap();
+        assert_eq!(read_modinfo(&path), None);
+        // Truncated files, and a missing one.
+        for cut in [0, 10, 0x40, good.len() - 1] {
+            std::fs::write(&path, &good[..cut]).unwrap();
+            assert_eq!(read_modinfo(&path), None, "cut at {cut}");
+        }
+        assert_eq!(read_modinfo(&dir.join("missing.ko")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

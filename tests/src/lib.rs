@@ -154,7 +154,11 @@ pub fn marker_root(dir: &Path, uuid: &str) -> PathBuf {
         "#!/bin/busybox sh\n\
          /bin/busybox mount -t proc proc /proc\n\
          mounts=$(/bin/busybox awk '{{printf \"%s:%s:%s:%s,\", $1, $2, $3, substr($4, 1, 2)}}' /proc/mounts)\n\
-         echo \"{MARKER} pid=$$ term=$TERM tainted=$(/bin/busybox cat /proc/sys/kernel/tainted) mounts=$mounts\"\n\
+         /bin/busybox mount -t sysfs sysfs /sys\n\
+         crc=$(/bin/busybox awk -F': ' '/^name/{{n=$2}} /^driver/{{d=$2}} /^selftest/{{if (n==\"crc32c\" && $2==\"passed\") printf \"%s,\", d}}' /proc/crypto)\n\
+         s=/sys/module/ext4/sections\n\
+         if [ -e $s/.static_call_sites ]; then scs=visible; elif [ -e $s/static_call_sites ]; then scs=hidden; else scs=none; fi\n\
+         echo \"{MARKER} pid=$$ term=$TERM tainted=$(/bin/busybox cat /proc/sys/kernel/tainted) crc32c=$crc ext4_static_calls=$scs mounts=$mounts\"\n\
          /bin/busybox poweroff -f\n"
     );
     root_image(dir, uuid, Some(&script))
@@ -179,7 +183,7 @@ fn root_image(dir: &Path, uuid: &str, init: Option<&str>) -> PathBuf {
         tree.insert(path.as_bytes(), kind, meta(mode))
             .unwrap_or_else(|err| panic!("root tree {path}: {err}"));
     };
-    for path in ["/bin", "/dev", "/proc"] {
+    for path in ["/bin", "/dev", "/proc", "/sys"] {
         insert(path, NodeKind::Dir, 0o755);
     }
     let busybox = FileData::Host {

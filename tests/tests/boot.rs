@@ -106,6 +106,15 @@ fn host_kernel_boots_root_by_uuid_on_virtio_scsi_quietly() {
     );
 }
 
+/// The value of `key=` on the root's marker line.
+fn marker_field<'a>(log: &'a BootLog, key: &str) -> &'a str {
+    let line = log.line_with(MARKER);
+    line.split(&format!(" {key}="))
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+}
+
 /// The kernel's taint flag for an unsigned module (`TAINT_UNSIGNED_MODULE`, `E`).
 const TAINT_UNSIGNED_MODULE: u64 = 1 << 13;
 
@@ -151,6 +160,15 @@ fn signed_modules_load_without_signatures_unless_verify_modules_is_given() {
         assert_eq!(
             taint(&log) & TAINT_UNSIGNED_MODULE != 0,
             unsigned,
+            "append {append:?}: {}",
+            log.line_with(MARKER)
+        );
+        // A module handed over without its signature also has its static-call sites
+        // hidden (calls through trampolines); with its signature it is left whole.
+        let expected = if unsigned { "hidden" } else { "visible" };
+        assert_eq!(
+            marker_field(&log, "ext4_static_calls"),
+            expected,
             "append {append:?}: {}",
             log.line_with(MARKER)
         );
@@ -328,10 +346,13 @@ fn modules_this_boot_does_not_need_are_skipped_unless_all_modules_is_given() {
                 "supermin-init: module /lib/modules/{module}.ko not needed"
             ))
         };
+        // Tried, and no failure said of it afterwards.
         let loaded = |log: &BootLog, module: &str| {
-            log.console.contains(&format!(
-                "supermin-init: loading module /lib/modules/{module}.ko"
-            ))
+            let path = format!("/lib/modules/{module}.ko");
+            log.console
+                .contains(&format!("supermin-init: loading module {path}"))
+                && !log.console.contains(&format!("module {path}: "))
+                && !log.console.contains(&format!("module {path} failed"))
         };
         let verbose = format!("console=ttyS0 panic=1 root=UUID={UUID} supermin.debug");
         // libguestfs's disks, virtio-scsi only, on a CPU with SSE4.2 (what the launcher
@@ -342,6 +363,13 @@ fn modules_this_boot_does_not_need_are_skipped_unless_all_modules_is_given() {
         assert!(loaded(&log, "virtio_scsi"), "{}", show(&log));
         assert!(loaded(&log, "crc32c_intel"), "{}", show(&log));
         assert!(skipped(&log, "crc32c_generic"), "{}", show(&log));
+        // crc32c is there for ext4 and anyone else, from the accelerated driver.
+        assert_eq!(
+            marker_field(&log, "crc32c"),
+            "crc32c-intel,",
+            "{}",
+            show(&log)
+        );
         // supermin run's disks, virtio-blk only, on qemu64 (no SSE4.2): crc32c_intel finds
         // no CPU support, and the generic one is what ext4 gets.
         let log = boot(Disk::VirtioBlk, &verbose, None);
@@ -355,6 +383,12 @@ fn modules_this_boot_does_not_need_are_skipped_unless_all_modules_is_given() {
         );
         assert!(loaded(&log, "crc32c_generic"), "{}", show(&log));
         assert!(!skipped(&log, "crc32c_generic"), "{}", show(&log));
+        assert_eq!(
+            marker_field(&log, "crc32c"),
+            "crc32c-generic,",
+            "{}",
+            show(&log)
+        );
         // The switch loads everything.
         let log = boot(
             Disk::VirtioBlk,
