@@ -132,8 +132,9 @@ pub fn alias_matches(pattern: &str, text: &str) -> bool {
 pub trait System {
     /// The modaliases of the PCI and virtio devices present now.
     fn device_modaliases(&self) -> Vec<String>;
-    /// The algorithm names the kernel's crypto API has registered now.
-    fn crypto_algorithms(&self) -> Vec<String>;
+    /// The algorithm names a crypto API lookup would get now; waits a little for those of
+    /// `wanted` that are registered but still being self-tested.
+    fn crypto_algorithms(&self, wanted: &[&str]) -> Vec<String>;
 }
 
 /// The running kernel, through /sys and /proc.
@@ -155,9 +156,48 @@ impl System for Live {
         out
     }
 
-    fn crypto_algorithms(&self) -> Vec<String> {
-        crypto_names(&std::fs::read_to_string(Path::new("/proc/crypto")).unwrap_or_default())
+    fn crypto_algorithms(&self, wanted: &[&str]) -> Vec<String> {
+        // A driver's self-test runs in a kernel thread after it registers (even with
+        // cryptomgr.notests, which only makes it pass at once), so an algorithm just loaded
+        // may not count yet. Waiting costs nothing overall: ext4's first use of crc32c
+        // would wait for the same test. A test that fails, or outlasts the wait, means
+        // the fallback loads.
+        let deadline = std::time::Instant::now() + CRYPTO_TEST_WAIT;
+        loop {
+            let text = std::fs::read_to_string(Path::new("/proc/crypto")).unwrap_or_default();
+            let usable = crypto_names(&text);
+            let pending = crypto_pending(&text);
+            let waiting = wanted
+                .iter()
+                .any(|w| !usable.iter().any(|u| u == w) && pending.iter().any(|p| p == w));
+            if !waiting || std::time::Instant::now() >= deadline {
+                return usable;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
+}
+
+/// How long a generic crypto module's turn waits for another driver's self-test.
+const CRYPTO_TEST_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The algorithm names of /proc/crypto that are registered but not usable yet (larval,
+/// or self-test not passed).
+pub fn crypto_pending(text: &str) -> Vec<String> {
+    let usable = crypto_names(text);
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let name = block.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key.trim() == "name").then(|| value.trim())
+        });
+        if let Some(name) = name {
+            if !usable.iter().any(|u| u == name) {
+                out.push(name.to_owned());
+            }
+        }
+    }
+    out
 }
 
 /// The algorithm names of /proc/crypto that a lookup would get: an entry counts unless it
@@ -232,7 +272,7 @@ pub fn skip_reason(
         .collect();
     if module.name.ends_with("_generic") && !algorithms.is_empty() && crypto_only {
         // Every algorithm it provides must already be there: one missing means it loads.
-        let registered = system.crypto_algorithms();
+        let registered = system.crypto_algorithms(&algorithms);
         let all_there = algorithms
             .iter()
             .all(|algo| registered.iter().any(|r| r == algo));
@@ -255,7 +295,7 @@ mod tests {
         fn device_modaliases(&self) -> Vec<String> {
             self.devices.iter().map(|s| s.to_string()).collect()
         }
-        fn crypto_algorithms(&self) -> Vec<String> {
+        fn crypto_algorithms(&self, _wanted: &[&str]) -> Vec<String> {
             self.crypto.iter().map(|s| s.to_string()).collect()
         }
     }
@@ -470,6 +510,7 @@ mod tests {
                     name         : crc16\ndriver       : crc16-generic\nselftest     : passed\ntype         : shash\n\n\
                     name         : old\ntype         : cipher\n";
         assert_eq!(crypto_names(text), ["crc16", "old"]);
+        assert_eq!(crypto_pending(text), ["crc32c", "sha256"]);
     }
 
     #[test]
