@@ -56,21 +56,21 @@ pub fn read_modinfo(path: &Path) -> Option<ModInfo> {
             .ok()?;
         Some(buf)
     };
-    let section = elf::sections(&read)?
-        .into_iter()
-        .find(|s| s.name == b".modinfo")?;
-    Some(parse_modinfo(&read(section.offset, section.size)?))
+    modinfo_through(&read)
 }
 
 /// The `.modinfo` facts of a module image in memory.
 #[cfg(test)]
 pub fn modinfo(image: &[u8]) -> Option<ModInfo> {
-    let section = elf::sections_of(image)?
+    modinfo_through(&|offset, size| Some(image.get(offset..offset.checked_add(size)?)?.to_vec()))
+}
+
+/// Finds `.modinfo` through `read(offset, size)` and parses it.
+fn modinfo_through(read: &dyn Fn(usize, usize) -> Option<Vec<u8>>) -> Option<ModInfo> {
+    let section = elf::sections(read)?
         .into_iter()
         .find(|s| s.name == b".modinfo")?;
-    Some(parse_modinfo(image.get(
-        section.offset..section.offset.checked_add(section.size)?,
-    )?))
+    Some(parse_modinfo(&read(section.offset, section.size)?))
 }
 
 fn parse_modinfo(section: &[u8]) -> ModInfo {
@@ -165,8 +165,7 @@ impl System for Live {
         let deadline = std::time::Instant::now() + CRYPTO_TEST_WAIT;
         loop {
             let text = std::fs::read_to_string(Path::new("/proc/crypto")).unwrap_or_default();
-            let usable = crypto_names(&text);
-            let pending = crypto_pending(&text);
+            let (usable, pending) = usable_and_pending(&crypto_entries(&text));
             let waiting = wanted
                 .iter()
                 .any(|w| !usable.iter().any(|u| u == w) && pending.iter().any(|p| p == w));
@@ -181,44 +180,50 @@ impl System for Live {
 /// How long a generic crypto module's turn waits for another driver's self-test.
 const CRYPTO_TEST_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The algorithm names of /proc/crypto that are registered but not usable yet (larval,
-/// or self-test not passed).
-pub fn crypto_pending(text: &str) -> Vec<String> {
-    let usable = crypto_names(text);
-    let mut out = Vec::new();
-    for block in text.split("\n\n") {
-        let name = block.lines().find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            (key.trim() == "name").then(|| value.trim())
-        });
-        if let Some(name) = name {
-            if !usable.iter().any(|u| u == name) {
-                out.push(name.to_owned());
-            }
-        }
-    }
-    out
+/// Every /proc/crypto entry: its algorithm name, and whether a lookup would take it. It
+/// would not take a larval one (still being set up) or one whose self-test has not passed
+/// (a failed algorithm stays listed, `selftest : unknown`, but lookups refuse it).
+fn crypto_entries(text: &str) -> Vec<(String, bool)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let field = |wanted: &str| {
+                block.lines().find_map(|line| {
+                    let (key, value) = line.split_once(':')?;
+                    (key.trim() == wanted).then(|| value.trim())
+                })
+            };
+            let usable = field("type") != Some("larval")
+                && field("selftest").is_none_or(|result| result == "passed");
+            field("name").map(|name| (name.to_owned(), usable))
+        })
+        .collect()
 }
 
-/// The algorithm names of /proc/crypto that a lookup would get: an entry counts unless it
-/// is a larval one (still being set up) or its self-test has not passed (a failed
-/// algorithm stays listed, `selftest : unknown`, but lookups refuse it).
+/// The algorithm names of /proc/crypto that a lookup would get.
+#[cfg(test)]
 pub fn crypto_names(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for block in text.split("\n\n") {
-        let field = |wanted: &str| {
-            block.lines().find_map(|line| {
-                let (key, value) = line.split_once(':')?;
-                (key.trim() == wanted).then(|| value.trim())
-            })
-        };
-        let usable = field("type") != Some("larval")
-            && field("selftest").is_none_or(|result| result == "passed");
-        if let (Some(name), true) = (field("name"), usable) {
-            out.push(name.to_owned());
-        }
-    }
-    out
+    usable_and_pending(&crypto_entries(text)).0
+}
+
+/// The algorithm names of /proc/crypto that are registered but not usable yet (no usable
+/// entry of the same name).
+#[cfg(test)]
+pub fn crypto_pending(text: &str) -> Vec<String> {
+    usable_and_pending(&crypto_entries(text)).1
+}
+
+fn usable_and_pending(entries: &[(String, bool)]) -> (Vec<String>, Vec<String>) {
+    let usable: Vec<String> = entries
+        .iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(name, _)| name.clone())
+        .collect();
+    let pending = entries
+        .iter()
+        .filter(|(name, ok)| !ok && !usable.contains(name))
+        .map(|(name, _)| name.clone())
+        .collect();
+    (usable, pending)
 }
 
 /// Whether a module is a virtio transport: until it has loaded, the virtio devices it
