@@ -18,8 +18,9 @@ use supermin_kernel_probe as kprobe;
 use crate::assemble::{AssembleError, Assembler};
 use crate::chroot::{self, ChrootError};
 use crate::default_appliance;
-use crate::initrd::{self, InitrdError, InitrdModule};
+use crate::initrd::{self, InitrdError, InitrdModule, LoadWhen};
 pub use crate::plan::{BuildEnv, BuildOptions, BuildPlan, Format, KernelFormat, Source};
+use crate::preload::{self, Preloads};
 
 /// supermin 5's default ext2 size: sparse, so it costs only what is written.
 pub const DEFAULT_SIZE: u64 = 4 << 30;
@@ -277,27 +278,46 @@ pub fn build(plan: &BuildPlan, say: &(dyn Fn(Event<'_>) + Sync)) -> Result<Outco
     let dir = staging.path().to_path_buf();
     let mut warnings = Vec::new();
 
-    // The initrd needs only the kernel: write it on the other core while the root is
-    // resolved and written (module decompression is CPU work, the image mostly copying).
+    // The initrd and the kernel file need only the kernel and what the root loads at boot
+    // (known once the tree is assembled): write them on the other core while the root is
+    // resolved and written (module decompression and the vmlinux extraction are CPU work,
+    // the image mostly copying).
     let log_ref = &log;
     let dir_ref = &dir;
+    let (preload_tx, preload_rx) = std::sync::mpsc::sync_channel::<Preloads>(1);
     std::thread::scope(|scope| -> Result<(), BuildError> {
-        // The kernel file too: extracting the vmlinux is decompression, CPU work like the
-        // initrd's, and needs nothing from the root.
         let initrd_job = match (&plan.format, &kernel) {
             (Format::Ext2, Some(k)) => Some(scope.spawn(move || {
                 let mtime = initrd::initrd_mtime(plan.clamp_times)?;
-                write_initrd(k, &dir_ref.join("initrd"), &plan.source, mtime, log_ref)?;
                 let choice = write_kernel(k, dir_ref, plan, opts)?;
                 log_ref.at(1, || format!("kernel format: {}", choice.describe(&k.path)));
                 if plan.fixed {
                     write_readme_fixed(dir_ref, k, plan, &choice)?;
                 }
+                // No message means the root failed before its tree was assembled, and the
+                // build fails with that error; the initrd is not published then.
+                let preloads = preload_rx.recv().unwrap_or_default();
+                write_initrd(
+                    k,
+                    &dir_ref.join("initrd"),
+                    &plan.source,
+                    &preloads,
+                    mtime,
+                    log_ref,
+                )?;
                 Ok::<(), BuildError>(())
             })),
             _ => None,
         };
-        let root = write_root(plan, opts, &dir, kernel.as_ref(), &log, &mut warnings);
+        let root = write_root(
+            plan,
+            opts,
+            &dir,
+            kernel.as_ref(),
+            &log,
+            &mut warnings,
+            preload_tx,
+        );
         if let Some(job) = initrd_job {
             match job.join() {
                 Ok(result) => result?,
@@ -362,6 +382,7 @@ fn write_root(
     kernel: Option<&kprobe::Kernel>,
     log: &Log<'_>,
     warnings: &mut Vec<String>,
+    preloads: std::sync::mpsc::SyncSender<Preloads>,
 ) -> Result<(), BuildError> {
     // What goes into the root.
     let (inputs, elf_only, budget) = match &plan.source {
@@ -451,6 +472,8 @@ fn write_root(
     let checked = crate::check::check_tree(&tree)?;
     log.at(1, || checked.summary());
     warnings.extend(checked.warnings);
+    // The initrd is written meanwhile; a dropped receiver (no initrd) is not an error here.
+    let _ = preloads.send(preload::find(&tree));
 
     match (&plan.format, kernel) {
         (Format::Ext2, Some(k)) => {
@@ -496,6 +519,7 @@ fn write_initrd(
     k: &kprobe::Kernel,
     out: &Path,
     source: &Source,
+    preloads: &Preloads,
     mtime: u32,
     log: &Log<'_>,
 ) -> Result<(), BuildError> {
@@ -506,7 +530,18 @@ fn write_initrd(
         Source::Default => kprobe::VIRTIO_BLK_BOOT_MODULES,
         Source::Inputs { .. } => kprobe::BOOT_MODULES,
     };
-    let modules = kprobe::module_set_for(k, boot, &[])?.modules;
+    // Modules the root loads at boot anyway (libguestfs: dm_mod, and sg for SCSI disks)
+    // cost less from the initrd: see `preload.rs`. A SCSI-only one is wanted only where
+    // the initrd drives SCSI disks.
+    let scsi = boot.contains(&"virtio_scsi");
+    let wanted: Vec<String> = preloads
+        .always
+        .iter()
+        .chain(preloads.scsi_device.iter().filter(|_| scsi))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let set = kprobe::module_set_preloading(k, boot, &wanted)?;
+    let modules = &set.modules;
     log.at(1, || {
         format!(
             "initrd: {} modules: {}",
@@ -518,11 +553,38 @@ fn write_initrd(
                 .join(" ")
         )
     });
+    for (name, why) in preloads.always.iter().chain(&preloads.scsi_device) {
+        let here = modules.iter().any(|m| m.name == *name);
+        let scsi_only = preloads.scsi_device.iter().any(|(n, _)| n == name);
+        log.at(1, || {
+            if here && scsi_only {
+                format!("initrd: {name}, loaded by the init when the VM has a SCSI device: {why}")
+            } else if here {
+                format!("initrd: {name}, loaded by the init: {why}")
+            } else if scsi_only && !scsi {
+                format!("initrd: not {name} ({why}): this appliance's disks are not SCSI")
+            } else if set.not_loaded.iter().any(|n| n.name == *name && n.builtin) {
+                format!("initrd: not {name} ({why}): built into this kernel")
+            } else {
+                format!("initrd: not {name} ({why}): not a module of this kernel")
+            }
+        });
+    }
+    let scsi_only: Vec<&str> = preloads
+        .scsi_device
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
     let mut loaded = Vec::with_capacity(modules.len());
-    for m in &modules {
+    for m in modules {
         loaded.push(InitrdModule {
             name: m.name.clone(),
             data: kprobe::read_module(&m.path)?,
+            when: if scsi_only.contains(&m.name.as_str()) {
+                LoadWhen::ScsiDevice
+            } else {
+                LoadWhen::Always
+            },
         });
     }
     initrd::write_initrd(out, crate::embedded::init_binary(), &loaded, mtime)?;

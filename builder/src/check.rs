@@ -156,6 +156,41 @@ pub fn check_tree(tree: &Tree) -> Result<CheckReport, InitError> {
     Ok(report)
 }
 
+/// The first `limit` bytes (at most) of the regular file at `path` in `tree`, symlinks
+/// followed inside the tree; `None` when there is no such file or it cannot be read.
+pub(crate) fn read_tree_file(tree: &Tree, path: &Path, limit: usize) -> Option<Vec<u8>> {
+    let view = ImageView { tree };
+    let (canon, ViewNode::File { .. }) = hostfiles::resolve_in(&view, path)? else {
+        return None;
+    };
+    let file = view.open(&canon).ok()?;
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    while out.len() < limit {
+        let want = chunk.len().min(limit - out.len());
+        let n = file.read_at(&mut chunk[..want], out.len() as u64).ok()?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+    Some(out)
+}
+
+/// The names in the directory at `path` in `tree` (symlinks followed inside the tree),
+/// sorted; empty when there is no such directory.
+pub(crate) fn list_tree_dir(tree: &Tree, path: &Path) -> Vec<OsString> {
+    let view = ImageView { tree };
+    match hostfiles::resolve_in(&view, path) {
+        Some((canon, ViewNode::Dir)) => {
+            let mut names = view.list(&canon);
+            names.sort();
+            names
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// The interpreter of a `#!` script (its first word), or `None` for anything else.
 fn script_interpreter(view: &ImageView<'_>, path: &Path) -> Option<String> {
     let file = view.open(path).ok()?;

@@ -9,7 +9,8 @@
 //!                            initramfs lacks one
 //! /init                      the static init, mode 0755
 //! /lib/modules/<name>.ko     each module, already decompressed by the caller
-//! /modules                   the module paths, one per line, in load order (may be empty)
+//! /modules                   the module paths, one per line, in load order (may be empty);
+//!                            `PATH when=scsi-device`: only when the VM has a SCSI device
 //! /proc/ /root/ /sys/        mount points
 //! ```
 //!
@@ -46,6 +47,19 @@ pub struct InitrdModule {
     pub name: String,
     /// The decompressed ELF object.
     pub data: Vec<u8>,
+    /// When the init loads it.
+    pub when: LoadWhen,
+}
+
+/// When the init loads a listed module (written after its path in `/modules`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoadWhen {
+    /// On every boot (the init still skips a driver none of whose devices is present).
+    #[default]
+    Always,
+    /// Only when the VM has a SCSI device (`when=scsi-device`): a module the root's udev
+    /// would load for one.
+    ScsiDevice,
 }
 
 /// Why a cpio entry could not be written.
@@ -94,7 +108,7 @@ pub enum InitrdError {
     /// A module name the initrd cannot store.
     #[error(
         "module name {name:?} cannot be stored in the initrd: it must be non-empty and \
-         contain no `/`, newline or NUL"
+         contain no `/`, white space or NUL"
     )]
     BadModuleName {
         /// The name.
@@ -385,7 +399,7 @@ pub fn write_initrd_cpio<W: Write>(
     let mut seen = std::collections::BTreeSet::new();
     for module in modules {
         let name = module.name.strip_suffix(".ko").unwrap_or(&module.name);
-        if name.is_empty() || name.contains(['/', '\n', '\0']) {
+        if name.is_empty() || name.contains(['/', '\n', '\0', ' ', '\t', '\r']) {
             return Err(InitrdError::BadModuleName {
                 name: module.name.clone(),
             });
@@ -396,6 +410,9 @@ pub fn write_initrd_cpio<W: Write>(
             });
         }
         list.push_str(&module_path(name));
+        if module.when == LoadWhen::ScsiDevice {
+            list.push_str(" when=scsi-device");
+        }
         list.push('\n');
     }
 
@@ -520,6 +537,7 @@ mod tests {
         InitrdModule {
             name: name.to_owned(),
             data: data.to_vec(),
+            when: LoadWhen::Always,
         }
     }
 
@@ -631,7 +649,15 @@ mod tests {
 
     #[test]
     fn initrd_holds_init_modules_and_the_load_order() {
-        let modules = [module("virtio_pci", b"one"), module("ext4.ko", b"two!!")];
+        let sg = InitrdModule {
+            when: LoadWhen::ScsiDevice,
+            ..module("sg", b"three")
+        };
+        let modules = [
+            module("virtio_pci", b"one"),
+            module("ext4.ko", b"two!!"),
+            sg,
+        ];
         let bytes = write_initrd_cpio(Vec::new(), 7, b"\x7fELF-init", &modules).unwrap();
         let entries = parse(&bytes);
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
@@ -649,6 +675,7 @@ mod tests {
                 "sys",
                 "lib/modules/virtio_pci.ko",
                 "lib/modules/ext4.ko",
+                "lib/modules/sg.ko",
             ]
         );
         let by_name = |n: &str| entries.iter().find(|e| e.name == n).unwrap();
@@ -656,7 +683,7 @@ mod tests {
         assert_eq!(by_name("init").data, b"\x7fELF-init");
         assert_eq!(
             by_name("modules").data,
-            b"/lib/modules/virtio_pci.ko\n/lib/modules/ext4.ko\n"
+            b"/lib/modules/virtio_pci.ko\n/lib/modules/ext4.ko\n/lib/modules/sg.ko when=scsi-device\n"
         );
         assert_eq!(by_name("lib/modules/ext4.ko").data, b"two!!");
         assert_eq!(by_name("root").mode, 0o040_700);
@@ -678,7 +705,7 @@ mod tests {
             write_initrd_cpio(Vec::new(), 0, b"", &dup),
             Err(InitrdError::DuplicateModule { .. })
         ));
-        for bad in ["", ".ko", "a/b", "a\nb"] {
+        for bad in ["", ".ko", "a/b", "a\nb", "a b", "a\tb"] {
             assert!(
                 matches!(
                     write_initrd_cpio(Vec::new(), 0, b"", &[module(bad, b"")]),

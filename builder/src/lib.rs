@@ -13,4 +13,5 @@ pub mod default_appliance;
 pub mod embedded;
 pub mod initrd;
 pub mod plan;
+pub mod preload;
 pub mod vmlinux_cache;

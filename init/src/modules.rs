@@ -31,12 +31,31 @@ use rustix::io::Errno;
 
 use crate::{elf, need, say, verbose};
 
-/// The list of module paths in load order: one per line, blank lines and `#` comments
-/// ignored.
-pub fn parse_list(text: &str) -> Vec<&str> {
+/// One line of the module list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// The module file.
+    pub path: &'a str,
+    /// `when=scsi-device`: only when the VM has a SCSI device (a module the root's udev
+    /// would load for one).
+    pub scsi_device_only: bool,
+}
+
+/// The module list in load order: one `PATH [when=CONDITION]` per line, blank lines and
+/// `#` comments ignored. An unknown condition loads the module (what an older list meant).
+pub fn parse_list(text: &str) -> Vec<Entry<'_>> {
     text.lines()
         .map(str::trim)
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let path = words.next()?;
+            let scsi_device_only = words.any(|w| w == "when=scsi-device");
+            Some(Entry {
+                path,
+                scsi_device_only,
+            })
+        })
         .collect()
 }
 
@@ -119,15 +138,15 @@ pub fn load_all(
             "loading modules without their signatures (the kernel does not enforce signing; supermin.verify_modules keeps them)"
         );
     }
-    let paths = parse_list(&text);
+    let entries = parse_list(&text);
     // Every module's .modinfo first: a module another one depends on is never skipped, and
     // if any module's facts cannot be read (so neither can its dependencies), none is.
     let infos: Vec<Option<need::ModInfo>> = if all_modules {
-        vec![None; paths.len()]
+        vec![None; entries.len()]
     } else {
-        paths
+        entries
             .iter()
-            .map(|path| need::read_modinfo(Path::new(path)))
+            .map(|entry| need::read_modinfo(Path::new(entry.path)))
             .collect()
     };
     let judge = !all_modules && infos.iter().all(Option::is_some);
@@ -143,7 +162,21 @@ pub fn load_all(
         .flat_map(|info| info.depends.iter().cloned())
         .collect();
     let mut loaded = 0;
-    for (i, (path, info)) in paths.iter().zip(&infos).enumerate() {
+    for (i, (entry, info)) in entries.iter().zip(&infos).enumerate() {
+        let path = entry.path;
+        if entry.scsi_device_only
+            && !all_modules
+            && !info
+                .as_ref()
+                .is_some_and(|info| depended.contains(&info.name))
+            && !need::scsi_device_present(Path::new(need::SCSI_DEVICES))
+        {
+            verbose!(
+                verbose,
+                "module {path} not needed: no SCSI device is present (the root loads it for SCSI devices); skipped (supermin.all_modules loads it)"
+            );
+            continue;
+        }
         // A virtio transport still to come means the virtio bus may not show its devices yet.
         let transport_pending = infos[i + 1..]
             .iter()
@@ -341,12 +374,32 @@ mod tests {
     #[test]
     fn list_keeps_order_and_skips_blanks_and_comments() {
         let text = "/lib/modules/a.ko\n\n# comment\n  /lib/modules/b.ko  \n/lib/modules/c.ko";
+        let paths: Vec<&str> = parse_list(text).iter().map(|e| e.path).collect();
         assert_eq!(
-            parse_list(text),
+            paths,
             [
                 "/lib/modules/a.ko",
                 "/lib/modules/b.ko",
                 "/lib/modules/c.ko"
+            ]
+        );
+        assert!(parse_list(text).iter().all(|e| !e.scsi_device_only));
+    }
+
+    #[test]
+    fn a_scsi_device_condition_is_read_and_an_unknown_one_loads_the_module() {
+        let text = "/lib/modules/sg.ko when=scsi-device\n/lib/modules/x.ko when=tuesday\n";
+        assert_eq!(
+            parse_list(text),
+            [
+                Entry {
+                    path: "/lib/modules/sg.ko",
+                    scsi_device_only: true
+                },
+                Entry {
+                    path: "/lib/modules/x.ko",
+                    scsi_device_only: false
+                }
             ]
         );
     }

@@ -226,6 +226,26 @@ fn usable_and_pending(entries: &[(String, bool)]) -> (Vec<String>, Vec<String>) 
     (usable, pending)
 }
 
+/// Where the kernel lists SCSI devices (`H:C:T:L`) beside hosts and targets.
+pub const SCSI_DEVICES: &str = "/sys/bus/scsi/devices";
+
+/// Whether `dir` (see [`SCSI_DEVICES`]) lists a SCSI device. By a module's turn in the list
+/// the SCSI hosts of the boot modules have been scanned: module loading waits for the scan.
+pub fn scsi_device_present(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let parts: Vec<&str> = name.split(':').collect();
+        parts.len() == 4
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
 /// Whether a module is a virtio transport: until it has loaded, the virtio devices it
 /// carries are not on the virtio bus yet.
 pub fn is_virtio_transport(name: &str) -> bool {
@@ -551,5 +571,22 @@ mod tests {
     fn crypto_names_are_read_from_proc_crypto() {
         let text = "name         : crc32c\ndriver       : crc32c-intel\nmodule       : crc32c_intel\n\nname         : sha256\n";
         assert_eq!(crypto_names(text), ["crc32c", "sha256"]);
+    }
+
+    #[test]
+    fn only_a_device_entry_counts_as_a_scsi_device() {
+        let dir = std::env::temp_dir().join(format!("supermin-init-scsi-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!scsi_device_present(&dir), "no such directory");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(!scsi_device_present(&dir), "empty");
+        // A host and a target alone (a SCSI controller without disks) are not devices.
+        for name in ["host0", "target0:0:1", "0:0:1", "0:0::1", "a:0:0:0"] {
+            std::fs::create_dir(dir.join(name)).unwrap();
+        }
+        assert!(!scsi_device_present(&dir));
+        std::fs::create_dir(dir.join("0:0:1:0")).unwrap();
+        assert!(scsi_device_present(&dir));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

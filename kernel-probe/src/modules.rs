@@ -376,6 +376,24 @@ pub fn module_set_for(
     Ok(set)
 }
 
+/// [`module_set_for`] plus `preload`: modules that the appliance's root loads at every boot
+/// anyway, which the initrd loads first (what the builder finds in the root), closed over
+/// their dependencies and softdeps after the boot modules. A preload name the kernel lacks
+/// or has built in is only listed in `not_loaded` (wanted by `root`).
+pub fn module_set_preloading(
+    kernel: &Kernel,
+    boot: &[&str],
+    preload: &[String],
+) -> Result<ModuleSet, ProbeError> {
+    let mut idx = ModuleIndex::load(&kernel.modules_dir, kernel.config.clone())?;
+    let mut wanted: Vec<(String, String)> = boot
+        .iter()
+        .map(|m| (m.to_string(), "boot".to_string()))
+        .collect();
+    wanted.extend(preload.iter().map(|m| (m.clone(), "root".to_string())));
+    idx.closure(&wanted)
+}
+
 /// The initrd module set in load order (dependencies first). `extra` names
 /// more modules (or aliases) to include.
 pub fn initrd_modules(kernel: &Kernel, extra: &[String]) -> Result<Vec<Module>, ProbeError> {
@@ -660,6 +678,37 @@ alias crc32c crc32c_generic
             !names(&ms).contains(&"net_failover"),
             "post: softdeps are not boot needs"
         );
+    }
+
+    #[test]
+    fn root_preloads_come_after_the_boot_modules_and_a_missing_one_is_only_noted() {
+        let dep = format!("{DEBIAN_LIKE_DEP}kernel/drivers/scsi/sg.ko: kernel/drivers/scsi/scsi_mod.ko kernel/drivers/scsi/scsi_common.ko\n");
+        let d = fake_dir(
+            &dep,
+            DEBIAN_LIKE_SOFTDEP,
+            Some("kernel/drivers/md/dm-mod.ko\n"),
+            DEBIAN_LIKE_ALIAS,
+        );
+        let set = module_set_preloading(
+            &kernel_for(d.path()),
+            BOOT_MODULES,
+            &[
+                "dm-mod".to_string(),
+                "sg".to_string(),
+                "nosuchmod".to_string(),
+            ],
+        )
+        .unwrap();
+        let ms = &set.modules;
+        // Last, after everything the boot needs, and no second copy of a shared dependency.
+        assert_eq!(names(ms).last(), Some(&"sg"));
+        assert!(pos(ms, "ext4") < pos(ms, "sg"));
+        assert_eq!(names(ms).iter().filter(|n| **n == "scsi_mod").count(), 1);
+        let noted = |name: &str| set.not_loaded.iter().find(|n| n.name == name).cloned();
+        let dm = noted("dm_mod").expect("built-in dm_mod noted");
+        assert!(dm.builtin && dm.wanted_by == "root");
+        let missing = noted("nosuchmod").expect("missing preload noted, not an error");
+        assert!(!missing.builtin && missing.wanted_by == "root");
     }
 
     #[test]

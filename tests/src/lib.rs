@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use supermin::initrd::{write_initrd, InitrdModule};
+use supermin::initrd::{write_initrd, InitrdModule, LoadWhen};
 use supermin_ext2::{FileData, Meta, NodeKind, Tree};
 use supermin_kernel_probe::{initrd_modules, probe, read_module, Kernel, ProbeEnv};
 
@@ -110,6 +110,7 @@ pub fn build_initrd(kernel: &Kernel, out: &Path) {
             data: read_module(&module.path)
                 .unwrap_or_else(|err| panic!("reading {}: {err}", module.path.display())),
             name: module.name,
+            when: LoadWhen::Always,
         })
         .collect();
     assert!(
@@ -117,6 +118,46 @@ pub fn build_initrd(kernel: &Kernel, out: &Path) {
         "no modules chosen for {}",
         kernel.version
     );
+    write_initrd(out, supermin::embedded::init_binary(), &modules, 0)
+        .unwrap_or_else(|err| panic!("writing {}: {err}", out.display()));
+}
+
+/// [`build_initrd`] plus modules the root would load at boot: `always` on every boot,
+/// `scsi_device` only when the VM has a SCSI device (what the builder does for libguestfs's
+/// `dm_mod` and `sg`).
+pub fn build_initrd_preloading(kernel: &Kernel, out: &Path, always: &[&str], scsi_device: &[&str]) {
+    let wanted: Vec<String> = always
+        .iter()
+        .chain(scsi_device)
+        .map(|s| s.to_string())
+        .collect();
+    let set = supermin_kernel_probe::module_set_preloading(
+        kernel,
+        supermin_kernel_probe::BOOT_MODULES,
+        &wanted,
+    )
+    .unwrap_or_else(|err| panic!("initrd module set for {}: {err}", kernel.version));
+    let modules: Vec<InitrdModule> = set
+        .modules
+        .into_iter()
+        .map(|module| InitrdModule {
+            data: read_module(&module.path)
+                .unwrap_or_else(|err| panic!("reading {}: {err}", module.path.display())),
+            when: if scsi_device.contains(&module.name.as_str()) {
+                LoadWhen::ScsiDevice
+            } else {
+                LoadWhen::Always
+            },
+            name: module.name,
+        })
+        .collect();
+    for name in &wanted {
+        assert!(
+            modules.iter().any(|m| m.name == *name),
+            "{name} is not a module of {}",
+            kernel.version
+        );
+    }
     write_initrd(out, supermin::embedded::init_binary(), &modules, 0)
         .unwrap_or_else(|err| panic!("writing {}: {err}", out.display()));
 }

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use supermin_tests::{
-    boot, build_initrd, host_kernel, kernel_by_version_prefix, marker_root, root_without_init,
-    zstd_modules_copy, Boot, BootLog, Disk, TempDir, MARKER,
+    boot, build_initrd, build_initrd_preloading, host_kernel, kernel_by_version_prefix,
+    marker_root, root_without_init, zstd_modules_copy, Boot, BootLog, Disk, TempDir, MARKER,
 };
 
 /// Under TCG a boot takes ~5 s; the bound only catches a hang.
@@ -334,7 +334,8 @@ fn modules_this_boot_does_not_need_are_skipped_unless_all_modules_is_given() {
         }
         let dir = TempDir::new("boot-need");
         let initrd = dir.join("initrd");
-        build_initrd(&kernel, &initrd);
+        // With libguestfs's root preloads: dm_mod on every boot, sg only with a SCSI device.
+        build_initrd_preloading(&kernel, &initrd, &["dm_mod"], &["sg"]);
         let root = marker_root(dir.path(), UUID);
         let boot = |disk, append: &str, cpu| {
             let log = run_cpu(&root, &dir, &kernel.path, &initrd, disk, append, cpu);
@@ -365,6 +366,8 @@ fn modules_this_boot_does_not_need_are_skipped_unless_all_modules_is_given() {
         let show = |log: &BootLog| format!("{prefix}:\n{}", log.tail(60));
         assert!(skipped(&log, "virtio_blk"), "{}", show(&log));
         assert!(loaded(&log, "virtio_scsi"), "{}", show(&log));
+        assert!(loaded(&log, "dm_mod"), "{}", show(&log));
+        assert!(loaded(&log, "sg"), "{}", show(&log));
         assert!(loaded(&log, "crc32c_intel"), "{}", show(&log));
         assert!(skipped(&log, "crc32c_generic"), "{}", show(&log));
         // crc32c is there for ext4 and anyone else, from the accelerated driver.
@@ -379,6 +382,13 @@ fn modules_this_boot_does_not_need_are_skipped_unless_all_modules_is_given() {
         let log = boot(Disk::VirtioBlk, &verbose, None);
         assert!(loaded(&log, "virtio_blk"), "{}", show(&log));
         assert!(skipped(&log, "virtio_scsi"), "{}", show(&log));
+        assert!(loaded(&log, "dm_mod"), "{}", show(&log));
+        assert!(
+            log.console
+                .contains("module /lib/modules/sg.ko not needed: no SCSI device is present"),
+            "{}",
+            show(&log)
+        );
         assert!(
             log.console
                 .contains("module /lib/modules/crc32c_intel.ko: no such device"),
@@ -399,7 +409,7 @@ fn modules_this_boot_does_not_need_are_skipped_unless_all_modules_is_given() {
             &format!("{verbose} supermin.all_modules"),
             Some("max"),
         );
-        for module in ["virtio_blk", "virtio_scsi", "crc32c_generic"] {
+        for module in ["virtio_blk", "virtio_scsi", "crc32c_generic", "sg"] {
             assert!(loaded(&log, module), "{module} {}", show(&log));
             assert!(!skipped(&log, module), "{module} {}", show(&log));
         }

@@ -112,6 +112,17 @@ fn libguestfs_boots_the_pvh_appliance_with_every_installed_kernel_series() {
             "{}: {out}",
             kernel.version
         );
+        // What libguestfs's root loads at every launch comes from the initrd instead.
+        for line in [
+            "initrd: dm_mod, loaded by the init: the root's /init runs `modprobe dm_mod`",
+            "initrd: sg, loaded by the init when the VM has a SCSI device: udev loads it",
+        ] {
+            assert!(
+                out.contains(line),
+                "{}: no {line:?} in {out}",
+                kernel.version
+            );
+        }
         let meta = fs::symlink_metadata(app.join("kernel")).unwrap();
         assert!(meta.is_file(), "a fixed appliance ships a real kernel file");
         assert!(is_elf(&app.join("kernel")), "{}", kernel.version);
@@ -151,7 +162,8 @@ fn libguestfs_boots_the_pvh_appliance_with_every_installed_kernel_series() {
              upload {} /up.bin\n\
              cat /hello.txt\n\
              checksum sha256 /up.bin\n\
-             umount-all\n",
+             umount-all\n\
+             debug sh \"cat /proc/modules\"\n",
             upload.display()
         );
         let mut child = libguestfs("guestfish", &app)
@@ -178,6 +190,15 @@ fn libguestfs_boots_the_pvh_appliance_with_every_installed_kernel_series() {
         );
         assert!(stdout.contains("hello from guestfish"), "{stdout}");
         assert!(stdout.contains(&sha), "checksum {sha} not in {stdout}");
+        // Loaded by our init, without their signatures ("E": unsigned), not by the root's
+        // modprobe and udev from the signed .ko(.xz) files.
+        for module in ["dm_mod", "sg"] {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("{module} ")))
+                .unwrap_or_else(|| panic!("{module} not loaded:\n{stdout}"));
+            assert!(line.contains("(E)"), "{module} came from the root: {line}");
+        }
     }
 }
 

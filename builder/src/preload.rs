@@ -1,0 +1,465 @@
+//! Modules the appliance's own boot loads from its root anyway, which the initrd then
+//! loads first.
+//!
+//! libguestfs's appliance loads two modules from its root at every launch: its `/init`
+//! runs `modprobe dm_mod`, and udev (Debian's `80-debian-compat.rules`) loads `sg` for
+//! every SCSI device. From the root each costs more than its load: kmod decompresses it
+//! (`.ko.xz` on Debian's 6.12), and the kernel checks its signature (SHA-256 and ECDSA,
+//! in C, under emulation): about 0.1 s of a TCG launch for the two. Loaded by our init
+//! from the initrd, stored uncompressed and (where the kernel does not enforce signing)
+//! handed over without the signature, they cost only their load, and the root's later
+//! `modprobe`s find them loaded (a no-op).
+//!
+//! Found in the assembled root, never assumed:
+//!
+//! - every `modprobe NAME` that the root's `/init` script runs unconditionally: a top-level
+//!   command (not inside `if`/`case`/a loop/a function), with literal names only;
+//! - every module that a udev rule in the root loads for each SCSI device, and nothing
+//!   more: a rule matching only `SUBSYSTEM=="scsi"`, `ENV{DEVTYPE}=="scsi_device"` (and
+//!   the "not loaded yet" test `TEST!="[module/NAME]"`) whose only action is
+//!   `RUN{builtin}+="kmod load NAMES"`. The init loads these only when the VM has a SCSI
+//!   device (`when=scsi-device` in the initrd's module list).
+//!
+//! A name the kernel lacks or has built in is dropped; the root's own `modprobe` then does
+//! what it always did.
+
+use std::path::Path;
+
+use supermin_ext2::Tree;
+
+use crate::check;
+
+/// What the root's boot loads, by name, in the order found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preloads {
+    /// Modules the root's `/init` loads at every boot (`dm_mod`), with the reason.
+    pub always: Vec<(String, String)>,
+    /// Modules the root's udev loads for every SCSI device (`sg`), with the reason.
+    pub scsi_device: Vec<(String, String)>,
+}
+
+impl Preloads {
+    /// Every name, `always` first.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.always
+            .iter()
+            .chain(&self.scsi_device)
+            .map(|(name, _)| name.as_str())
+    }
+}
+
+/// The longest `/init` script or rules file read (libguestfs's `/init` is 7 KB).
+const READ_LIMIT: usize = 1 << 20;
+
+/// Where udev reads rules, later directories overridden by earlier ones with a file of the
+/// same name (`/etc` first).
+const RULES_DIRS: &[&str] = &[
+    "/etc/udev/rules.d",
+    "/usr/lib/udev/rules.d",
+    "/lib/udev/rules.d",
+];
+
+/// The modules the assembled `tree` loads at boot (see the module docs).
+pub fn find(tree: &Tree) -> Preloads {
+    let mut found = Preloads::default();
+    if let Some(script) = check::read_tree_file(tree, Path::new("/init"), READ_LIMIT) {
+        if script.starts_with(b"#!") {
+            for name in modprobes_in_script(&String::from_utf8_lossy(&script)) {
+                let why = format!("the root's /init runs `modprobe {name}`");
+                push_new(&mut found.always, name, why);
+            }
+        }
+    }
+    let mut seen_files: Vec<std::ffi::OsString> = Vec::new();
+    for dir in RULES_DIRS {
+        for file in check::list_tree_dir(tree, Path::new(dir)) {
+            if !file.as_encoded_bytes().ends_with(b".rules") || seen_files.contains(&file) {
+                continue;
+            }
+            seen_files.push(file.clone());
+            let path = Path::new(dir).join(&file);
+            let Some(text) = check::read_tree_file(tree, &path, READ_LIMIT) else {
+                continue;
+            };
+            for name in scsi_device_loads(&String::from_utf8_lossy(&text)) {
+                let why = format!(
+                    "udev loads it for every SCSI device ({})",
+                    Path::new(&file).display()
+                );
+                push_new(&mut found.scsi_device, name, why);
+            }
+        }
+    }
+    // Loaded on every boot already: no need to wait for a SCSI device.
+    let always: Vec<String> = found.always.iter().map(|(n, _)| n.clone()).collect();
+    found.scsi_device.retain(|(n, _)| !always.contains(n));
+    found
+}
+
+fn push_new(list: &mut Vec<(String, String)>, name: String, why: String) {
+    if !list.iter().any(|(n, _)| *n == name) {
+        list.push((name, why));
+    }
+}
+
+/// A module name as modprobe takes it, with nothing for the shell to expand.
+fn is_literal_module_name(word: &str) -> bool {
+    !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The modules named by `modprobe` commands that `script` (a shell script) runs at its top
+/// level. Deliberately narrow: a command inside `if`/`case`/`for`/`while`/`until`/`{}` may
+/// not run, one with an expansion or a quote names what only the shell knows, and
+/// `modprobe -r` and the query options load nothing; all of those are left out.
+pub fn modprobes_in_script(script: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut depth: usize = 0;
+    let mut logical = String::new();
+    for raw in script.lines() {
+        // A trailing backslash continues the command on the next line.
+        if let Some(head) = raw.strip_suffix('\\') {
+            logical.push_str(head);
+            logical.push(' ');
+            continue;
+        }
+        logical.push_str(raw);
+        let line = std::mem::take(&mut logical);
+        let line = strip_comment(&line);
+        for command in line.split([';', '&', '|', '(', ')']) {
+            let words: Vec<&str> = command.split_whitespace().collect();
+            let Some(&first) = words.first() else {
+                continue;
+            };
+            match first {
+                "if" | "case" | "for" | "while" | "until" | "select" => depth += 1,
+                "fi" | "esac" | "done" | "}" => depth = depth.saturating_sub(1),
+                // A group or a function body (`{`, `f() {`, `function f {`).
+                _ if words.contains(&"{") || first.ends_with('{') => depth += 1,
+                _ if depth == 0 && is_modprobe(first) => {
+                    for name in modprobe_loads(&words[1..]) {
+                        if !names.contains(&name) {
+                            names.push(name);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    names
+}
+
+/// The line without a `#` comment (a `#` that starts a word).
+fn strip_comment(line: &str) -> &str {
+    let bytes = line.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'#' && (i == 0 || bytes[i - 1].is_ascii_whitespace()) {
+            return &line[..i];
+        }
+    }
+    line
+}
+
+fn is_modprobe(word: &str) -> bool {
+    matches!(
+        word,
+        "modprobe"
+            | "/sbin/modprobe"
+            | "/usr/sbin/modprobe"
+            | "/bin/modprobe"
+            | "/usr/bin/modprobe"
+    )
+}
+
+/// What `modprobe ARGS` loads: its first name (the rest are parameters), or every name with
+/// `-a`; nothing when it removes, only shows, or names something not literal.
+fn modprobe_loads(args: &[&str]) -> Vec<String> {
+    let mut all = false;
+    let mut operands: Vec<&str> = Vec::new();
+    let mut options_done = false;
+    for &arg in args {
+        if !options_done && arg == "--" {
+            options_done = true;
+        } else if !options_done && arg.starts_with("--") {
+            match arg {
+                "--all" => all = true,
+                "--quiet" | "--verbose" | "--use-blacklist" | "--ignore-install" => {}
+                // --remove, --dry-run, --show-*, --resolve-alias, --config=...: not a load,
+                // or one whose effect depends on more than the name.
+                _ => return Vec::new(),
+            }
+        } else if !options_done && arg.len() > 1 && arg.starts_with('-') {
+            for flag in arg[1..].chars() {
+                match flag {
+                    'a' => all = true,
+                    'q' | 'v' | 'b' | 'i' => {}
+                    _ => return Vec::new(),
+                }
+            }
+        } else {
+            operands.push(arg);
+        }
+    }
+    let take = if all { operands.len() } else { 1 };
+    let names = &operands[..take.min(operands.len())];
+    if names.iter().all(|n| is_literal_module_name(n)) {
+        names.iter().map(|n| n.replace('-', "_")).collect()
+    } else {
+        Vec::new()
+    }
+}
+
+/// The modules that the udev rules in `rules` load for every SCSI device (see the module
+/// docs for what counts).
+pub fn scsi_device_loads(rules: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut logical = String::new();
+    for raw in rules.lines() {
+        if let Some(head) = raw.strip_suffix('\\') {
+            logical.push_str(head);
+            continue;
+        }
+        logical.push_str(raw);
+        let rule = std::mem::take(&mut logical);
+        let rule = rule.trim();
+        if rule.is_empty() || rule.starts_with('#') {
+            continue;
+        }
+        for name in rule_loads_for_scsi_devices(rule).unwrap_or_default() {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+/// One rule's `kmod load` names, when it matches exactly every SCSI device.
+fn rule_loads_for_scsi_devices(rule: &str) -> Option<Vec<String>> {
+    let mut subsystem = false;
+    let mut devtype = false;
+    let mut loads: Vec<String> = Vec::new();
+    for (key, op, value) in rule_items(rule)? {
+        match (key, op, value) {
+            ("SUBSYSTEM", "==", "scsi") => subsystem = true,
+            ("ENV{DEVTYPE}", "==", "scsi_device") => devtype = true,
+            ("TEST", "!=", test) if test.starts_with("[module/") && test.ends_with(']') => {}
+            ("RUN{builtin}", "+=", action) => {
+                let mut words = action.split_whitespace();
+                if (words.next(), words.next()) != (Some("kmod"), Some("load")) {
+                    return None;
+                }
+                for name in words {
+                    if !is_literal_module_name(name) {
+                        return None;
+                    }
+                    loads.push(name.replace('-', "_"));
+                }
+            }
+            // Any other match narrows the devices; any other action is not ours to judge.
+            _ => return None,
+        }
+    }
+    (subsystem && devtype && !loads.is_empty()).then_some(loads)
+}
+
+/// The `KEY OP "VALUE"` items of a rule line, or `None` when it does not parse.
+fn rule_items(rule: &str) -> Option<Vec<(&str, &str, &str)>> {
+    let mut items = Vec::new();
+    let mut rest = rule.trim_start();
+    while !rest.is_empty() {
+        let op_at = rest.find(['=', '!', '+', '-', ':'])?;
+        let key = rest[..op_at].trim();
+        let after_key = &rest[op_at..];
+        let op = ["==", "!=", "+=", "-=", ":=", "="]
+            .into_iter()
+            .find(|op| after_key.starts_with(op))?;
+        let value_part = after_key[op.len()..].trim_start().strip_prefix('"')?;
+        let close = value_part.find('"')?;
+        items.push((key, op, &value_part[..close]));
+        rest = value_part[close + 1..].trim_start();
+        rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
+    }
+    Some(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines of libguestfs 1.48's appliance/init that load or touch modules, in context.
+    const LIBGUESTFS_INIT: &str = r#"#!/bin/bash -
+echo Starting /init script ...
+PATH=/sbin:/usr/sbin:/bin:/usr/bin
+export PATH
+# Set up kmod static-nodes (RHBZ#1011907).
+mkdir -p /run/tmpfiles.d
+kmod static-nodes --format=tmpfiles --output=/run/tmpfiles.d/kmod.conf
+if test "$guestfs_network" = 1; then
+    iface=$(ls -I all -I default -I lo /proc/sys/net/ipv4/conf)
+    modprobe virtio_net
+fi
+# Scan for LVM.
+modprobe dm_mod ||:
+lvm pvscan --cache --activate ay
+"#;
+
+    #[test]
+    fn libguestfs_init_loads_dm_mod_at_every_boot_and_virtio_net_only_with_a_network() {
+        assert_eq!(modprobes_in_script(LIBGUESTFS_INIT), vec!["dm_mod"]);
+    }
+
+    #[test]
+    fn only_top_level_literal_loads_count() {
+        let script = "#!/bin/sh\n\
+            modprobe -q loop && echo ok\n\
+            /sbin/modprobe -a fuse virtio-rng\n\
+            modprobe nbd max_part=16\n\
+            modprobe $EXTRA\n\
+            modprobe \"quoted\"\n\
+            modprobe -r floppy\n\
+            modprobe --show-depends ext4\n\
+            modprobe --config=/x.conf zram\n\
+            # modprobe commented\n\
+            echo modprobe notacommand\n\
+            case $x in a) modprobe inside_case ;; esac\n\
+            for m in a b; do\n  modprobe looped\ndone\n\
+            load() {\n  modprobe in_function\n}\n\
+            function other {\n  modprobe in_other\n}\n\
+            while true; do modprobe in_while; done\n\
+            modprobe \\\n  continued\n\
+            modprobe after # a comment\n";
+        assert_eq!(
+            modprobes_in_script(script),
+            vec!["loop", "fuse", "virtio_rng", "nbd", "continued", "after"]
+        );
+    }
+
+    #[test]
+    fn a_script_without_modprobe_or_an_unbalanced_one_yields_nothing_wrong() {
+        assert!(modprobes_in_script("#!/bin/sh\nexec /bin/daemon\n").is_empty());
+        // An `if` never closed: everything after it is conditional.
+        assert!(modprobes_in_script("if true; then\nmodprobe x\n").is_empty());
+        // A stray `fi` does not make later commands "more" top-level.
+        assert_eq!(modprobes_in_script("fi\nfi\nmodprobe y\n"), vec!["y"]);
+    }
+
+    #[test]
+    fn debians_scsi_generic_rule_loads_sg_for_every_scsi_device() {
+        let rules = r#"# do not edit this file, it will be overwritten on update
+
+SUBSYSTEM=="scsi", ENV{DEVTYPE}=="scsi_device", TEST!="[module/sg]", RUN{builtin}+="kmod load sg"
+
+SUBSYSTEM=="net", ENV{INTERFACE}=="eth*", RUN+="/bin/true"
+"#;
+        assert_eq!(scsi_device_loads(rules), vec!["sg"]);
+    }
+
+    #[test]
+    fn narrower_or_other_rules_load_nothing_here() {
+        for rule in [
+            // Only some SCSI devices.
+            r#"SUBSYSTEM=="scsi", ENV{DEVTYPE}=="scsi_device", ATTR{type}=="8", RUN{builtin}+="kmod load ch""#,
+            // Not SCSI devices.
+            r#"SUBSYSTEM=="memstick", RUN{builtin}+="kmod load ms_block mspro_block""#,
+            r#"ENV{MODALIAS}=="?*", RUN{builtin}+="kmod load""#,
+            // Another action beside the load.
+            r#"SUBSYSTEM=="scsi", ENV{DEVTYPE}=="scsi_device", RUN{builtin}+="kmod load sg", RUN+="/bin/x""#,
+            // Not a literal name, or not a load.
+            r#"SUBSYSTEM=="scsi", ENV{DEVTYPE}=="scsi_device", RUN{builtin}+="kmod load $env{X}""#,
+            r#"SUBSYSTEM=="scsi", ENV{DEVTYPE}=="scsi_device", RUN{builtin}+="path_id""#,
+            // Unparseable.
+            r#"SUBSYSTEM=="scsi", ENV{DEVTYPE}=="scsi_device", RUN{builtin}+="kmod load sg"#,
+            "SUBSYSTEM",
+        ] {
+            assert!(scsi_device_loads(rule).is_empty(), "{rule}");
+        }
+    }
+
+    fn tree(files: &[(&str, &[u8])], links: &[(&str, &str)]) -> Tree {
+        use std::sync::Arc;
+        use supermin_ext2::{FileData, Meta, NodeKind};
+        let meta = |mode| Meta {
+            mode,
+            ..Meta::default()
+        };
+        let mut t = Tree::new(meta(0o40755));
+        for (path, target) in links {
+            t.ensure_parents(path.as_bytes(), meta(0o40755)).unwrap();
+            t.insert(
+                path.as_bytes(),
+                NodeKind::Symlink(target.as_bytes().to_vec()),
+                meta(0o120777),
+            )
+            .unwrap();
+        }
+        for (path, bytes) in files {
+            t.ensure_parents(path.as_bytes(), meta(0o40755)).unwrap();
+            t.insert(
+                path.as_bytes(),
+                NodeKind::File(FileData::Bytes(Arc::from(*bytes))),
+                meta(0o100755),
+            )
+            .unwrap();
+        }
+        t
+    }
+
+    const SG_RULE: &[u8] = br#"SUBSYSTEM=="scsi", ENV{DEVTYPE}=="scsi_device", TEST!="[module/sg]", RUN{builtin}+="kmod load sg""#;
+
+    #[test]
+    fn the_root_is_read_through_its_symlinks_and_etc_masks_a_rules_file() {
+        let t = tree(
+            &[
+                ("/init", LIBGUESTFS_INIT.as_bytes()),
+                ("/usr/lib/udev/rules.d/80-debian-compat.rules", SG_RULE),
+                (
+                    "/usr/lib/udev/rules.d/99-other.rules",
+                    b"KERNEL==\"x\", RUN+=\"/bin/y\"",
+                ),
+            ],
+            &[("/lib", "usr/lib")],
+        );
+        let found = find(&t);
+        assert_eq!(found.names().collect::<Vec<_>>(), ["dm_mod", "sg"]);
+        assert!(found.always[0].1.contains("modprobe dm_mod"));
+        assert!(found.scsi_device[0].1.contains("80-debian-compat.rules"));
+
+        // A file of the same name in /etc replaces it (here: an empty one).
+        let masked = tree(
+            &[
+                ("/init", LIBGUESTFS_INIT.as_bytes()),
+                ("/usr/lib/udev/rules.d/80-debian-compat.rules", SG_RULE),
+                ("/etc/udev/rules.d/80-debian-compat.rules", b""),
+            ],
+            &[],
+        );
+        assert_eq!(find(&masked).names().collect::<Vec<_>>(), ["dm_mod"]);
+    }
+
+    #[test]
+    fn an_elf_init_or_no_init_loads_nothing_and_a_module_loaded_always_is_not_scsi_only() {
+        let elf = tree(&[("/init", b"\x7fELF\x02modprobe dm_mod\n")], &[]);
+        assert_eq!(find(&elf), Preloads::default());
+        assert_eq!(find(&tree(&[], &[])), Preloads::default());
+        let both = tree(
+            &[
+                ("/init", b"#!/bin/sh\nmodprobe sg\n"),
+                ("/usr/lib/udev/rules.d/80-debian-compat.rules", SG_RULE),
+            ],
+            &[],
+        );
+        let found = find(&both);
+        assert_eq!(found.always.len(), 1);
+        assert!(found.scsi_device.is_empty());
+    }
+
+    #[test]
+    fn a_continued_rule_is_one_rule() {
+        let rules = "SUBSYSTEM==\"scsi\", ENV{DEVTYPE}==\"scsi_device\", \\\n RUN{builtin}+=\"kmod load sg ch\"\n";
+        assert_eq!(scsi_device_loads(rules), vec!["sg", "ch"]);
+    }
+}
