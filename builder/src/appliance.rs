@@ -294,9 +294,11 @@ pub fn build(plan: &BuildPlan, say: &(dyn Fn(Event<'_>) + Sync)) -> Result<Outco
                 if plan.fixed {
                     write_readme_fixed(dir_ref, k, plan, &choice)?;
                 }
-                // No message means the root failed before its tree was assembled, and the
-                // build fails with that error; the initrd is not published then.
-                let preloads = preload_rx.recv().unwrap_or_default();
+                // No message means the root failed before its tree was assembled: the build
+                // fails with that error, and no initrd is needed.
+                let Ok(preloads) = preload_rx.recv() else {
+                    return Ok(());
+                };
                 write_initrd(
                     k,
                     &dir_ref.join("initrd"),
@@ -532,15 +534,20 @@ fn write_initrd(
     };
     // Modules the root loads at boot anyway (libguestfs: dm_mod, and sg for SCSI disks)
     // cost less from the initrd: see `preload.rs`. A SCSI-only one is wanted only where
-    // the initrd drives SCSI disks.
+    // the initrd drives SCSI disks, and is marked so: every module it adds to the set (the
+    // module, an alias's modules, their dependencies) loads only with a SCSI device.
     let scsi = boot.contains(&"virtio_scsi");
-    let wanted: Vec<String> = preloads
-        .always
-        .iter()
-        .chain(preloads.scsi_device.iter().filter(|_| scsi))
-        .map(|(name, _)| name.clone())
-        .collect();
+    let names = |list: &[(String, String)]| -> Vec<String> {
+        list.iter().map(|(name, _)| name.clone()).collect()
+    };
+    let always = names(&preloads.always);
+    let mut wanted = always.clone();
+    if scsi {
+        wanted.extend(names(&preloads.scsi_device));
+    }
+    let base = kprobe::module_set_preloading(k, boot, &always)?;
     let set = kprobe::module_set_preloading(k, boot, &wanted)?;
+    let boot_only = kprobe::module_set_for(k, boot, &[])?;
     let modules = &set.modules;
     log.at(1, || {
         format!(
@@ -553,38 +560,47 @@ fn write_initrd(
                 .join(" ")
         )
     });
-    for (name, why) in preloads.always.iter().chain(&preloads.scsi_device) {
-        let here = modules.iter().any(|m| m.name == *name);
-        let scsi_only = preloads.scsi_device.iter().any(|(n, _)| n == name);
-        log.at(1, || {
-            if here && scsi_only {
-                format!("initrd: {name}, loaded by the init when the VM has a SCSI device: {why}")
-            } else if here {
-                format!("initrd: {name}, loaded by the init: {why}")
-            } else if scsi_only && !scsi {
-                format!("initrd: not {name} ({why}): this appliance's disks are not SCSI")
-            } else if set.not_loaded.iter().any(|n| n.name == *name && n.builtin) {
+    let in_set = |name: &str| modules.iter().any(|m| m.name == name);
+    let in_boot = |name: &str| boot_only.modules.iter().any(|m| m.name == name);
+    for (name, why) in &preloads.always {
+        log.at(1, || match () {
+            _ if in_set(name) => format!("initrd: {name}, loaded by the init: {why}"),
+            _ if set.not_loaded.iter().any(|n| n.name == *name && n.builtin) => {
                 format!("initrd: not {name} ({why}): built into this kernel")
-            } else {
-                format!("initrd: not {name} ({why}): not a module of this kernel")
             }
+            _ => format!("initrd: not {name} ({why}): not a module of this kernel"),
         });
     }
-    let scsi_only: Vec<&str> = preloads
-        .scsi_device
-        .iter()
-        .map(|(name, _)| name.as_str())
-        .collect();
+    for (name, why) in &preloads.scsi_device {
+        log.at(1, || match () {
+            _ if !scsi => {
+                format!("initrd: not {name} ({why}): this appliance's disks are not SCSI")
+            }
+            _ if set.not_loaded.iter().any(|n| n.name == *name && n.builtin) => {
+                format!("initrd: not {name} ({why}): built into this kernel")
+            }
+            _ if set.not_loaded.iter().any(|n| n.name == *name) => {
+                format!("initrd: not {name} ({why}): not a module of this kernel")
+            }
+            _ => format!("initrd: {name}, loaded by the init when the VM has a SCSI device: {why}"),
+        });
+    }
+    for (name, why) in &preloads.left_to_root {
+        log.at(1, || format!("initrd: not {name}, left to the root: {why}"));
+    }
     let mut loaded = Vec::with_capacity(modules.len());
     for m in modules {
+        let when = if in_boot(&m.name) {
+            LoadWhen::Always
+        } else if base.modules.iter().any(|b| b.name == m.name) {
+            LoadWhen::Preload
+        } else {
+            LoadWhen::PreloadScsiDevice
+        };
         loaded.push(InitrdModule {
             name: m.name.clone(),
             data: kprobe::read_module(&m.path)?,
-            when: if scsi_only.contains(&m.name.as_str()) {
-                LoadWhen::ScsiDevice
-            } else {
-                LoadWhen::Always
-            },
+            when,
         });
     }
     initrd::write_initrd(out, crate::embedded::init_binary(), &loaded, mtime)?;

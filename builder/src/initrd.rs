@@ -10,7 +10,8 @@
 //! /init                      the static init, mode 0755
 //! /lib/modules/<name>.ko     each module, already decompressed by the caller
 //! /modules                   the module paths, one per line, in load order (may be empty);
-//!                            `PATH when=scsi-device`: only when the VM has a SCSI device
+//!                            `PATH preload [when=scsi-device]`: a module the root would
+//!                            load itself (see `LoadWhen`)
 //! /proc/ /root/ /sys/        mount points
 //! ```
 //!
@@ -57,9 +58,13 @@ pub enum LoadWhen {
     /// On every boot (the init still skips a driver none of whose devices is present).
     #[default]
     Always,
-    /// Only when the VM has a SCSI device (`when=scsi-device`): a module the root's udev
-    /// would load for one.
-    ScsiDevice,
+    /// A module the root would load itself on every boot (`preload`): the init loads it
+    /// first, unless the kernel command line sets its parameters or blacklists it (then
+    /// the root's modprobe, which applies those, does).
+    Preload,
+    /// The same for a module the root's udev would load for each SCSI device (`preload
+    /// when=scsi-device`): only when the VM has one.
+    PreloadScsiDevice,
 }
 
 /// Why a cpio entry could not be written.
@@ -410,8 +415,10 @@ pub fn write_initrd_cpio<W: Write>(
             });
         }
         list.push_str(&module_path(name));
-        if module.when == LoadWhen::ScsiDevice {
-            list.push_str(" when=scsi-device");
+        match module.when {
+            LoadWhen::Always => {}
+            LoadWhen::Preload => list.push_str(" preload"),
+            LoadWhen::PreloadScsiDevice => list.push_str(" preload when=scsi-device"),
         }
         list.push('\n');
     }
@@ -650,12 +657,17 @@ mod tests {
     #[test]
     fn initrd_holds_init_modules_and_the_load_order() {
         let sg = InitrdModule {
-            when: LoadWhen::ScsiDevice,
+            when: LoadWhen::PreloadScsiDevice,
             ..module("sg", b"three")
+        };
+        let dm = InitrdModule {
+            when: LoadWhen::Preload,
+            ..module("dm_mod", b"four")
         };
         let modules = [
             module("virtio_pci", b"one"),
             module("ext4.ko", b"two!!"),
+            dm,
             sg,
         ];
         let bytes = write_initrd_cpio(Vec::new(), 7, b"\x7fELF-init", &modules).unwrap();
@@ -675,6 +687,7 @@ mod tests {
                 "sys",
                 "lib/modules/virtio_pci.ko",
                 "lib/modules/ext4.ko",
+                "lib/modules/dm_mod.ko",
                 "lib/modules/sg.ko",
             ]
         );
@@ -683,7 +696,7 @@ mod tests {
         assert_eq!(by_name("init").data, b"\x7fELF-init");
         assert_eq!(
             by_name("modules").data,
-            b"/lib/modules/virtio_pci.ko\n/lib/modules/ext4.ko\n/lib/modules/sg.ko when=scsi-device\n"
+            b"/lib/modules/virtio_pci.ko\n/lib/modules/ext4.ko\n/lib/modules/dm_mod.ko preload\n/lib/modules/sg.ko preload when=scsi-device\n"
         );
         assert_eq!(by_name("lib/modules/ext4.ko").data, b"two!!");
         assert_eq!(by_name("root").mode, 0o040_700);

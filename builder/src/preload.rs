@@ -36,6 +36,9 @@ pub struct Preloads {
     pub always: Vec<(String, String)>,
     /// Modules the root's udev loads for every SCSI device (`sg`), with the reason.
     pub scsi_device: Vec<(String, String)>,
+    /// Modules found but left to the root, with the reason (its `modprobe.d` sets options,
+    /// an install command or a blacklist for them, which only kmod applies).
+    pub left_to_root: Vec<(String, String)>,
 }
 
 impl Preloads {
@@ -63,7 +66,7 @@ const RULES_DIRS: &[&str] = &[
 pub fn find(tree: &Tree) -> Preloads {
     let mut found = Preloads::default();
     if let Some(script) = check::read_tree_file(tree, Path::new("/init"), READ_LIMIT) {
-        if script.starts_with(b"#!") {
+        if is_shell_script(&script) {
             for name in modprobes_in_script(&String::from_utf8_lossy(&script)) {
                 let why = format!("the root's /init runs `modprobe {name}`");
                 push_new(&mut found.always, name, why);
@@ -93,7 +96,81 @@ pub fn find(tree: &Tree) -> Preloads {
     // Loaded on every boot already: no need to wait for a SCSI device.
     let always: Vec<String> = found.always.iter().map(|(n, _)| n.clone()).collect();
     found.scsi_device.retain(|(n, _)| !always.contains(n));
+    // What the root's modprobe.d says of a module, only kmod applies.
+    let configured = modprobe_configured(tree);
+    for list in [&mut found.always, &mut found.scsi_device] {
+        let (left, kept): (Vec<_>, Vec<_>) = std::mem::take(list)
+            .into_iter()
+            .partition(|(n, _)| configured.iter().any(|(c, _)| c == n));
+        *list = kept;
+        for (name, _) in left {
+            let file = configured
+                .iter()
+                .find(|(c, _)| *c == name)
+                .map(|(_, f)| f.clone())
+                .unwrap_or_default();
+            let why = format!("the root's modprobe.d configures it ({file})");
+            found.left_to_root.push((name, why));
+        }
+    }
     found
+}
+
+/// Where kmod reads its configuration, earlier directories overriding later ones.
+const MODPROBE_DIRS: &[&str] = &["/etc/modprobe.d", "/usr/lib/modprobe.d", "/lib/modprobe.d"];
+
+/// The modules that the root's modprobe.d names in an `options`, `install`, `remove`,
+/// `blacklist` or `softdep` line, with the file that does.
+fn modprobe_configured(tree: &Tree) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut seen_files: Vec<std::ffi::OsString> = Vec::new();
+    for dir in MODPROBE_DIRS {
+        for file in check::list_tree_dir(tree, Path::new(dir)) {
+            if !file.as_encoded_bytes().ends_with(b".conf") || seen_files.contains(&file) {
+                continue;
+            }
+            seen_files.push(file.clone());
+            let Some(text) = check::read_tree_file(tree, &Path::new(dir).join(&file), READ_LIMIT)
+            else {
+                continue;
+            };
+            for line in String::from_utf8_lossy(&text).lines() {
+                let mut words = line.split_whitespace();
+                if let (
+                    Some("options" | "install" | "remove" | "blacklist" | "softdep"),
+                    Some(name),
+                ) = (words.next(), words.next())
+                {
+                    out.push((
+                        name.replace('-', "_"),
+                        Path::new(&file).display().to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether `script` starts with a `#!` line naming a Bourne-family shell (what
+/// [`modprobes_in_script`] reads).
+fn is_shell_script(script: &[u8]) -> bool {
+    let Some(line) = script.strip_prefix(b"#!") else {
+        return false;
+    };
+    let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_whitespace();
+    let Some(interp) = words.next() else {
+        return false;
+    };
+    let base = interp.rsplit('/').next().unwrap_or(interp);
+    let base = if base == "env" || base == "busybox" {
+        words.next().unwrap_or_default()
+    } else {
+        base
+    };
+    matches!(base, "sh" | "bash" | "dash" | "ash" | "ksh" | "mksh")
 }
 
 fn push_new(list: &mut Vec<(String, String)>, name: String, why: String) {
@@ -111,45 +188,111 @@ fn is_literal_module_name(word: &str) -> bool {
 }
 
 /// The modules named by `modprobe` commands that `script` (a shell script) runs at its top
-/// level. Deliberately narrow: a command inside `if`/`case`/`for`/`while`/`until`/`{}` may
-/// not run, one with an expansion or a quote names what only the shell knows, and
-/// `modprobe -r` and the query options load nothing; all of those are left out.
+/// level, unconditionally. Deliberately narrow, since a wrong guess loads a module the root
+/// would not:
+///
+/// - a command inside `if`/`case`/`for`/`while`/`until`/`{}`, or after `&&`/`||` (it may
+///   not run), one with an expansion, a quote or a module parameter (the init loads modules
+///   without parameters), and `modprobe -r` or the query options are left out;
+/// - reading stops at anything not modelled here, since what follows may not run as read:
+///   a here-document, a backquote, an unbalanced quote, a `(` (a subshell or a function
+///   body), or `exit`/`exec`/`return` at the top level.
 pub fn modprobes_in_script(script: &str) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     let mut depth: usize = 0;
     let mut logical = String::new();
     for raw in script.lines() {
-        // A trailing backslash continues the command on the next line.
-        if let Some(head) = raw.strip_suffix('\\') {
+        let code = strip_comment(raw).trim_end();
+        // A trailing backslash, `&&`, `||` or `|` continues the command on the next line.
+        if let Some(head) = code.strip_suffix('\\') {
             logical.push_str(head);
             logical.push(' ');
             continue;
         }
-        logical.push_str(raw);
+        logical.push_str(code);
+        if code.ends_with("&&") || code.ends_with('|') {
+            logical.push(' ');
+            continue;
+        }
         let line = std::mem::take(&mut logical);
-        let line = strip_comment(&line);
-        for command in line.split([';', '&', '|', '(', ')']) {
-            let words: Vec<&str> = command.split_whitespace().collect();
-            let Some(&first) = words.first() else {
-                continue;
-            };
-            match first {
-                "if" | "case" | "for" | "while" | "until" | "select" => depth += 1,
-                "fi" | "esac" | "done" | "}" => depth = depth.saturating_sub(1),
-                // A group or a function body (`{`, `f() {`, `function f {`).
-                _ if words.contains(&"{") || first.ends_with('{') => depth += 1,
-                _ if depth == 0 && is_modprobe(first) => {
-                    for name in modprobe_loads(&words[1..]) {
-                        if !names.contains(&name) {
-                            names.push(name);
+        if line.contains("<<")
+            || line.contains('`')
+            || line.replace("$(", "").contains('(')
+            || line.matches('"').count() % 2 == 1
+            || line.matches('\'').count() % 2 == 1
+        {
+            break;
+        }
+        for list in split_lists(&line) {
+            // An and-or list: only its first pipeline always runs; of a pipeline, every
+            // command runs, but only the first is taken (the simplest reading).
+            for (k, command) in split_and_or(list).into_iter().enumerate() {
+                let command = command.split('|').next().unwrap_or("");
+                let words: Vec<&str> = command.split_whitespace().collect();
+                let Some(&first) = words.first() else {
+                    continue;
+                };
+                match first {
+                    "if" | "case" | "for" | "while" | "until" | "select" => depth += 1,
+                    "fi" | "esac" | "done" | "}" => depth = depth.saturating_sub(1),
+                    "exit" | "exec" | "return" if depth == 0 => return names,
+                    // A group (`{ ...; }` or `function f {`).
+                    _ if words.contains(&"{") || first.ends_with('{') => depth += 1,
+                    _ if k == 0 && depth == 0 && is_modprobe(first) => {
+                        for name in modprobe_loads(&words[1..]) {
+                            if !names.contains(&name) {
+                                names.push(name);
+                            }
                         }
                     }
+                    _ => {}
                 }
-                _ => {}
             }
         }
     }
     names
+}
+
+/// The lists of a line: split at `;` and at a lone `&` (not `&&`, not a `>&` redirection).
+fn split_lists(line: &str) -> Vec<&str> {
+    let bytes = line.as_bytes();
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b';' => {
+                out.push(&line[start..i]);
+                start = i + 1;
+            }
+            b'&' if bytes.get(i + 1) == Some(&b'&') => i += 1,
+            b'&' if i > 0 && matches!(bytes[i - 1], b'>' | b'<') => {}
+            b'&' => {
+                out.push(&line[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push(&line[start..]);
+    out
+}
+
+/// The commands of an and-or list, split at `&&` and `||`.
+fn split_and_or(list: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = list;
+    while let Some(at) = [rest.find("&&"), rest.find("||")]
+        .into_iter()
+        .flatten()
+        .min()
+    {
+        out.push(&rest[..at]);
+        rest = &rest[at + 2..];
+    }
+    out.push(rest);
+    out
 }
 
 /// The line without a `#` comment (a `#` that starts a word).
@@ -203,8 +346,12 @@ fn modprobe_loads(args: &[&str]) -> Vec<String> {
             operands.push(arg);
         }
     }
-    let take = if all { operands.len() } else { 1 };
-    let names = &operands[..take.min(operands.len())];
+    // Without -a the words after the name are its parameters, which the init would not
+    // pass: then the root's own modprobe must load it.
+    if !all && operands.len() > 1 {
+        return Vec::new();
+    }
+    let names = &operands[..];
     if names.iter().all(|n| is_literal_module_name(n)) {
         names.iter().map(|n| n.replace('-', "_")).collect()
     } else {
@@ -242,11 +389,14 @@ fn rule_loads_for_scsi_devices(rule: &str) -> Option<Vec<String>> {
     let mut subsystem = false;
     let mut devtype = false;
     let mut loads: Vec<String> = Vec::new();
+    let mut tested: Vec<String> = Vec::new();
     for (key, op, value) in rule_items(rule)? {
         match (key, op, value) {
             ("SUBSYSTEM", "==", "scsi") => subsystem = true,
             ("ENV{DEVTYPE}", "==", "scsi_device") => devtype = true,
-            ("TEST", "!=", test) if test.starts_with("[module/") && test.ends_with(']') => {}
+            ("TEST", "!=", test) if test.starts_with("[module/") && test.ends_with(']') => {
+                tested.push(test["[module/".len()..test.len() - 1].replace('-', "_"));
+            }
             ("RUN{builtin}", "+=", action) => {
                 let mut words = action.split_whitespace();
                 if (words.next(), words.next()) != (Some("kmod"), Some("load")) {
@@ -263,7 +413,9 @@ fn rule_loads_for_scsi_devices(rule: &str) -> Option<Vec<String>> {
             _ => return None,
         }
     }
-    (subsystem && devtype && !loads.is_empty()).then_some(loads)
+    // "Not loaded yet" may only test a module the rule loads: another one is a condition.
+    let only_own_tests = tested.iter().all(|t| loads.contains(t));
+    (subsystem && devtype && !loads.is_empty() && only_own_tests).then_some(loads)
 }
 
 /// The `KEY OP "VALUE"` items of a rule line, or `None` when it does not parse.
@@ -313,7 +465,7 @@ lvm pvscan --cache --activate ay
     }
 
     #[test]
-    fn only_top_level_literal_loads_count() {
+    fn only_top_level_unconditional_literal_loads_count() {
         let script = "#!/bin/sh\n\
             modprobe -q loop && echo ok\n\
             /sbin/modprobe -a fuse virtio-rng\n\
@@ -325,17 +477,78 @@ lvm pvscan --cache --activate ay
             modprobe --config=/x.conf zram\n\
             # modprobe commented\n\
             echo modprobe notacommand\n\
+            test -e /x && modprobe after_and\n\
+            false || modprobe after_or\n\
+            modprobe first || modprobe fallback\n\
+            test -e /y &&\n  modprobe continued_and\n\
             case $x in a) modprobe inside_case ;; esac\n\
             for m in a b; do\n  modprobe looped\ndone\n\
-            load() {\n  modprobe in_function\n}\n\
             function other {\n  modprobe in_other\n}\n\
             while true; do modprobe in_while; done\n\
             modprobe \\\n  continued\n\
-            modprobe after # a comment\n";
+            modprobe after # a comment\n\
+            modprobe bg & modprobe also_bg\n";
         assert_eq!(
             modprobes_in_script(script),
-            vec!["loop", "fuse", "virtio_rng", "nbd", "continued", "after"]
+            [
+                "loop",
+                "fuse",
+                "virtio_rng",
+                "first",
+                "continued",
+                "after",
+                "bg",
+                "also_bg"
+            ]
         );
+    }
+
+    #[test]
+    fn reading_stops_where_the_script_is_not_modelled() {
+        for (script, before) in [
+            (
+                "modprobe a\ncat > f <<EOF\nmodprobe heredoc\nEOF\nmodprobe b\n",
+                "a",
+            ),
+            (
+                "modprobe a\necho \"multi\nmodprobe in_string\n\"\nmodprobe b\n",
+                "a",
+            ),
+            ("modprobe a\nf() (\n modprobe x\n)\nmodprobe b\n", "a"),
+            ("modprobe a\nf() {\n modprobe x\n}\nmodprobe b\n", "a"),
+            ("modprobe a\nx=`uname`\nmodprobe b\n", "a"),
+            ("modprobe a\nexec /sbin/init\nmodprobe b\n", "a"),
+            ("modprobe a\nexit 0\nmodprobe b\n", "a"),
+        ] {
+            assert_eq!(modprobes_in_script(script), [before], "{script:?}");
+        }
+        // `$(...)` is an expansion, not a subshell, and a quoted `#` is not a comment cut
+        // that could hide an `if`.
+        assert_eq!(
+            modprobes_in_script("x=$(cat /proc/cmdline)\nmodprobe a\n"),
+            ["a"]
+        );
+        assert!(modprobes_in_script("echo \" # \"; if true; then\n modprobe x\nfi\n").is_empty());
+    }
+
+    #[test]
+    fn only_a_bourne_shell_init_is_read() {
+        for ok in [
+            "#!/bin/sh\n",
+            "#!/bin/bash -\n",
+            "#!/usr/bin/env bash\n",
+            "#!/bin/busybox sh\n",
+        ] {
+            assert!(is_shell_script(ok.as_bytes()), "{ok}");
+        }
+        for no in [
+            "#!/usr/bin/perl\n",
+            "#!/usr/bin/python3\n",
+            "\x7fELF",
+            "modprobe x\n",
+        ] {
+            assert!(!is_shell_script(no.as_bytes()), "{no}");
+        }
     }
 
     #[test]
@@ -371,6 +584,8 @@ SUBSYSTEM=="net", ENV{INTERFACE}=="eth*", RUN+="/bin/true"
             // Not a literal name, or not a load.
             r#"SUBSYSTEM=="scsi", ENV{DEVTYPE}=="scsi_device", RUN{builtin}+="kmod load $env{X}""#,
             r#"SUBSYSTEM=="scsi", ENV{DEVTYPE}=="scsi_device", RUN{builtin}+="path_id""#,
+            // "Not loaded yet" of another module is a condition.
+            r#"SUBSYSTEM=="scsi", ENV{DEVTYPE}=="scsi_device", TEST!="[module/other]", RUN{builtin}+="kmod load sg""#,
             // Unparseable.
             r#"SUBSYSTEM=="scsi", ENV{DEVTYPE}=="scsi_device", RUN{builtin}+="kmod load sg"#,
             "SUBSYSTEM",
@@ -438,6 +653,26 @@ SUBSYSTEM=="net", ENV{INTERFACE}=="eth*", RUN+="/bin/true"
             &[],
         );
         assert_eq!(find(&masked).names().collect::<Vec<_>>(), ["dm_mod"]);
+    }
+
+    #[test]
+    fn a_module_the_roots_modprobe_d_configures_is_left_to_the_root() {
+        let t = tree(
+            &[
+                ("/init", LIBGUESTFS_INIT.as_bytes()),
+                ("/usr/lib/udev/rules.d/80-debian-compat.rules", SG_RULE),
+                (
+                    "/etc/modprobe.d/dm.conf",
+                    b"# tuning\noptions dm-mod use_blk_mq=1\n",
+                ),
+            ],
+            &[],
+        );
+        let found = find(&t);
+        assert_eq!(found.names().collect::<Vec<_>>(), ["sg"]);
+        assert_eq!(found.left_to_root.len(), 1);
+        assert_eq!(found.left_to_root[0].0, "dm_mod");
+        assert!(found.left_to_root[0].1.contains("dm.conf"));
     }
 
     #[test]

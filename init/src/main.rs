@@ -113,6 +113,7 @@ fn boot() -> Failure {
         verbose,
         signatures,
         config.all_modules,
+        &cmdline,
     );
     verbose!(verbose, "{loaded} modules loaded, uptime {}", uptime());
 

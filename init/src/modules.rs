@@ -36,13 +36,17 @@ use crate::{elf, need, say, verbose};
 pub struct Entry<'a> {
     /// The module file.
     pub path: &'a str,
+    /// `preload`: a module the root would load itself; left to the root when the kernel
+    /// command line sets its parameters or blacklists it (its modprobe applies those).
+    pub preload: bool,
     /// `when=scsi-device`: only when the VM has a SCSI device (a module the root's udev
     /// would load for one).
     pub scsi_device_only: bool,
 }
 
-/// The module list in load order: one `PATH [when=CONDITION]` per line, blank lines and
-/// `#` comments ignored. An unknown condition loads the module (what an older list meant).
+/// The module list in load order: one `PATH [preload] [when=CONDITION]` per line, blank
+/// lines and `#` comments ignored. An unknown word is ignored, and an unknown condition
+/// loads the module.
 pub fn parse_list(text: &str) -> Vec<Entry<'_>> {
     text.lines()
         .map(str::trim)
@@ -50,13 +54,43 @@ pub fn parse_list(text: &str) -> Vec<Entry<'_>> {
         .filter_map(|line| {
             let mut words = line.split_whitespace();
             let path = words.next()?;
-            let scsi_device_only = words.any(|w| w == "when=scsi-device");
+            let rest: Vec<&str> = words.collect();
             Some(Entry {
                 path,
-                scsi_device_only,
+                preload: rest.contains(&"preload"),
+                scsi_device_only: rest.contains(&"when=scsi-device"),
             })
         })
         .collect()
+}
+
+/// The module name of a listed path (`/lib/modules/dm_mod.ko` is `dm_mod`).
+fn name_of(path: &str) -> String {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    base.strip_suffix(".ko").unwrap_or(base).replace('-', "_")
+}
+
+/// Why the kernel command line leaves module `name` to the root's modprobe: it sets one
+/// of its parameters (`NAME.PARAM=`), which only modprobe passes at load time, or
+/// blacklists it (`modprobe.blacklist=`, `module_blacklist=`).
+pub fn left_to_root_by(cmdline: &str, name: &str) -> Option<&'static str> {
+    for param in cmdline.split_whitespace() {
+        let param = param.replace('-', "_");
+        if param
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with('.'))
+        {
+            return Some("the kernel command line sets its parameters");
+        }
+        for key in ["modprobe.blacklist=", "module_blacklist="] {
+            if let Some(list) = param.strip_prefix(key) {
+                if list.split(',').any(|n| n == name) {
+                    return Some("the kernel command line blacklists it");
+                }
+            }
+        }
+    }
+    None
 }
 
 /// What became of one module.
@@ -121,6 +155,7 @@ pub fn load_all(
     verbose: bool,
     signatures: Signatures,
     all_modules: bool,
+    cmdline: &str,
 ) -> usize {
     let text = match std::fs::read_to_string(list_path) {
         Ok(text) => text,
@@ -164,11 +199,23 @@ pub fn load_all(
     let mut loaded = 0;
     for (i, (entry, info)) in entries.iter().zip(&infos).enumerate() {
         let path = entry.path;
+        // Nothing another listed module needs is left out, and nothing when any module's
+        // facts are unreadable (`judge`).
+        let depended_on = info
+            .as_ref()
+            .is_some_and(|info| depended.contains(&info.name));
+        if entry.preload && !depended_on {
+            if let Some(why) = left_to_root_by(cmdline, &name_of(path)) {
+                verbose!(
+                    verbose,
+                    "module {path} left to the root's modprobe: {why}; skipped"
+                );
+                continue;
+            }
+        }
         if entry.scsi_device_only
-            && !all_modules
-            && !info
-                .as_ref()
-                .is_some_and(|info| depended.contains(&info.name))
+            && judge
+            && !depended_on
             && !need::scsi_device_present(Path::new(need::SCSI_DEVICES))
         {
             verbose!(
@@ -387,21 +434,41 @@ mod tests {
     }
 
     #[test]
-    fn a_scsi_device_condition_is_read_and_an_unknown_one_loads_the_module() {
-        let text = "/lib/modules/sg.ko when=scsi-device\n/lib/modules/x.ko when=tuesday\n";
+    fn preload_and_scsi_device_marks_are_read_and_unknown_words_load_the_module() {
+        let text = "/lib/modules/sg.ko preload when=scsi-device\n/lib/modules/dm_mod.ko preload\n/lib/modules/x.ko when=tuesday\n";
         assert_eq!(
             parse_list(text),
             [
                 Entry {
                     path: "/lib/modules/sg.ko",
+                    preload: true,
                     scsi_device_only: true
                 },
                 Entry {
+                    path: "/lib/modules/dm_mod.ko",
+                    preload: true,
+                    scsi_device_only: false
+                },
+                Entry {
                     path: "/lib/modules/x.ko",
+                    preload: false,
                     scsi_device_only: false
                 }
             ]
         );
+    }
+
+    #[test]
+    fn parameters_or_a_blacklist_on_the_command_line_leave_a_preload_to_the_root() {
+        let cmdline =
+            "console=ttyS0 dm-mod.use_blk_mq=1 modprobe.blacklist=floppy,sg root=/dev/sdb";
+        assert!(left_to_root_by(cmdline, "dm_mod").is_some());
+        assert!(left_to_root_by(cmdline, "sg").is_some());
+        assert!(left_to_root_by("module_blacklist=sg", "sg").is_some());
+        // Another module's parameters, or a name that only starts the same, do not count.
+        assert_eq!(left_to_root_by("dm_mod_x.y=1 sgx.a=1 sg=1", "sg"), None);
+        assert_eq!(left_to_root_by("console=ttyS0 quiet", "dm_mod"), None);
+        assert_eq!(name_of("/lib/modules/dm-mod.ko"), "dm_mod");
     }
 
     #[test]
@@ -425,7 +492,8 @@ mod tests {
                 Path::new("/nonexistent/modules"),
                 false,
                 Signatures::Strip,
-                false
+                false,
+                ""
             ),
             0
         );

@@ -144,7 +144,9 @@ pub fn build_initrd_preloading(kernel: &Kernel, out: &Path, always: &[&str], scs
             data: read_module(&module.path)
                 .unwrap_or_else(|err| panic!("reading {}: {err}", module.path.display())),
             when: if scsi_device.contains(&module.name.as_str()) {
-                LoadWhen::ScsiDevice
+                LoadWhen::PreloadScsiDevice
+            } else if always.contains(&module.name.as_str()) {
+                LoadWhen::Preload
             } else {
                 LoadWhen::Always
             },
