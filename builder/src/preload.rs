@@ -625,17 +625,23 @@ SUBSYSTEM=="net", ENV{INTERFACE}=="eth*", RUN+="/bin/true"
 
     const SG_RULE: &[u8] = br#"SUBSYSTEM=="scsi", ENV{DEVTYPE}=="scsi_device", TEST!="[module/sg]", RUN{builtin}+="kmod load sg""#;
 
+    /// libguestfs's /init and Debian's sg rule, and `extra` files.
+    fn libguestfs_root(extra: &[(&str, &[u8])], links: &[(&str, &str)]) -> Tree {
+        let mut files: Vec<(&str, &[u8])> = vec![
+            ("/init", LIBGUESTFS_INIT.as_bytes()),
+            ("/usr/lib/udev/rules.d/80-debian-compat.rules", SG_RULE),
+        ];
+        files.extend_from_slice(extra);
+        tree(&files, links)
+    }
+
     #[test]
     fn the_root_is_read_through_its_symlinks_and_etc_masks_a_rules_file() {
-        let t = tree(
-            &[
-                ("/init", LIBGUESTFS_INIT.as_bytes()),
-                ("/usr/lib/udev/rules.d/80-debian-compat.rules", SG_RULE),
-                (
-                    "/usr/lib/udev/rules.d/99-other.rules",
-                    b"KERNEL==\"x\", RUN+=\"/bin/y\"",
-                ),
-            ],
+        let t = libguestfs_root(
+            &[(
+                "/usr/lib/udev/rules.d/99-other.rules",
+                b"KERNEL==\"x\", RUN+=\"/bin/y\"",
+            )],
             &[("/lib", "usr/lib")],
         );
         let found = find(&t);
@@ -644,28 +650,17 @@ SUBSYSTEM=="net", ENV{INTERFACE}=="eth*", RUN+="/bin/true"
         assert!(found.scsi_device[0].1.contains("80-debian-compat.rules"));
 
         // A file of the same name in /etc replaces it (here: an empty one).
-        let masked = tree(
-            &[
-                ("/init", LIBGUESTFS_INIT.as_bytes()),
-                ("/usr/lib/udev/rules.d/80-debian-compat.rules", SG_RULE),
-                ("/etc/udev/rules.d/80-debian-compat.rules", b""),
-            ],
-            &[],
-        );
+        let masked = libguestfs_root(&[("/etc/udev/rules.d/80-debian-compat.rules", b"")], &[]);
         assert_eq!(find(&masked).names().collect::<Vec<_>>(), ["dm_mod"]);
     }
 
     #[test]
     fn a_module_the_roots_modprobe_d_configures_is_left_to_the_root() {
-        let t = tree(
-            &[
-                ("/init", LIBGUESTFS_INIT.as_bytes()),
-                ("/usr/lib/udev/rules.d/80-debian-compat.rules", SG_RULE),
-                (
-                    "/etc/modprobe.d/dm.conf",
-                    b"# tuning\noptions dm-mod use_blk_mq=1\n",
-                ),
-            ],
+        let t = libguestfs_root(
+            &[(
+                "/etc/modprobe.d/dm.conf",
+                b"# tuning\noptions dm-mod use_blk_mq=1\n",
+            )],
             &[],
         );
         let found = find(&t);
