@@ -541,13 +541,16 @@ fn write_initrd(
         list.iter().map(|(name, _)| name.clone()).collect()
     };
     let always = names(&preloads.always);
-    let mut wanted = always.clone();
-    if scsi {
-        wanted.extend(names(&preloads.scsi_device));
-    }
-    let base = kprobe::module_set_preloading(k, boot, &always)?;
-    let set = kprobe::module_set_preloading(k, boot, &wanted)?;
-    let boot_only = kprobe::module_set_for(k, boot, &[])?;
+    let scsi_only = if scsi {
+        names(&preloads.scsi_device)
+    } else {
+        Vec::new()
+    };
+    // The boot set, with the every-boot preloads, with the SCSI-only ones too.
+    let mut layers = kprobe::module_set_layers(k, boot, &[&always, &scsi_only])?.into_iter();
+    let boot_only = layers.next().unwrap_or_default();
+    let base = layers.next().unwrap_or_default();
+    let set = layers.next().unwrap_or_default();
     let modules = &set.modules;
     log.at(1, || {
         format!(

@@ -73,24 +73,10 @@ pub fn find(tree: &Tree) -> Preloads {
             }
         }
     }
-    let mut seen_files: Vec<std::ffi::OsString> = Vec::new();
-    for dir in RULES_DIRS {
-        for file in check::list_tree_dir(tree, Path::new(dir)) {
-            if !file.as_encoded_bytes().ends_with(b".rules") || seen_files.contains(&file) {
-                continue;
-            }
-            seen_files.push(file.clone());
-            let path = Path::new(dir).join(&file);
-            let Some(text) = check::read_tree_file(tree, &path, READ_LIMIT) else {
-                continue;
-            };
-            for name in scsi_device_loads(&String::from_utf8_lossy(&text)) {
-                let why = format!(
-                    "udev loads it for every SCSI device ({})",
-                    Path::new(&file).display()
-                );
-                push_new(&mut found.scsi_device, name, why);
-            }
+    for (file, text) in config_files(tree, RULES_DIRS, b".rules") {
+        for name in scsi_device_loads(&text) {
+            let why = format!("udev loads it for every SCSI device ({file})");
+            push_new(&mut found.scsi_device, name, why);
         }
     }
     // Loaded on every boot already: no need to wait for a SCSI device.
@@ -123,29 +109,35 @@ const MODPROBE_DIRS: &[&str] = &["/etc/modprobe.d", "/usr/lib/modprobe.d", "/lib
 /// `blacklist` or `softdep` line, with the file that does.
 fn modprobe_configured(tree: &Tree) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let mut seen_files: Vec<std::ffi::OsString> = Vec::new();
-    for dir in MODPROBE_DIRS {
+    for (file, text) in config_files(tree, MODPROBE_DIRS, b".conf") {
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            if let (Some("options" | "install" | "remove" | "blacklist" | "softdep"), Some(name)) =
+                (words.next(), words.next())
+            {
+                out.push((name.replace('-', "_"), file.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// The files named `*SUFFIX` in `dirs` of `tree`, as their tools read them: a name in an
+/// earlier directory hides the same name in later ones (an empty or unreadable file, such
+/// as a link to /dev/null, then counts as empty). Each is (file name, text).
+fn config_files(tree: &Tree, dirs: &[&str], suffix: &[u8]) -> Vec<(String, String)> {
+    let mut seen: Vec<std::ffi::OsString> = Vec::new();
+    let mut out = Vec::new();
+    for dir in dirs {
         for file in check::list_tree_dir(tree, Path::new(dir)) {
-            if !file.as_encoded_bytes().ends_with(b".conf") || seen_files.contains(&file) {
+            if !file.as_encoded_bytes().ends_with(suffix) || seen.contains(&file) {
                 continue;
             }
-            seen_files.push(file.clone());
-            let Some(text) = check::read_tree_file(tree, &Path::new(dir).join(&file), READ_LIMIT)
-            else {
-                continue;
-            };
-            for line in String::from_utf8_lossy(&text).lines() {
-                let mut words = line.split_whitespace();
-                if let (
-                    Some("options" | "install" | "remove" | "blacklist" | "softdep"),
-                    Some(name),
-                ) = (words.next(), words.next())
-                {
-                    out.push((
-                        name.replace('-', "_"),
-                        Path::new(&file).display().to_string(),
-                    ));
-                }
+            seen.push(file.clone());
+            if let Some(text) = check::read_tree_file(tree, &Path::new(dir).join(&file), READ_LIMIT)
+            {
+                let name = Path::new(&file).display().to_string();
+                out.push((name, String::from_utf8_lossy(&text).into_owned()));
             }
         }
     }

@@ -29,8 +29,9 @@ pub use choose::{
 pub use compression::Compression;
 pub use error::ProbeError;
 pub use modules::{
-    initrd_modules, module_name_of, module_set, module_set_for, module_set_preloading, normalize,
-    read_module, Module, ModuleIndex, ModuleSet, NotLoaded, BOOT_MODULES, VIRTIO_BLK_BOOT_MODULES,
+    initrd_modules, module_name_of, module_set, module_set_for, module_set_layers,
+    module_set_preloading, normalize, read_module, Module, ModuleIndex, ModuleSet, NotLoaded,
+    BOOT_MODULES, VIRTIO_BLK_BOOT_MODULES,
 };
 pub use report::{report_json, report_json_set, report_text, report_text_set};
 pub use version::{compare_versions, version_from_file_name};

@@ -350,6 +350,22 @@ pub fn module_set(kernel: &Kernel, extra: &[String]) -> Result<ModuleSet, ProbeE
 pub const VIRTIO_BLK_BOOT_MODULES: &[&str] =
     &["virtio_pci", "virtio_blk", "ext4", "virtio_console"];
 
+/// `boot` (wanted by `boot`) and then `more` (wanted by `by`), closed over dependencies,
+/// from an index already loaded.
+fn closure_with(
+    idx: &mut ModuleIndex,
+    boot: &[&str],
+    more: &[String],
+    by: &str,
+) -> Result<ModuleSet, ProbeError> {
+    let mut wanted: Vec<(String, String)> = boot
+        .iter()
+        .map(|m| (m.to_string(), "boot".to_string()))
+        .collect();
+    wanted.extend(more.iter().map(|m| (m.clone(), by.to_string())));
+    idx.closure(&wanted)
+}
+
 /// [`module_set`] with another list of boot modules.
 pub fn module_set_for(
     kernel: &Kernel,
@@ -357,12 +373,7 @@ pub fn module_set_for(
     extra: &[String],
 ) -> Result<ModuleSet, ProbeError> {
     let mut idx = ModuleIndex::load(&kernel.modules_dir, kernel.config.clone())?;
-    let mut wanted: Vec<(String, String)> = boot
-        .iter()
-        .map(|m| (m.to_string(), "boot".to_string()))
-        .collect();
-    wanted.extend(extra.iter().map(|m| (m.clone(), "extra".to_string())));
-    let set = idx.closure(&wanted)?;
+    let set = closure_with(&mut idx, boot, extra, "extra")?;
     if let Some(missing) = set
         .not_loaded
         .iter()
@@ -385,13 +396,27 @@ pub fn module_set_preloading(
     boot: &[&str],
     preload: &[String],
 ) -> Result<ModuleSet, ProbeError> {
+    Ok(module_set_layers(kernel, boot, &[preload])?
+        .pop()
+        .unwrap_or_default())
+}
+
+/// The boot set, then [`module_set_preloading`] for each cumulative prefix of `layers`
+/// (the boot set alone first, then with `layers[0]`, then with `layers[0]` and `layers[1]`,
+/// and so on), reading the modules index once: which modules each layer adds.
+pub fn module_set_layers(
+    kernel: &Kernel,
+    boot: &[&str],
+    layers: &[&[String]],
+) -> Result<Vec<ModuleSet>, ProbeError> {
     let mut idx = ModuleIndex::load(&kernel.modules_dir, kernel.config.clone())?;
-    let mut wanted: Vec<(String, String)> = boot
-        .iter()
-        .map(|m| (m.to_string(), "boot".to_string()))
-        .collect();
-    wanted.extend(preload.iter().map(|m| (m.clone(), "root".to_string())));
-    idx.closure(&wanted)
+    let mut wanted: Vec<String> = Vec::new();
+    let mut sets = vec![closure_with(&mut idx, boot, &wanted, "root")?];
+    for layer in layers {
+        wanted.extend(layer.iter().cloned());
+        sets.push(closure_with(&mut idx, boot, &wanted, "root")?);
+    }
+    Ok(sets)
 }
 
 /// The initrd module set in load order (dependencies first). `extra` names
