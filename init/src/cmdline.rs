@@ -14,6 +14,9 @@
 //! - `rootwait=SECONDS` or `supermin.rootwait=SECONDS`: how long to wait for the root device.
 //! - `supermin.verify_modules`: hand the kernel each module with its signature even when it
 //!   does not enforce signing (see `modules.rs`; costs about 0.15 s of TCG boot).
+//! - any `ftrace*` or `fgraph*` parameter (`ftrace=function`, `ftrace_filter=`, ...): the
+//!   kernel is asked to trace functions, so modules keep their ftrace call sites (see
+//!   `ftrace.rs`).
 //! - `supermin.all_modules`: load every listed module, even those this boot can do without
 //!   (see `need.rs`: a disk driver whose device is absent, a generic crypto fallback).
 
@@ -64,6 +67,8 @@ pub struct Config {
     pub root_wait: Duration,
     pub verify_modules: bool,
     pub all_modules: bool,
+    /// The command line asks the kernel for function tracing.
+    pub function_tracing: bool,
 }
 
 /// A `root=` value we cannot use.
@@ -82,6 +87,7 @@ impl Config {
             root_wait: DEFAULT_ROOT_WAIT,
             verify_modules: false,
             all_modules: false,
+            function_tracing: false,
         };
         for (key, value) in words(cmdline) {
             match (key, value) {
@@ -101,6 +107,9 @@ impl Config {
                     if let Ok(seconds) = value.parse::<u64>() {
                         config.root_wait = Duration::from_secs(seconds);
                     }
+                }
+                (key, _) if key.starts_with("ftrace") || key.starts_with("fgraph") => {
+                    config.function_tracing = true
                 }
                 _ => {}
             }
@@ -247,6 +256,21 @@ mod tests {
         assert!(parse("root=/dev/vda supermin.all_modules").all_modules);
         assert!(parse("supermin.all_modules=1").all_modules);
         assert!(!parse("supermin.all_modules=0").all_modules);
+    }
+
+    #[test]
+    fn ftrace_or_fgraph_parameters_ask_for_function_tracing() {
+        assert!(!parse("root=/dev/vda trace_buf_size=1M").function_tracing);
+        for cmdline in [
+            "ftrace=function",
+            "ftrace_filter=ext4_*",
+            "ftrace_dump_on_oops",
+            "fgraph_max_depth=3",
+        ] {
+            assert!(parse(cmdline).function_tracing, "{cmdline}");
+        }
+        // After `--` the words are the init's, not the kernel's.
+        assert!(!parse("root=/dev/vda -- ftrace=function").function_tracing);
     }
 
     #[test]

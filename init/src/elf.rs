@@ -13,20 +13,44 @@ pub struct Section {
     pub header_at: usize,
     /// `sh_name`: the name's offset in the section-name table.
     pub name_offset: u32,
+    /// `sh_type` (`SHT_RELA`, `SHT_SYMTAB`, ...).
+    pub kind: u32,
+    /// `sh_flags` (`SHF_EXECINSTR`, ...).
+    pub flags: u64,
+    /// `sh_link`: for a relocation section, its symbol table; for a symbol table, its
+    /// string table.
+    pub link: u32,
+    /// `sh_info`: for a relocation section, the section it applies to.
+    pub info: u32,
 }
+
+/// `sh_type` of a symbol table.
+pub const SHT_SYMTAB: u32 = 2;
+/// `sh_type` of a relocation section with addends.
+pub const SHT_RELA: u32 = 4;
+/// `sh_flags`: the section holds machine code.
+pub const SHF_EXECINSTR: u64 = 0x4;
+/// `e_machine` of x86_64.
+pub const EM_X86_64: u16 = 62;
 
 /// Largest section-header table or name table read (a module has about 80 sections).
 const MAX_TABLE: usize = 1 << 20;
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+pub(crate) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes(
         b.get(at..at.checked_add(2)?)?.try_into().ok()?,
     ))
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(
         b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+pub(crate) fn u64_raw_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
     ))
 }
 
@@ -70,15 +94,25 @@ pub fn sections(read: &dyn Fn(usize, usize) -> Option<Vec<u8>>) -> Option<Vec<Se
             let (name_offset, offset, size) = header(i)?;
             let rest = names.get(usize::try_from(name_offset).ok()?..)?;
             let end = rest.iter().position(|&b| b == 0)?;
+            let at = i * shentsize;
             Some(Section {
                 name: rest[..end].to_vec(),
                 offset,
                 size,
-                header_at: shoff.checked_add(i * shentsize)?,
+                header_at: shoff.checked_add(at)?,
                 name_offset,
+                kind: u32_at(&table, at + 0x04)?,
+                flags: u64_raw_at(&table, at + 0x08)?,
+                link: u32_at(&table, at + 0x28)?,
+                info: u32_at(&table, at + 0x2c)?,
             })
         })
         .collect()
+}
+
+/// `e_machine` of an ELF image, `None` when it is too short to have one.
+pub fn machine(image: &[u8]) -> Option<u16> {
+    u16_at(image, 0x12)
 }
 
 /// The sections of an image in memory.
@@ -87,39 +121,83 @@ pub fn sections_of(image: &[u8]) -> Option<Vec<Section>> {
 }
 
 #[cfg(test)]
+/// One section for [`build_with`]: its name, bytes and header fields.
+pub struct Spec<'a> {
+    pub name: &'a str,
+    pub bytes: &'a [u8],
+    pub kind: u32,
+    pub flags: u64,
+    pub link: u32,
+    pub info: u32,
+}
+
+#[cfg(test)]
 /// A minimal ELF64 relocatable with the given sections (name, bytes).
 pub fn build(sections: &[(&str, &[u8])]) -> Vec<u8> {
+    let specs: Vec<Spec> = sections
+        .iter()
+        .map(|&(name, bytes)| Spec {
+            name,
+            bytes,
+            kind: 1,
+            flags: 0,
+            link: 0,
+            info: 0,
+        })
+        .collect();
+    build_with(&specs, 0)
+}
+
+#[cfg(test)]
+/// A minimal ELF64 relocatable for `machine` with the given sections, numbered from 1 in
+/// order (0 is the null section), and the section-name table last.
+pub fn build_with(sections: &[Spec], machine: u16) -> Vec<u8> {
     let mut names = vec![0u8];
     let mut name_at = Vec::new();
-    for (n, _) in sections {
+    for s in sections {
         name_at.push(names.len());
-        names.extend_from_slice(n.as_bytes());
+        names.extend_from_slice(s.name.as_bytes());
         names.push(0);
     }
     let shstr_name = names.len();
     names.extend_from_slice(b".shstrtab\0");
     let mut image = vec![0u8; 0x40];
     image[..6].copy_from_slice(b"\x7fELF\x02\x01");
+    image[0x10..0x12].copy_from_slice(&1u16.to_le_bytes());
+    image[0x12..0x14].copy_from_slice(&machine.to_le_bytes());
     let mut placed = Vec::new();
-    for (_, data) in sections {
-        placed.push((image.len(), data.len()));
-        image.extend_from_slice(data);
+    for s in sections {
+        // Eight-byte aligned, as tables of 64-bit entries are.
+        while image.len() % 8 != 0 {
+            image.push(0);
+        }
+        placed.push((image.len(), s.bytes.len()));
+        image.extend_from_slice(s.bytes);
     }
     let names_at = image.len();
     image.extend_from_slice(&names);
-    let shoff = image.len();
-    let mut header = |name: usize, off: usize, size: usize| {
-        let mut h = vec![0u8; 0x40];
-        h[..4].copy_from_slice(&u32::try_from(name).unwrap().to_le_bytes());
-        h[0x18..0x20].copy_from_slice(&(off as u64).to_le_bytes());
-        h[0x20..0x28].copy_from_slice(&(size as u64).to_le_bytes());
-        image.extend_from_slice(&h);
-    };
-    header(0, 0, 0);
-    for (i, (off, size)) in placed.iter().enumerate() {
-        header(name_at[i], *off, *size);
+    while image.len() % 8 != 0 {
+        image.push(0);
     }
-    header(shstr_name, names_at, names.len());
+    let shoff = image.len();
+    let mut header =
+        |name: usize, kind: u32, flags: u64, off: usize, size: usize, link: u32, info: u32| {
+            let mut h = vec![0u8; 0x40];
+            h[..4].copy_from_slice(&u32::try_from(name).unwrap().to_le_bytes());
+            h[0x04..0x08].copy_from_slice(&kind.to_le_bytes());
+            h[0x08..0x10].copy_from_slice(&flags.to_le_bytes());
+            h[0x18..0x20].copy_from_slice(&(off as u64).to_le_bytes());
+            h[0x20..0x28].copy_from_slice(&(size as u64).to_le_bytes());
+            h[0x28..0x2c].copy_from_slice(&link.to_le_bytes());
+            h[0x2c..0x30].copy_from_slice(&info.to_le_bytes());
+            image.extend_from_slice(&h);
+        };
+    header(0, 0, 0, 0, 0, 0, 0);
+    for (i, (off, size)) in placed.iter().enumerate() {
+        let s = &sections[i];
+        header(name_at[i], s.kind, s.flags, *off, *size, s.link, s.info);
+    }
+    header(shstr_name, 3, 0, names_at, names.len(), 0, 0);
     let shnum = sections.len() + 2;
     image[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
     image[0x3a..0x3c].copy_from_slice(&0x40u16.to_le_bytes());

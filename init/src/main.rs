@@ -12,6 +12,7 @@
 mod cmdline;
 mod console;
 mod elf;
+mod ftrace;
 mod modules;
 mod need;
 mod rootdev;
@@ -111,7 +112,10 @@ fn boot() -> Failure {
     let loaded = modules::load_all(
         Path::new(MODULE_LIST),
         verbose,
-        signatures,
+        modules::Handover {
+            signatures,
+            ftrace_sites: modules::ftrace_policy(config.function_tracing),
+        },
         config.all_modules,
         &cmdline,
     );

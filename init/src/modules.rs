@@ -18,6 +18,12 @@
 //! that refuses an unsigned module after all (lockdown) gets the signed one. The kernel
 //! command line's `supermin.verify_modules` keeps the signatures.
 //!
+//! A module handed over without its signature is also changed in two ways that keep what
+//! it does and save the kernel work that is slow under TCG: its static-call sites are
+//! hidden (calls then go through their trampolines), and its ftrace call sites are made
+//! the no-ops ftrace would make of them and hidden from ftrace (`ftrace.rs`; not when the
+//! command line asks for function tracing).
+//!
 //! Before its turn each module is judged by `need.rs`: one this boot can do without (a disk
 //! driver whose device is absent, a generic crypto fallback) is skipped, and said so when
 //! verbose.
@@ -29,7 +35,7 @@ use std::path::Path;
 
 use rustix::io::Errno;
 
-use crate::{elf, need, say, verbose};
+use crate::{elf, ftrace, need, say, verbose};
 
 /// One line of the module list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +108,31 @@ pub enum Outcome {
     Missing(io::ErrorKind),
 }
 
+/// How each module is handed to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handover {
+    pub signatures: Signatures,
+    pub ftrace_sites: FtraceSites,
+}
+
+/// What becomes of an unsigned module's ftrace call sites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FtraceSites {
+    /// Left for ftrace to patch and record.
+    Keep,
+    /// Made no-ops and hidden from ftrace (`ftrace.rs`).
+    Nop,
+}
+
+/// Call sites stay for ftrace when the command line asks for function tracing.
+pub fn ftrace_policy(function_tracing: bool) -> FtraceSites {
+    if function_tracing {
+        FtraceSites::Keep
+    } else {
+        FtraceSites::Nop
+    }
+}
+
 /// Whether modules are handed to the kernel with their appended signatures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signatures {
@@ -153,7 +184,7 @@ pub fn strip_signature(image: &[u8]) -> Option<&[u8]> {
 pub fn load_all(
     list_path: &Path,
     verbose: bool,
-    signatures: Signatures,
+    handover: Handover,
     all_modules: bool,
     cmdline: &str,
 ) -> usize {
@@ -167,11 +198,17 @@ pub fn load_all(
             return 0;
         }
     };
-    if signatures == Signatures::Strip {
+    if handover.signatures == Signatures::Strip {
         verbose!(
             verbose,
             "loading modules without their signatures (the kernel does not enforce signing; supermin.verify_modules keeps them)"
         );
+        if handover.ftrace_sites == FtraceSites::Nop {
+            verbose!(
+                verbose,
+                "and without their ftrace call sites (no-ops, untraceable; an ftrace* parameter or supermin.verify_modules keeps them)"
+            );
+        }
     }
     let entries = parse_list(&text);
     // Every module's .modinfo first: a module another one depends on is never skipped, and
@@ -241,7 +278,7 @@ pub fn load_all(
             continue;
         }
         verbose!(verbose, "loading module {path}");
-        match load_one(Path::new(path), signatures) {
+        match load_one(Path::new(path), handover) {
             Outcome::Loaded => loaded += 1,
             Outcome::AlreadyLoaded => verbose!(verbose, "module {path} is already loaded"),
             Outcome::Missing(kind) => say!(
@@ -260,9 +297,9 @@ pub fn load_all(
     loaded
 }
 
-fn load_one(path: &Path, signatures: Signatures) -> Outcome {
-    if signatures == Signatures::Strip {
-        if let Some(outcome) = load_unsigned(path) {
+fn load_one(path: &Path, handover: Handover) -> Outcome {
+    if handover.signatures == Signatures::Strip {
+        if let Some(outcome) = load_unsigned(path, handover.ftrace_sites) {
             return outcome;
         }
     }
@@ -280,7 +317,7 @@ fn load_one(path: &Path, signatures: Signatures) -> Outcome {
 
 /// Loads the module without its signature; `None` when it has none, or the kernel wants
 /// it signed after all, so that the caller loads the file as it is.
-fn load_unsigned(path: &Path) -> Option<Outcome> {
+fn load_unsigned(path: &Path, ftrace_sites: FtraceSites) -> Option<Outcome> {
     let mut mapped = match Mapped::open(path) {
         Ok(mapped) => mapped,
         Err(err) => return Some(Outcome::Missing(err.kind())),
@@ -289,6 +326,9 @@ fn load_unsigned(path: &Path) -> Option<Outcome> {
     let body_len = strip_signature(image)?.len();
     let body = &mut image[..body_len];
     hide_static_call_sites(body);
+    if ftrace_sites == FtraceSites::Nop {
+        ftrace::nop_call_sites(body);
+    }
     match rustix::system::init_module(body, c"") {
         Ok(()) => Some(Outcome::Loaded),
         Err(Errno::EXIST) => Some(Outcome::AlreadyLoaded),
@@ -480,7 +520,13 @@ mod tests {
     #[test]
     fn a_missing_module_file_is_reported_not_loaded() {
         assert_eq!(
-            load_one(Path::new("/nonexistent/supermin-test.ko"), Signatures::Keep),
+            load_one(
+                Path::new("/nonexistent/supermin-test.ko"),
+                Handover {
+                    signatures: Signatures::Keep,
+                    ftrace_sites: FtraceSites::Keep
+                }
+            ),
             Outcome::Missing(io::ErrorKind::NotFound)
         );
     }
@@ -491,7 +537,10 @@ mod tests {
             load_all(
                 Path::new("/nonexistent/modules"),
                 false,
-                Signatures::Strip,
+                Handover {
+                    signatures: Signatures::Strip,
+                    ftrace_sites: FtraceSites::Nop
+                },
                 false,
                 ""
             ),
@@ -603,6 +652,12 @@ mod tests {
             Some(io::ErrorKind::NotFound)
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ftrace_sites_stay_only_when_function_tracing_is_asked_for() {
+        assert_eq!(ftrace_policy(false), FtraceSites::Nop);
+        assert_eq!(ftrace_policy(true), FtraceSites::Keep);
     }
 
     #[test]

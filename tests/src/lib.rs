@@ -201,7 +201,8 @@ pub fn marker_root(dir: &Path, uuid: &str) -> PathBuf {
          crc=$(/bin/busybox awk -F': ' '/^name/{{n=$2}} /^driver/{{d=$2}} /^selftest/{{if (n==\"crc32c\" && $2==\"passed\") printf \"%s,\", d}}' /proc/crypto)\n\
          s=/sys/module/ext4/sections\n\
          if [ -e $s/.static_call_sites ]; then scs=visible; elif [ -e $s/static_call_sites ]; then scs=hidden; else scs=none; fi\n\
-         echo \"{MARKER} pid=$$ term=$TERM tainted=$(/bin/busybox cat /proc/sys/kernel/tainted) crc32c=$crc ext4_static_calls=$scs mounts=$mounts\"\n\
+         if [ -e $s/__mcount_loc ]; then fts=visible; elif [ -e $s/_mcount_loc ]; then fts=hidden; else fts=none; fi\n\
+         echo \"{MARKER} pid=$$ term=$TERM tainted=$(/bin/busybox cat /proc/sys/kernel/tainted) crc32c=$crc ext4_static_calls=$scs ext4_ftrace_sites=$fts mounts=$mounts\"\n\
          /bin/busybox poweroff -f\n"
     );
     root_image(dir, uuid, Some(&script))

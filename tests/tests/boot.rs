@@ -145,7 +145,13 @@ fn signed_modules_load_without_signatures_unless_verify_modules_is_given() {
         "{} carries no signature: this test needs a kernel with signed modules",
         ext4.path.display()
     );
-    for (append, unsigned) in [("", true), (" supermin.verify_modules", false)] {
+    // (command line, unsigned, static-call sites, ftrace call sites)
+    for (append, unsigned, static_calls, ftrace_sites) in [
+        ("", true, "hidden", "hidden"),
+        (" supermin.verify_modules", false, "visible", "visible"),
+        // Asked for function tracing: modules keep their ftrace call sites.
+        (" ftrace_filter=ext4_sync_fs", true, "hidden", "visible"),
+    ] {
         let dir = TempDir::new("boot-modsig");
         let initrd = dir.join("initrd");
         build_initrd(&kernel, &initrd);
@@ -156,6 +162,7 @@ fn signed_modules_load_without_signatures_unless_verify_modules_is_given() {
             Disk::VirtioBlk,
             &format!("console=ttyS0 panic=1 quiet root=UUID={UUID}{append}"),
         );
+        // The root is mounted through ext4, whose every function starts at a call site.
         assert_handover(&log, "rw");
         assert_eq!(
             taint(&log) & TAINT_UNSIGNED_MODULE != 0,
@@ -164,11 +171,17 @@ fn signed_modules_load_without_signatures_unless_verify_modules_is_given() {
             log.line_with(MARKER)
         );
         // A module handed over without its signature also has its static-call sites
-        // hidden (calls through trampolines); with its signature it is left whole.
-        let expected = if unsigned { "hidden" } else { "visible" };
+        // hidden (calls through trampolines) and, unless function tracing is asked for,
+        // its ftrace call sites made no-ops and hidden; with its signature it is left whole.
         assert_eq!(
             marker_field(&log, "ext4_static_calls"),
-            expected,
+            static_calls,
+            "append {append:?}: {}",
+            log.line_with(MARKER)
+        );
+        assert_eq!(
+            marker_field(&log, "ext4_ftrace_sites"),
+            ftrace_sites,
             "append {append:?}: {}",
             log.line_with(MARKER)
         );
