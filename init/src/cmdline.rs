@@ -14,9 +14,10 @@
 //! - `rootwait=SECONDS` or `supermin.rootwait=SECONDS`: how long to wait for the root device.
 //! - `supermin.verify_modules`: hand the kernel each module with its signature even when it
 //!   does not enforce signing (see `modules.rs`; costs about 0.15 s of TCG boot).
-//! - any `ftrace*` or `fgraph*` parameter (`ftrace=function`, `ftrace_filter=`, ...): the
-//!   kernel is asked to trace functions, so modules keep their ftrace call sites (see
-//!   `ftrace.rs`).
+//! - any `ftrace*` or `stacktrace*` parameter (`ftrace=function`, `ftrace_filter=`,
+//!   `ftrace_graph_max_depth=`, `stacktrace`), or `kprobe_event=`: the kernel is asked to
+//!   trace or probe functions, so modules keep their ftrace call sites (see `ftrace.rs`);
+//!   `supermin.trace_modules` asks for the same.
 //! - `supermin.all_modules`: load every listed module, even those this boot can do without
 //!   (see `need.rs`: a disk driver whose device is absent, a generic crypto fallback).
 
@@ -67,7 +68,8 @@ pub struct Config {
     pub root_wait: Duration,
     pub verify_modules: bool,
     pub all_modules: bool,
-    /// The command line asks the kernel for function tracing.
+    /// The command line asks the kernel for function tracing or probing, or
+    /// `supermin.trace_modules` for traceable modules.
     pub function_tracing: bool,
 }
 
@@ -108,7 +110,13 @@ impl Config {
                         config.root_wait = Duration::from_secs(seconds);
                     }
                 }
-                (key, _) if key.starts_with("ftrace") || key.starts_with("fgraph") => {
+                ("supermin.trace_modules", None) => config.function_tracing = true,
+                ("supermin.trace_modules", Some(value)) => config.function_tracing = is_true(value),
+                (key, _)
+                    if key.starts_with("ftrace")
+                        || key.starts_with("stacktrace")
+                        || key == "kprobe_event" =>
+                {
                     config.function_tracing = true
                 }
                 _ => {}
@@ -259,13 +267,18 @@ mod tests {
     }
 
     #[test]
-    fn ftrace_or_fgraph_parameters_ask_for_function_tracing() {
-        assert!(!parse("root=/dev/vda trace_buf_size=1M").function_tracing);
+    fn tracing_and_probing_parameters_ask_for_traceable_modules() {
+        assert!(!parse("root=/dev/vda trace_buf_size=1M tp_printk").function_tracing);
+        assert!(!parse("supermin.trace_modules=0").function_tracing);
         for cmdline in [
             "ftrace=function",
             "ftrace_filter=ext4_*",
-            "ftrace_dump_on_oops",
-            "fgraph_max_depth=3",
+            "ftrace_graph_max_depth=3",
+            "stacktrace",
+            "stacktrace_filter=ext4_*",
+            "kprobe_event=p:x,ext4_sync_fs",
+            "supermin.trace_modules",
+            "supermin.trace_modules=1",
         ] {
             assert!(parse(cmdline).function_tracing, "{cmdline}");
         }

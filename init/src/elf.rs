@@ -28,6 +28,8 @@ pub struct Section {
 pub const SHT_SYMTAB: u32 = 2;
 /// `sh_type` of a relocation section with addends.
 pub const SHT_RELA: u32 = 4;
+/// `sh_flags`: the section is in the loaded image.
+pub const SHF_ALLOC: u64 = 0x2;
 /// `sh_flags`: the section holds machine code.
 pub const SHF_EXECINSTR: u64 = 0x4;
 /// `e_machine` of x86_64.

@@ -1,30 +1,36 @@
 //! Turning a module's ftrace call sites into the no-ops the kernel would make of them,
 //! before the kernel sees the module, and hiding them from ftrace.
 //!
-//! Every function of an x86_64 module built for ftrace starts with `call __fentry__`,
-//! and the module's `__mcount_loc` section lists each such call. At load, ftrace
-//! rewrites every listed call into a five-byte no-op and then, for each one, looks up the
-//! function it is in (a kallsyms lookup that scans the module's whole symbol table:
-//! ext4 has 985 sites and 5148 symbols). On hardware that is nothing; under TCG it is
-//! the largest part of ext4's load (55 ms of libguestfs's launch, measured side by side).
+//! Every traceable function of an x86_64 module built by GCC for ftrace starts (after its
+//! `endbr64`, if any) with `call __fentry__`, and the module's `__mcount_loc` section lists
+//! each such call. At load, ftrace rewrites every listed call into a five-byte no-op and
+//! then, for each one, looks up the function it is in (a kallsyms lookup that scans the
+//! module's whole symbol table: ext4 has 985 sites and 5148 symbols). On hardware that is
+//! nothing; under TCG it is the largest part of ext4's load (55 ms of libguestfs's launch,
+//! measured side by side).
 //!
-//! So, on the init's private copy of the module (after the kernel's own `ftrace_init_nop`):
-//! each listed call becomes the same no-op ftrace writes there (`0f 1f 44 00 00`), the
-//! relocation that would fill in the call's target becomes `R_X86_64_NONE` (which the
-//! module loader skips), and the `__mcount_loc` section's name moves one byte on to
-//! `_mcount_loc`, a name the kernel never looks for. The module's code is then what it is
-//! after a normal load with tracing off; what is lost is ftrace on this module's functions
-//! (the function tracers, BPF fentry programs, ftrace-based kprobes; plain kprobes still
-//! work). Done only to a module already handed over without its signature, and never
-//! when the kernel command line asks for function tracing (an `ftrace*` or `fgraph*`
-//! parameter) or `supermin.verify_modules` is given.
+//! So, on the init's private copy of the module, modelled on the kernel's own
+//! `ftrace_init_nop`: each listed call becomes the same no-op ftrace writes there
+//! (`0f 1f 44 00 00`, `x86_nops[5]`), the relocation that would fill in the call's target
+//! becomes `R_X86_64_NONE` (which the module loader skips), and the `__mcount_loc`
+//! section's name moves one byte on to `_mcount_loc`, a name the kernel never looks for.
+//! The module's code is then byte for byte what it is after a normal load with tracing off
+//! (checked on every module of Debian's 6.1 and 6.12 kernels). What is lost is everything
+//! that needs ftrace to know the module's functions: the function and stack tracers, kprobe
+//! events (`kprobe_events`, `perf probe`, BPF kprobes and `kprobe_multi`: the kernel refuses
+//! to probe a function without an ftrace location), BPF fentry programs and livepatch. Done
+//! only to a module already handed over without its signature, and never when the kernel
+//! command line asks for such tracing (see `cmdline.rs`), `supermin.trace_modules` keeps
+//! the sites or `supermin.verify_modules` keeps the whole module.
 //!
-//! All or nothing: every listed site must be a `call` whose only relocation is to an
-//! undefined `__fentry__`, or the module is left as it is.
+//! All or nothing: the module must have one `__mcount_loc`, allocated, and every site it
+//! lists must be a `call` with a relocation to an undefined `__fentry__`, or the module is
+//! left as it is. (A kernel whose sites are already no-ops, as objtool's `--mnop` makes
+//! them, has no such calls: its modules are left alone, and gain nothing.)
 
 use std::collections::HashMap;
 
-use crate::elf::{self, Section, EM_X86_64, SHF_EXECINSTR, SHT_RELA, SHT_SYMTAB};
+use crate::elf::{self, Section, EM_X86_64, SHF_ALLOC, SHF_EXECINSTR, SHT_RELA, SHT_SYMTAB};
 
 /// The section ftrace reads a module's call sites from (`FTRACE_CALLSITE_SECTION`).
 const MCOUNT_LOC: &[u8] = b"__mcount_loc";
@@ -100,7 +106,15 @@ pub fn nop_call_sites(image: &mut [u8]) -> Option<usize> {
         return None;
     }
     let sections = elf::sections_of(image)?;
-    let mcount = sections.iter().position(|s| s.name == MCOUNT_LOC)?;
+    // The kernel takes the first allocated one; with exactly one there is no doubt which.
+    let mut listings = sections
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.name == MCOUNT_LOC);
+    let (mcount, listing_section) = listings.next()?;
+    if listings.next().is_some() || listing_section.flags & SHF_ALLOC == 0 {
+        return None;
+    }
     let symtab_index = sections.iter().position(|s| s.kind == SHT_SYMTAB)?;
     let symtab = &sections[symtab_index];
     let strtab = sections.get(usize::try_from(symtab.link).ok()?)?;
@@ -209,6 +223,9 @@ mod tests {
         rela_mcount: Vec<u8>,
         symtab: Vec<u8>,
         strtab: Vec<u8>,
+        mcount_flags: u64,
+        /// A second, empty `__mcount_loc` after the symbol tables.
+        second_listing: bool,
     }
 
     const ENDBR: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
@@ -243,6 +260,8 @@ mod tests {
             rela_mcount,
             symtab,
             strtab,
+            mcount_flags: 0x2,
+            second_listing: false,
         }
     }
 
@@ -255,17 +274,18 @@ mod tests {
             link,
             info,
         };
-        build_with(
-            &[
-                spec(".text", &m.text, 1, 0x6, 0, 0),
-                spec(".rela.text", &m.rela_text, SHT_RELA, 0x40, 5, 1),
-                spec("__mcount_loc", &m.mcount, 1, 0x2, 0, 0),
-                spec(".rela__mcount_loc", &m.rela_mcount, SHT_RELA, 0x40, 5, 3),
-                spec(".symtab", &m.symtab, SHT_SYMTAB, 0, 6, 1),
-                spec(".strtab", &m.strtab, 3, 0, 0, 0),
-            ],
-            machine,
-        )
+        let mut sections = vec![
+            spec(".text", &m.text, 1, 0x6, 0, 0),
+            spec(".rela.text", &m.rela_text, SHT_RELA, 0x40, 5, 1),
+            spec("__mcount_loc", &m.mcount, 1, m.mcount_flags, 0, 0),
+            spec(".rela__mcount_loc", &m.rela_mcount, SHT_RELA, 0x40, 5, 3),
+            spec(".symtab", &m.symtab, SHT_SYMTAB, 0, 6, 1),
+            spec(".strtab", &m.strtab, 3, 0, 0, 0),
+        ];
+        if m.second_listing {
+            sections.push(spec("__mcount_loc", &[], 1, 0x2, 0, 0));
+        }
+        build_with(&sections, machine)
     }
 
     fn section<'a>(image: &'a [u8], name: &[u8]) -> &'a [u8] {
@@ -337,6 +357,12 @@ mod tests {
         m.rela_mcount = rela(0, TEXT_SYM, R_X86_64_64, 4);
         m.rela_mcount.extend(rela(8, TEXT_SYM, R_X86_64_64, 4));
         cases.push(("one site listed twice", m, EM_X86_64));
+        let mut m = module();
+        m.mcount_flags = 0;
+        cases.push(("a listing the kernel does not load", m, EM_X86_64));
+        let mut m = module();
+        m.second_listing = true;
+        cases.push(("two listings", m, EM_X86_64));
         let mut m = module();
         m.rela_mcount = rela(0, TEXT_SYM, R_X86_64_64, 4);
         m.rela_mcount

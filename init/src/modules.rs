@@ -22,7 +22,7 @@
 //! it does and save the kernel work that is slow under TCG: its static-call sites are
 //! hidden (calls then go through their trampolines), and its ftrace call sites are made
 //! the no-ops ftrace would make of them and hidden from ftrace (`ftrace.rs`; not when the
-//! command line asks for function tracing).
+//! command line asks for function tracing or probing, or says `supermin.trace_modules`).
 //!
 //! Before its turn each module is judged by `need.rs`: one this boot can do without (a disk
 //! driver whose device is absent, a generic crypto fallback) is skipped, and said so when
@@ -124,7 +124,7 @@ pub enum FtraceSites {
     Nop,
 }
 
-/// Call sites stay for ftrace when the command line asks for function tracing.
+/// Call sites stay for ftrace when the command line asks for function tracing or probing.
 pub fn ftrace_policy(function_tracing: bool) -> FtraceSites {
     if function_tracing {
         FtraceSites::Keep
@@ -206,7 +206,7 @@ pub fn load_all(
         if handover.ftrace_sites == FtraceSites::Nop {
             verbose!(
                 verbose,
-                "and without their ftrace call sites (no-ops, untraceable; an ftrace* parameter or supermin.verify_modules keeps them)"
+                "and without their ftrace call sites (no-ops: these modules cannot be traced or kprobed; supermin.trace_modules keeps them)"
             );
         }
     }
@@ -341,7 +341,8 @@ fn load_unsigned(path: &Path, ftrace_sites: FtraceSites) -> Option<Outcome> {
 /// either way; mapping the initramfs file instead of reading it saves one copy of every
 /// module (4.4 MB for libguestfs's initrd), which is not free under TCG, where a CPU with
 /// the "fast string" flags (libguestfs asks for `-cpu max`) copies one byte per emulated
-/// `rep movsb` iteration. Our few writes (the static-call rename) copy only their page.
+/// `rep movsb` iteration. Our writes copy only the pages they touch: the static-call
+/// rename one, the ftrace call sites and their relocations about a third of ext4's.
 struct Mapped {
     ptr: *mut std::ffi::c_void,
     len: usize,

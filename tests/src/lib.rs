@@ -189,8 +189,11 @@ pub fn supermin_bin() -> PathBuf {
 pub const MARKER: &str = "SUPERMIN-TEST-ROOT-INIT";
 
 /// A root image whose `/init` (a busybox shell script) mounts /proc, prints
-/// `MARKER pid=<pid> term=<TERM> mounts=<what is mounted>` and powers off, written by
-/// the project's own ext2 writer with the given UUID.
+/// `MARKER pid=<pid> term=<TERM> ... mounts=<what is mounted>` and powers off, written by
+/// the project's own ext2 writer with the given UUID. Between them: the kernel's taint, the
+/// crc32c drivers that passed their self-test, whether ext4's static-call and ftrace
+/// call-site sections are visible to the kernel, and whether a kprobe event can be put on
+/// an ext4 function.
 pub fn marker_root(dir: &Path, uuid: &str) -> PathBuf {
     // Everything is reported on one line so a test can match it whole.
     let script = format!(
@@ -202,7 +205,10 @@ pub fn marker_root(dir: &Path, uuid: &str) -> PathBuf {
          s=/sys/module/ext4/sections\n\
          if [ -e $s/.static_call_sites ]; then scs=visible; elif [ -e $s/static_call_sites ]; then scs=hidden; else scs=none; fi\n\
          if [ -e $s/__mcount_loc ]; then fts=visible; elif [ -e $s/_mcount_loc ]; then fts=hidden; else fts=none; fi\n\
-         echo \"{MARKER} pid=$$ term=$TERM tainted=$(/bin/busybox cat /proc/sys/kernel/tainted) crc32c=$crc ext4_static_calls=$scs ext4_ftrace_sites=$fts mounts=$mounts\"\n\
+         t=/sys/kernel/tracing\n\
+         /bin/busybox mount -t tracefs nodev $t 2>/dev/null\n\
+         if echo 'p:supermin_probe ext4_sync_fs' > $t/kprobe_events 2>/dev/null; then kp=ok; else kp=refused; fi\n\
+         echo \"{MARKER} pid=$$ term=$TERM tainted=$(/bin/busybox cat /proc/sys/kernel/tainted) crc32c=$crc ext4_static_calls=$scs ext4_ftrace_sites=$fts ext4_kprobe=$kp mounts=$mounts\"\n\
          /bin/busybox poweroff -f\n"
     );
     root_image(dir, uuid, Some(&script))

@@ -145,12 +145,25 @@ fn signed_modules_load_without_signatures_unless_verify_modules_is_given() {
         "{} carries no signature: this test needs a kernel with signed modules",
         ext4.path.display()
     );
-    // (command line, unsigned, static-call sites, ftrace call sites)
-    for (append, unsigned, static_calls, ftrace_sites) in [
-        ("", true, "hidden", "hidden"),
-        (" supermin.verify_modules", false, "visible", "visible"),
+    // (command line, unsigned, static-call sites, ftrace call sites, kprobe on ext4)
+    for (append, unsigned, static_calls, ftrace_sites, kprobe) in [
+        ("", true, "hidden", "hidden", "refused"),
+        (
+            " supermin.verify_modules",
+            false,
+            "visible",
+            "visible",
+            "ok",
+        ),
+        (" supermin.trace_modules", true, "hidden", "visible", "ok"),
         // Asked for function tracing: modules keep their ftrace call sites.
-        (" ftrace_filter=ext4_sync_fs", true, "hidden", "visible"),
+        (
+            " ftrace_filter=ext4_sync_fs",
+            true,
+            "hidden",
+            "visible",
+            "ok",
+        ),
     ] {
         let dir = TempDir::new("boot-modsig");
         let initrd = dir.join("initrd");
@@ -164,27 +177,27 @@ fn signed_modules_load_without_signatures_unless_verify_modules_is_given() {
         );
         // The root is mounted through ext4, whose every function starts at a call site.
         assert_handover(&log, "rw");
+        let line = log.line_with(MARKER);
         assert_eq!(
             taint(&log) & TAINT_UNSIGNED_MODULE != 0,
             unsigned,
-            "append {append:?}: {}",
-            log.line_with(MARKER)
+            "append {append:?}: {line}"
         );
         // A module handed over without its signature also has its static-call sites
-        // hidden (calls through trampolines) and, unless function tracing is asked for,
-        // its ftrace call sites made no-ops and hidden; with its signature it is left whole.
-        assert_eq!(
-            marker_field(&log, "ext4_static_calls"),
-            static_calls,
-            "append {append:?}: {}",
-            log.line_with(MARKER)
-        );
-        assert_eq!(
-            marker_field(&log, "ext4_ftrace_sites"),
-            ftrace_sites,
-            "append {append:?}: {}",
-            log.line_with(MARKER)
-        );
+        // hidden (calls through trampolines) and, unless tracing is asked for, its ftrace
+        // call sites made no-ops and hidden, so that the kernel refuses a kprobe event on
+        // its functions; with its signature it is left whole.
+        for (field, expected) in [
+            ("ext4_static_calls", static_calls),
+            ("ext4_ftrace_sites", ftrace_sites),
+            ("ext4_kprobe", kprobe),
+        ] {
+            assert_eq!(
+                marker_field(&log, field),
+                expected,
+                "append {append:?}: {line}"
+            );
+        }
     }
 }
 
@@ -204,6 +217,10 @@ fn plain_ko_kernel_boots_root_dev_sda_on_virtio_scsi_verbosely() {
     assert_handover(&log, "rw");
     log.line_with("supermin-init: loading module /lib/modules/sd_mod.ko");
     log.line_with("supermin-init: root device /dev/sda is sda (8:0)");
+    // 6.1's modules too get no-ops at their ftrace call sites, and say so.
+    log.line_with("and without their ftrace call sites");
+    assert_eq!(marker_field(&log, "ext4_ftrace_sites"), "hidden");
+    assert_eq!(marker_field(&log, "ext4_kprobe"), "refused");
 }
 
 #[test]
