@@ -678,6 +678,17 @@ impl Boot<'_> {
         }
     }
 
+    /// `e`, unless the run was stopped first (its deadline passed, a signal
+    /// came): then that is the error, whatever step noticed it. A monitor
+    /// command cut short by the stop would otherwise end the run as a failed
+    /// boot (exit 1) instead of a timeout (124) or the signal's status.
+    fn unless_stopped(&self, e: LaunchError) -> LaunchError {
+        match self.stop.check() {
+            Err(halt) => halted(self.stop, halt),
+            Ok(()) => e,
+        }
+    }
+
     /// `after` from now, or the run's deadline if that comes first.
     fn within(&self, after: Duration) -> Instant {
         let soon = Instant::now() + after;
@@ -783,7 +794,7 @@ fn boot_tcg(
         let mut vm = b.start_vm(&plan, vm::make_scratch(&b.opts.env.tmp_dir)?, generation)?;
         let boot_deadline = earliest(b.stop.deadline(), Some(Instant::now() + BOOT_TIMEOUT));
         if let Err(e) = vm.wait_hello(b.rx, boot_deadline) {
-            return Err(boot_error(e, &mut vm, b.opts.timeout));
+            return Err(boot_error(e, &mut vm, b.stop));
         }
         return Ok(vm);
     };
@@ -814,12 +825,9 @@ fn boot_tcg(
             Err(RestoreError::Fatal(e)) => return Err(e),
             // The run's own deadline or a signal is no fault of the saved machine.
             Err(RestoreError::Unusable(_)) if b.stop.check().is_err() => {
-                return Err(match b.stop.check() {
-                    Err(halt) => halted(b.stop, halt),
-                    Ok(()) => LaunchError::Timeout {
-                        after: b.opts.timeout.unwrap_or_default(),
-                    },
-                })
+                return Err(b.unless_stopped(LaunchError::Timeout {
+                    after: b.opts.timeout.unwrap_or_default(),
+                }))
             }
             Err(RestoreError::Unusable(why)) => {
                 b.log(format_args!(
@@ -1068,7 +1076,7 @@ fn boot_and_save(
     let pending = pending.map(|(p, _state)| p);
     let boot_deadline = earliest(b.stop.deadline(), Some(Instant::now() + BOOT_TIMEOUT));
     if let Err(e) = vm.wait_hello(b.rx, boot_deadline) {
-        return Err(boot_error(e, &mut vm, b.opts.timeout));
+        return Err(boot_error(e, &mut vm, b.stop));
     }
     let monitor = |vm: &mut Vm| -> Result<qmp::Qmp, LaunchError> {
         let stream = vm.take_qmp().ok_or_else(|| LaunchError::Setup {
@@ -1088,6 +1096,7 @@ fn boot_and_save(
     let mut qmp = monitor(&mut vm)?;
     if let Some(pending) = pending {
         let t = Instant::now();
+        b.log(format_args!("saving the machine"));
         match save(b, &mut vm, &mut qmp, &pending) {
             Ok(()) => match pending.commit(store, key, vm.daemon_info()) {
                 Ok(()) => b.log(format_args!(
@@ -1124,7 +1133,7 @@ fn save(
                 describe(&other)
             )))
         }
-        Err(e) => return Err(RestoreError::Fatal(boot_error(e, vm, b.opts.timeout))),
+        Err(e) => return Err(RestoreError::Fatal(boot_error(e, vm, b.stop))),
     }
     let step = || b.within(Duration::from_secs(60));
     qmp.execute("stop", None, step())?;
@@ -1736,7 +1745,7 @@ impl Session {
                 opts.verbose,
             )?;
             let boot_deadline = earliest(deadline, Some(Instant::now() + BOOT_TIMEOUT));
-            match probe_kvm(&mut kvm_vm, &rx, boot_deadline, opts.timeout)? {
+            match probe_kvm(&mut kvm_vm, &rx, boot_deadline, &stop)? {
                 None => vm = Some(kvm_vm),
                 Some(reason) if opts.accel == Accel::Auto => {
                     drop(kvm_vm);
@@ -1766,7 +1775,7 @@ impl Session {
                     start,
                 };
                 let saved = saved_machines(&b, &tcg);
-                boot_tcg(&b, tcg, saved, generation)?
+                boot_tcg(&b, tcg, saved, generation).map_err(|e| b.unless_stopped(e))?
             }
         };
         let session = Session {
@@ -2154,7 +2163,7 @@ fn probe_kvm(
     vm: &mut Vm,
     rx: &mpsc::Receiver<Event>,
     boot_deadline: Option<Instant>,
-    timeout: Option<Duration>,
+    stop: &stop::Stop,
 ) -> Result<Option<String>, LaunchError> {
     let mut printed = vm.guest_console_bytes();
     let mut quiet_since = Instant::now();
@@ -2165,10 +2174,9 @@ fn probe_kvm(
             Err(WaitError::Deadline) => {
                 let now = Instant::now();
                 if boot_deadline.is_some_and(|d| now >= d) {
-                    if timeout.is_some() {
-                        return Err(LaunchError::Timeout {
-                            after: timeout.unwrap_or_default(),
-                        });
+                    // The run's own deadline, not only the boot's.
+                    if let Err(halt) = stop.check() {
+                        return Err(halted(stop, halt));
                     }
                     return Ok(Some(format!(
                         "the guest did not answer within {BOOT_TIMEOUT:?}"
@@ -2197,23 +2205,24 @@ fn probe_kvm(
                     None => how,
                 }));
             }
-            Err(e) => return Err(boot_error(e, vm, timeout)),
+            Err(e) => return Err(boot_error(e, vm, stop)),
         }
     }
 }
 
-fn boot_error(e: WaitError, vm: &mut Vm, timeout: Option<Duration>) -> LaunchError {
+fn boot_error(e: WaitError, vm: &mut Vm, stop: &stop::Stop) -> LaunchError {
     match e {
-        WaitError::Deadline if timeout.is_some() => LaunchError::Timeout {
-            after: timeout.unwrap_or_default(),
-        },
-        WaitError::Deadline => {
-            vm.stop();
-            LaunchError::BootFailed {
-                reason: format!("no answer from the daemon within {BOOT_TIMEOUT:?}"),
-                console: vm.console_tail(),
+        // The run's own deadline, not the boot's (BOOT_TIMEOUT may come first).
+        WaitError::Deadline => match stop.check() {
+            Err(halt) => halted(stop, halt),
+            Ok(()) => {
+                vm.stop();
+                LaunchError::BootFailed {
+                    reason: format!("no answer from the daemon within {BOOT_TIMEOUT:?}"),
+                    console: vm.console_tail(),
+                }
             }
-        }
+        },
         WaitError::Signal(signal) => LaunchError::Interrupted { signal },
         WaitError::Closed(None) => {
             let reason = vm.exit_description();

@@ -582,6 +582,98 @@ fn timeout_kills_the_vm_and_cleans_up() {
     scratch.assert_tmp_clean();
 }
 
+/// A qemu wrapper whose boots save the machine at 2 MB/s (`x-max-bandwidth`):
+/// the first run's save then lasts half a minute, long enough for a
+/// `--timeout` or a signal to land inside it every time.
+fn slow_save_qemu(scratch: &Scratch) -> OsString {
+    qemu_wrapper(
+        scratch,
+        r#"case " $* " in *" -kernel "*) set -- "$@" -global migration.x-max-bandwidth=2000000;; esac"#,
+    )
+}
+
+/// `supermin run -v` of `sleep 600` on `app` with `PATH`, its stderr read
+/// line by line; `on_save(child)` is called when the machine starts being
+/// saved. Returns the exit status and the whole log.
+fn run_until_saving(
+    scratch: &Scratch,
+    path: &OsString,
+    args: &[OsString],
+    on_save: impl FnOnce(&Child),
+) -> (ExitStatus, String) {
+    let mut cmd = run_command(scratch, args);
+    cmd.env("PATH", path).stdin(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn supermin run");
+    let _out = collect(child.stdout.take().unwrap());
+    let (saving_tx, saving_rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("saving the machine") {
+                let _ = saving_tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    if saving_rx.recv_timeout(WATCHDOG).is_ok() {
+        on_save(&child);
+    }
+    let status = wait_watched(&mut child);
+    (status, log.join().unwrap())
+}
+
+// Regression: a --timeout or a signal that came while the first run saved its
+// machine cut qemu's monitor short, and the run ended as a failed boot
+// ("the machine did not resume after saving it: interrupted", exit 1) instead
+// of a timeout (124) or the signal's status.
+#[test]
+fn a_timeout_or_a_signal_during_the_first_save_ends_the_run_as_such() {
+    let scratch = Scratch::new("save-halt");
+    let app = scratch.appliance("app", None);
+    let path = slow_save_qemu(&scratch);
+
+    // The timeout: far past a TCG boot here, far short of the slowed save.
+    let args = with_appliance(
+        &app,
+        "tcg",
+        &["-v", "--timeout", "20", "--", "sleep", "600"],
+    );
+    let (status, log) = run_until_saving(&scratch, &path, &args, |_| {});
+    assert!(
+        log.contains("saving the machine"),
+        "the save never began:\n{log}"
+    );
+    assert!(!log.contains(SAVED), "the save was not slowed:\n{log}");
+    assert_eq!(status.code(), Some(124), "like timeout(1): {status}\n{log}");
+    assert!(log.contains("timed out after 20s"), "{log}");
+    assert!(!log.contains("did not resume"), "{log}");
+
+    // The signal, a second into the save.
+    let args = with_appliance(&app, "tcg", &["-v", "--", "sleep", "600"]);
+    let (status, log) = run_until_saving(&scratch, &path, &args, |child| {
+        std::thread::sleep(Duration::from_secs(1));
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    });
+    assert!(!log.contains(SAVED), "the save was not slowed:\n{log}");
+    assert_eq!(status.code(), Some(143), "128 + SIGTERM: {status}\n{log}");
+    assert!(log.contains("interrupted by signal 15"), "{log}");
+
+    // Neither left a saved machine, whole or half-written, nor a file in TMPDIR.
+    let saved: Vec<_> = std::fs::read_dir(scratch.saved_dir())
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(saved.is_empty(), "left in the store: {saved:?}");
+    scratch.assert_tmp_clean();
+}
+
 /// The pid of `parent`'s child named `comm`, from /proc.
 fn child_named(parent: u32, comm: &str) -> Option<u32> {
     let tasks = std::fs::read_dir(format!("/proc/{parent}/task")).ok()?;
