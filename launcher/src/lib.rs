@@ -678,15 +678,11 @@ impl Boot<'_> {
         }
     }
 
-    /// `e`, unless the run was stopped first (its deadline passed, a signal
-    /// came): then that is the error, whatever step noticed it. A monitor
-    /// command cut short by the stop would otherwise end the run as a failed
-    /// boot (exit 1) instead of a timeout (124) or the signal's status.
+    /// See [`unless_stopped`]: a monitor command cut short by the stop would
+    /// otherwise end the run as a failed boot (exit 1) instead of a timeout
+    /// (124) or the signal's status.
     fn unless_stopped(&self, e: LaunchError) -> LaunchError {
-        match self.stop.check() {
-            Err(halt) => halted(self.stop, halt),
-            Ok(()) => e,
-        }
+        unless_stopped(self.stop, e)
     }
 
     /// `after` from now, or the run's deadline if that comes first.
@@ -824,12 +820,10 @@ fn boot_tcg(
             }
             Err(RestoreError::Fatal(e)) => return Err(e),
             // The run's own deadline or a signal is no fault of the saved machine.
-            Err(RestoreError::Unusable(_)) if b.stop.check().is_err() => {
-                return Err(b.unless_stopped(LaunchError::Timeout {
-                    after: b.opts.timeout.unwrap_or_default(),
-                }))
-            }
             Err(RestoreError::Unusable(why)) => {
+                if let Err(halt) = b.stop.check() {
+                    return Err(halted(b.stop, halt));
+                }
                 b.log(format_args!(
                     "saved machine {} does not restore ({why}): booting, and saving anew",
                     key.as_str()
@@ -1132,6 +1126,13 @@ fn save(
                 "sync answered with {}",
                 describe(&other)
             )))
+        }
+        Err(WaitError::Deadline) if b.stop.check().is_ok() => {
+            vm.stop();
+            return Err(RestoreError::Fatal(LaunchError::BootFailed {
+                reason: "the daemon did not sync the file systems within 30s (before saving the machine)".into(),
+                console: vm.console_tail(),
+            }));
         }
         Err(e) => return Err(RestoreError::Fatal(boot_error(e, vm, b.stop))),
     }
@@ -1745,13 +1746,15 @@ impl Session {
                 opts.verbose,
             )?;
             let boot_deadline = earliest(deadline, Some(Instant::now() + BOOT_TIMEOUT));
-            match probe_kvm(&mut kvm_vm, &rx, boot_deadline, &stop)? {
+            let probed = probe_kvm(&mut kvm_vm, &rx, boot_deadline, &stop)
+                .map_err(|e| unless_stopped(&stop, e))?;
+            match probed {
                 None => vm = Some(kvm_vm),
                 Some(reason) if opts.accel == Accel::Auto => {
                     drop(kvm_vm);
                     // Each virtiofsd served the dead qemu and has ended with it.
                     drop(virtiofs_set.take());
-                    virtiofs_set = spawn_virtiofs()?;
+                    virtiofs_set = spawn_virtiofs().map_err(|e| unless_stopped(&stop, e))?;
                     (opts.on_notice)(&Notice::KvmFallback {
                         reason: reason.clone(),
                     });
@@ -1862,9 +1865,13 @@ impl Session {
             WaitError::Signal(signal) => halted(&self.stop, stop::Halt::Signal(signal)),
             WaitError::Closed(None) => {
                 self.vm.stop();
-                LaunchError::VmDied {
-                    console: self.vm.console_tail(),
-                }
+                // qemu killed with us by a signal to our whole group.
+                unless_stopped(
+                    &self.stop,
+                    LaunchError::VmDied {
+                        console: self.vm.console_tail(),
+                    },
+                )
             }
             WaitError::Closed(Some(source)) => LaunchError::Protocol { source },
             WaitError::Launch(e) => e,
@@ -2090,6 +2097,16 @@ impl Drop for Partial {
     }
 }
 
+/// `e`, unless the run was stopped first (its deadline passed, a signal
+/// came): then that is the error, whatever step noticed it (a monitor
+/// command cut short, qemu killed with us by a signal to our whole group).
+fn unless_stopped(stop: &stop::Stop, e: LaunchError) -> LaunchError {
+    match stop.check() {
+        Err(halt) => halted(stop, halt),
+        Ok(()) => e,
+    }
+}
+
 /// The error a halted wait ends the run with.
 fn halted(stop: &stop::Stop, halt: stop::Halt) -> LaunchError {
     match halt {
@@ -2199,6 +2216,11 @@ fn probe_kvm(
             }
             Err(WaitError::Closed(None)) => {
                 let how = vm.exit_description();
+                // qemu killed with us (a signal to our whole group) is no
+                // verdict on KVM.
+                if let Err(halt) = stop.check() {
+                    return Err(halted(stop, halt));
+                }
                 let said = vm.first_qemu_line().or_else(|| vm.kvm_failure());
                 return Ok(Some(match said {
                     Some(line) => format!("{how}: {line}"),

@@ -26,7 +26,7 @@ use supermin_protocol::{ExecRequest, ExitStatus, Reply, Request, WinSize};
 
 use super::stop::{self, TICK};
 use super::vm::Writer;
-use super::{guest_text, halted, unexpected, LaunchError, Session};
+use super::{guest_text, halted, unexpected, unless_stopped, LaunchError, Session};
 
 /// Whether our stdin is a terminal (`-i` needs one).
 pub fn stdin_is_terminal() -> bool {
@@ -251,11 +251,15 @@ impl Session {
             match stop::write_all(stdout.as_fd(), &data, &self.stop) {
                 Ok(()) => {}
                 Err(stop::WriteError::Halt(halt)) => return Err(halted(&self.stop, halt)),
+                // A hang-up can fail the write before its SIGHUP is seen.
                 Err(stop::WriteError::Io(source)) => {
-                    return Err(LaunchError::Setup {
-                        what: "writing to our terminal",
-                        source,
-                    })
+                    return Err(unless_stopped(
+                        &self.stop,
+                        LaunchError::Setup {
+                            what: "writing to our terminal",
+                            source,
+                        },
+                    ))
                 }
             }
         }

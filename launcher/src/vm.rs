@@ -586,7 +586,8 @@ impl Vm {
     /// Asks the daemon to power off and waits (until `deadline`) for qemu
     /// to exit; kills it if it does not.
     pub fn shutdown(&mut self, rx: &Receiver<Event>, deadline: Instant) {
-        if self.send(&Request::Shutdown).is_ok() {
+        let asked = self.send(&Request::Shutdown).is_ok();
+        if asked {
             // Done first (the guest has synced its disks), then the channel's end.
             while let Ok(reply) = self.next_reply(rx, Some(deadline)) {
                 if reply == Reply::Done {
@@ -601,7 +602,9 @@ impl Vm {
                 }
             }
         }
-        while Instant::now() < deadline {
+        // A qemu never asked to power off (the run's deadline passed, a
+        // signal came) is not waited for.
+        while asked && Instant::now() < deadline {
             match self.child.try_wait() {
                 Ok(Some(_)) | Err(_) => break,
                 Ok(None) => std::thread::sleep(Duration::from_millis(5)),

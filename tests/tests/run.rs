@@ -582,14 +582,25 @@ fn timeout_kills_the_vm_and_cleans_up() {
     scratch.assert_tmp_clean();
 }
 
-/// A qemu wrapper whose boots save the machine at 2 MB/s (`x-max-bandwidth`):
-/// the first run's save then lasts half a minute, long enough for a
-/// `--timeout` or a signal to land inside it every time.
+/// A qemu wrapper whose boots save the machine at 200 kB/s (`x-max-bandwidth`):
+/// the first run's save then lasts minutes, so a `--timeout` or a signal
+/// lands inside it every time.
 fn slow_save_qemu(scratch: &Scratch) -> OsString {
     qemu_wrapper(
         scratch,
-        r#"case " $* " in *" -kernel "*) set -- "$@" -global migration.x-max-bandwidth=2000000;; esac"#,
+        r#"case " $* " in *" -kernel "*) set -- "$@" -global migration.x-max-bandwidth=200000;; esac"#,
     )
+}
+
+/// Kills the child when dropped (a failed assertion must not leave a
+/// `supermin run` and its qemu behind).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `supermin run -v` of `sleep 600` on `app` with `PATH`, its stderr read
@@ -603,10 +614,10 @@ fn run_until_saving(
 ) -> (ExitStatus, String) {
     let mut cmd = run_command(scratch, args);
     cmd.env("PATH", path).stdin(Stdio::null());
-    let mut child = cmd.spawn().expect("spawn supermin run");
-    let _out = collect(child.stdout.take().unwrap());
+    let mut child = KillOnDrop(cmd.spawn().expect("spawn supermin run"));
+    let _out = collect(child.0.stdout.take().unwrap());
     let (saving_tx, saving_rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
+    let stderr = child.0.stderr.take().unwrap();
     let log = std::thread::spawn(move || {
         let mut all = String::new();
         for line in BufReader::new(stderr).lines() {
@@ -619,10 +630,11 @@ fn run_until_saving(
         }
         all
     });
+    // Ends when the save begins, or when the run ends without one.
     if saving_rx.recv_timeout(WATCHDOG).is_ok() {
-        on_save(&child);
+        on_save(&child.0);
     }
-    let status = wait_watched(&mut child);
+    let status = wait_watched(&mut child.0);
     (status, log.join().unwrap())
 }
 
@@ -662,14 +674,20 @@ fn a_timeout_or_a_signal_during_the_first_save_ends_the_run_as_such() {
             .unwrap();
         assert!(sent.success());
     });
+    assert!(
+        log.contains("saving the machine"),
+        "the save never began:\n{log}"
+    );
     assert!(!log.contains(SAVED), "the save was not slowed:\n{log}");
     assert_eq!(status.code(), Some(143), "128 + SIGTERM: {status}\n{log}");
     assert!(log.contains("interrupted by signal 15"), "{log}");
 
     // Neither left a saved machine, whole or half-written, nor a file in TMPDIR.
     let saved: Vec<_> = std::fs::read_dir(scratch.saved_dir())
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+        .expect("the store, made before the save began")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert!(saved.is_empty(), "left in the store: {saved:?}");
     scratch.assert_tmp_clean();
 }
