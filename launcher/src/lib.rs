@@ -678,13 +678,6 @@ impl Boot<'_> {
         }
     }
 
-    /// See [`unless_stopped`]: a monitor command cut short by the stop would
-    /// otherwise end the run as a failed boot (exit 1) instead of a timeout
-    /// (124) or the signal's status.
-    fn unless_stopped(&self, e: LaunchError) -> LaunchError {
-        unless_stopped(self.stop, e)
-    }
-
     /// `after` from now, or the run's deadline if that comes first.
     fn within(&self, after: Duration) -> Instant {
         let soon = Instant::now() + after;
@@ -1778,7 +1771,8 @@ impl Session {
                     start,
                 };
                 let saved = saved_machines(&b, &tcg);
-                boot_tcg(&b, tcg, saved, generation).map_err(|e| b.unless_stopped(e))?
+                // A monitor command cut short by the stop is the stop, not a failed boot.
+                boot_tcg(&b, tcg, saved, generation).map_err(|e| unless_stopped(&stop, e))?
             }
         };
         let session = Session {

@@ -549,6 +549,17 @@ pub fn supermin_in(cache: &Path, tmp: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// Sends `signal` (a name such as `TERM`) to process `pid` with kill(1),
+/// asserting that it was delivered.
+#[track_caller]
+pub fn send_signal(pid: u32, signal: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("run kill(1)");
+    assert!(sent.success(), "kill -{signal} {pid}: {sent}");
+}
+
 /// Runs `cmd`, returning (exit code, stdout, stderr) as text.
 pub fn output_of(cmd: &mut Command) -> (i32, String, String) {
     let out = cmd

@@ -264,11 +264,7 @@ fn a_guest_that_stops_reading_cannot_make_the_run_deaf_to_ctrl_c() {
     let err = stderr_of(&mut child);
     // Long enough for the socket buffers to fill and every send to block.
     std::thread::sleep(Duration::from_secs(2));
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    supermin_tests::send_signal(child.id(), "INT");
     let (status, _) = wait_sampling(&mut child);
     let stderr = err.recv().unwrap();
     assert_eq!(status.code(), Some(130), "128 + SIGINT: {stderr}");

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use supermin_kernel_probe::Kernel;
 use supermin_tests::{
-    host_kernel, kernel_by_version_prefix, root_without_init, supermin_bin, TempDir,
+    host_kernel, kernel_by_version_prefix, root_without_init, send_signal, supermin_bin, TempDir,
 };
 
 /// Far above any healthy TCG run here (a few seconds); only a hang reaches it.
@@ -603,6 +603,29 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Reads `stream` line by line on a thread of its own: the receiver gets one
+/// message when a line contains `marker` (and disconnects at the end of the
+/// stream); the thread returns all the lines.
+fn watch_lines(
+    stream: impl Read + Send + 'static,
+    marker: &'static str,
+) -> (mpsc::Receiver<()>, std::thread::JoinHandle<String>) {
+    let (tx, rx) = mpsc::channel();
+    let log = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if line.contains(marker) {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    (rx, log)
+}
+
 /// `supermin run -v` of `sleep 600` on `app` with `PATH`, its stderr read
 /// line by line; `on_save(child)` is called when the machine starts being
 /// saved. Returns the exit status and the whole log.
@@ -616,20 +639,7 @@ fn run_until_saving(
     cmd.env("PATH", path).stdin(Stdio::null());
     let mut child = KillOnDrop(cmd.spawn().expect("spawn supermin run"));
     let _out = collect(child.0.stdout.take().unwrap());
-    let (saving_tx, saving_rx) = mpsc::channel();
-    let stderr = child.0.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if line.contains("saving the machine") {
-                let _ = saving_tx.send(());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
+    let (saving_rx, log) = watch_lines(child.0.stderr.take().unwrap(), "saving the machine");
     // Ends when the save begins, or when the run ends without one.
     if saving_rx.recv_timeout(WATCHDOG).is_ok() {
         on_save(&child.0);
@@ -668,11 +678,7 @@ fn a_timeout_or_a_signal_during_the_first_save_ends_the_run_as_such() {
     let args = with_appliance(&app, "tcg", &["-v", "--", "sleep", "600"]);
     let (status, log) = run_until_saving(&scratch, &path, &args, |child| {
         std::thread::sleep(Duration::from_secs(1));
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
+        send_signal(child.id(), "TERM");
     });
     assert!(
         log.contains("saving the machine"),
@@ -730,20 +736,7 @@ fn ctrl_c_kills_the_vm_and_cleans_up() {
     let mut child = cmd.spawn().unwrap();
     let _out = collect(child.stdout.take().unwrap());
     // Wait until the command runs (the launcher says so with -v), then interrupt.
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if line.contains("appliance ready") {
-                let _ = ready_tx.send(());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
+    let (ready_rx, log) = watch_lines(child.stderr.take().unwrap(), "appliance ready");
     if ready_rx.recv_timeout(WATCHDOG).is_err() {
         let _ = child.kill();
         let _ = child.wait();
@@ -751,11 +744,7 @@ fn ctrl_c_kills_the_vm_and_cleans_up() {
     }
     let qemu = child_named(child.id(), "qemu-system").expect("qemu is the launcher's child");
     assert!(is_running(qemu));
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    send_signal(child.id(), "INT");
     let status = wait_watched(&mut child);
     let log = log.join().unwrap();
     assert_eq!(status.code(), Some(130), "128 + SIGINT: {status}\n{log}");

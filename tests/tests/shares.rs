@@ -539,11 +539,7 @@ fn no_virtiofsd_is_left_after_a_timeout_a_signal_or_a_killed_run() {
                 .is_empty(),
             "no virtiofsd while the command runs"
         );
-        let sent = Command::new("kill")
-            .args([format!("-{signal}"), child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
+        supermin_tests::send_signal(child.id(), signal);
         let status = child.wait().unwrap();
         assert!(!status.success(), "signal {signal}: {status}");
         assert_no_virtiofsd_for(&share, &format!("SIG{signal}"));
